@@ -1,0 +1,151 @@
+// The hook-backend interface: everything the tracker needs from a framework.
+// A backend (LibTorch, the scripted one, or a user's own) implements
+// HookBackend and routes its module calls through a ForwardDispatcher.
+module;
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+export module modtracker:backend;
+
+export namespace modtracker {
+
+/// An opaque reference to one framework module; identity is the pointer.
+struct ModuleRef {
+  const void* ptr = nullptr;
+  explicit operator bool() const noexcept { return ptr != nullptr; }
+  friend bool operator==(ModuleRef, ModuleRef) = default;
+};
+
+/// A weak reference to a module: lock().get() == the module's ModuleRef::ptr,
+/// or empty when the module is gone (or its liveness cannot be known).
+using WeakModule = std::weak_ptr<const void>;
+
+/// A backend-typed value (forward inputs or output, gradients) seen as opaque.
+struct Payload {
+  const void* ptr = nullptr;
+  explicit operator bool() const noexcept { return ptr != nullptr; }
+};
+
+enum class Phase : std::uint8_t { forward, backward };
+enum class Kind : std::uint8_t { enter, exit };
+
+/// Order of the backward events that one gradient triggers: exits before
+/// entries, exits innermost first, entries outermost first, so backward
+/// transitions nest like forward ones.
+struct GradOrder {
+  Kind kind = Kind::enter;
+  std::uint32_t depth = 0;     ///< forward call depth of the activation
+  std::uint64_t sequence = 0;  ///< forward sequence number of the activation
+
+  /// True when the event keyed `a` must run before the one keyed `b`.
+  friend constexpr bool fires_before(const GradOrder& a, const GradOrder& b) noexcept {
+    if (a.kind != b.kind) return a.kind == Kind::exit;
+    if (a.depth != b.depth) return a.kind == Kind::exit ? a.depth > b.depth : a.depth < b.depth;
+    return a.sequence > b.sequence;  // later activations first, as backward runs in reverse
+  }
+};
+
+/// Handle of one registration: removes what it registered exactly once,
+/// explicitly (a second remove() throws) or at destruction.
+class Registration {
+ public:
+  Registration() = default;
+  explicit Registration(std::function<void()> remover) : remover_(std::move(remover)) {}
+  Registration(Registration&& other) noexcept : remover_(std::exchange(other.remover_, {})) {}
+  Registration& operator=(Registration&& other) noexcept {
+    if (this != &other) {
+      reset();
+      remover_ = std::exchange(other.remover_, {});
+    }
+    return *this;
+  }
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+  ~Registration() { reset(); }
+
+  [[nodiscard]] bool active() const noexcept { return static_cast<bool>(remover_); }
+  /// Removes the registration; throws std::logic_error if already removed.
+  void remove();
+  /// Keeps the registration for good and empties the handle.
+  void release() noexcept { remover_ = {}; }
+
+ private:
+  void reset() noexcept;
+  std::function<void()> remover_;
+};
+
+/// Called back with the gradients (backend-typed payload) that triggered it.
+using GradCallback = std::function<void(Payload grads)>;
+
+/// One module call as a backend reports it to the trackers.
+struct ForwardCall {
+  ModuleRef module;
+  Payload inputs;
+  std::uint32_t depth = 0;  ///< tracked calls already running on this thread
+};
+
+/// What a tracker installs into a backend to see forward calls.
+class ForwardObserver {
+ public:
+  /// Before the module's forward. Returns a token handed back to post_forward.
+  /// May throw: the observer has then undone its own pre work.
+  virtual std::uintptr_t pre_forward(const ForwardCall& call) = 0;
+  /// After the forward; `output` is empty when the forward threw. Always
+  /// called once for each pre_forward that returned.
+  virtual void post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) = 0;
+
+ protected:
+  ~ForwardObserver() = default;
+};
+
+/// The extension point: what any framework gives the tracker.
+class HookBackend {
+ public:
+  virtual ~HookBackend() = default;
+
+  // --- forward ---
+  /// Installs global forward pre/post hooks; the handle removes them.
+  virtual Registration add_forward_observer(ForwardObserver& observer) = 0;
+
+  // --- backward ---
+  /// Would a forward run now record a graph (grad mode on)?
+  [[nodiscard]] virtual bool grad_enabled() const = 0;
+  /// Is this thread running a backward pass right now?
+  [[nodiscard]] virtual bool in_backward() const = 0;
+  /// Identity of the backward pass running on this thread (0 outside one).
+  [[nodiscard]] virtual std::uint64_t backward_pass() const = 0;
+  /// Calls `fn` once per backward pass, when the first gradient of any of
+  /// `values` that require grad arrives. Nothing (nullopt) when none does.
+  virtual std::optional<Registration> on_first_gradient(Payload values, GradOrder order, GradCallback fn) = 0;
+  /// Calls `fn` once per backward pass, when the gradients of all of
+  /// `values` that this pass computes are done. Nothing when none requires grad.
+  virtual std::optional<Registration> on_all_gradients(Payload values, GradOrder order, GradCallback fn) = 0;
+  /// Runs `fn` when the current backward pass ends; throws outside one.
+  virtual void at_end_of_backward(std::function<void()> fn) = 0;
+
+  // --- modules ---
+  /// The module's type name as the framework spells it (namespaces allowed).
+  [[nodiscard]] virtual std::string type_name(ModuleRef module) const = 0;
+  /// Calls `fn(name, child)` for each direct child, in registration order.
+  virtual void for_each_child(ModuleRef module,
+                              const std::function<void(std::string_view, ModuleRef)>& fn) const = 0;
+  /// A weak handle to the module (see WeakModule).
+  [[nodiscard]] virtual WeakModule weak(ModuleRef module) const = 0;
+};
+
+/// A concrete backend that names the types its payloads point to, so a
+/// Tracker<B> can hand user hooks typed arguments.
+template <class B>
+concept TypedBackend = std::derived_from<B, HookBackend> && requires {
+  typename B::module_type;   // what ModuleRef::ptr points to
+  typename B::inputs_type;   // what a forward's inputs Payload points to
+  typename B::output_type;   // what a forward's output Payload points to
+  typename B::grads_type;    // what a GradCallback's Payload points to
+};
+
+}  // namespace modtracker

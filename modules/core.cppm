@@ -1,0 +1,207 @@
+// The framework-neutral tracker state: fqn interning, `parents` counts,
+// the transition journal, forward/backward enter/exit and the user hooks in
+// type-erased form. Tracker<B> (tracker.cppm) is its typed front.
+module;
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+export module modtracker:core;
+import :backend;
+import :generator;
+
+export namespace modtracker {
+
+/// One enter or exit of a module, forward or backward.
+struct Transition {
+  Phase phase;
+  Kind kind;
+  std::string_view fqn;        ///< valid as long as the tracker lives
+  std::uint32_t depth;         ///< forward call depth of the activation
+  std::uint64_t sequence;      ///< order of the transition within its tracker
+  std::chrono::nanoseconds time;  ///< since the tracker was created (steady clock)
+  std::uint32_t thread;        ///< small index of the thread it happened on (0, 1, ...)
+};
+
+/// What the tracker reports through its diagnostics sink.
+struct Diagnostic {
+  enum class Code : std::uint8_t {
+    reentrant_forward,    ///< a module entered while already active outside backward
+    unfinished_backward,  ///< a backward pass ended without its end callback (it threw)
+    journal_overflow,     ///< the transition journal dropped its oldest entries
+    hook_after_scope,     ///< a post hook found its scope gone
+  };
+  Code code;
+  std::string fqn;
+  std::string message;
+};
+using DiagnosticSink = std::function<void(const Diagnostic&)>;
+
+/// Thrown when user hooks are registered into slots that are already set.
+class HooksAlreadySet : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+/// Sizes and switches of a tracker.
+struct TrackerOptions {
+  std::size_t journal_capacity = std::size_t{1} << 16;  ///< transitions kept before the oldest drop
+};
+
+/// A snapshot of `parents`: sorted fqns, always holding "Global".
+class Parents {
+ public:
+  Parents() = default;
+  explicit Parents(std::vector<std::string_view> sorted) : names_(std::move(sorted)) {}
+  [[nodiscard]] bool contains(std::string_view fqn) const noexcept;
+  [[nodiscard]] std::size_t size() const noexcept { return names_.size(); }
+  [[nodiscard]] auto begin() const noexcept { return names_.begin(); }
+  [[nodiscard]] auto end() const noexcept { return names_.end(); }
+  [[nodiscard]] std::set<std::string> to_set() const;
+  [[nodiscard]] std::vector<std::string> to_vector() const;
+  friend bool operator==(const Parents&, const Parents&) = default;
+
+ private:
+  std::vector<std::string_view> names_;
+};
+
+/// "TypeName" from "ns::TypeNameImpl": namespaces and a trailing Impl dropped.
+[[nodiscard]] std::string root_name_from_type(std::string_view type_name);
+
+namespace detail {
+
+/// User hooks with their payloads still opaque.
+struct ErasedHooks {
+  std::function<void(ModuleRef, Payload)> pre_fw;
+  std::function<void(ModuleRef, Payload, Payload)> post_fw;
+  std::function<void(ModuleRef, Payload)> pre_bw;
+  std::function<void(ModuleRef, Payload)> post_bw;
+};
+using ErasedFilter = std::function<bool(std::string_view, ModuleRef)>;
+
+/// A tiny test-and-set lock: the state it guards is touched for nanoseconds.
+class SpinLock {
+ public:
+  void lock() noexcept {
+    while (flag_.test_and_set(std::memory_order_acquire))
+      while (flag_.test(std::memory_order_relaxed)) std::this_thread::yield();
+  }
+  void unlock() noexcept { flag_.clear(std::memory_order_release); }
+
+ private:
+  std::atomic_flag flag_;
+};
+
+struct Activation;
+struct Epoch;
+
+class TrackerCore final : public ForwardObserver {
+ public:
+  explicit TrackerCore(HookBackend& backend, TrackerOptions options = {});
+  TrackerCore(const TrackerCore&) = delete;
+  TrackerCore& operator=(const TrackerCore&) = delete;
+  ~TrackerCore();
+
+  void start();
+  void stop();
+  [[nodiscard]] bool tracking() const noexcept { return epoch_ != nullptr; }
+
+  [[nodiscard]] Parents parents() const;
+  [[nodiscard]] bool parents_contain(std::string_view fqn) const;
+  [[nodiscard]] bool is_bw() const { return backend_.in_backward(); }
+  [[nodiscard]] std::optional<std::string> known_fqn(ModuleRef module) const;
+  [[nodiscard]] HookBackend& backend() const noexcept { return backend_; }
+
+  void set_hooks(ErasedHooks hooks, const std::array<bool, 4>& given);
+  void clear_hooks();
+  void set_filter(ErasedFilter filter);
+  void set_sink(DiagnosticSink sink);
+
+  Generator<Transition> transitions();
+  [[nodiscard]] std::uint64_t dropped_transitions() const;
+  Generator<std::pair<std::string, ModuleRef>> walk(ModuleRef root) const;
+
+  std::uintptr_t pre_forward(const ForwardCall& call) override;
+  void post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) override;
+
+  // Called by the gradient callbacks (through their Epoch).
+  void backward_enter(const std::shared_ptr<Activation>& act, Payload grads);
+  void backward_exit(const std::shared_ptr<Activation>& act, Payload grads);
+  void finish_pass(std::uint64_t pass);
+
+ private:
+  struct ModuleInfo {
+    std::uint32_t fqn;
+    bool selected;
+    bool weak_known;
+    WeakModule weak;
+  };
+  struct Count {
+    std::uint32_t forward = 0;
+    std::uint32_t backward = 0;
+    std::uint32_t active_pos = 0;  // index in active_ while forward + backward > 0
+  };
+  struct RawTransition {
+    Phase phase;
+    Kind kind;
+    std::uint32_t fqn;
+    std::uint32_t depth;
+    std::uint32_t thread;
+    std::uint64_t sequence;
+    std::uint64_t ticks;
+  };
+  struct OpenPass {
+    std::uint64_t id;
+    std::thread::id thread;
+    std::vector<std::shared_ptr<Activation>> entered;
+  };
+
+  std::uint32_t intern(std::string fqn);
+  const ModuleInfo& info_for(ModuleRef module);  // names lazily; state lock held
+  void name_subtree(ModuleRef module, std::uint32_t fqn);
+  void add_count(std::uint32_t fqn, Phase phase);
+  void sub_count(std::uint32_t fqn, Phase phase);
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth);
+  void exit_backward(const std::shared_ptr<Activation>& act, Payload grads, std::uint64_t pass);
+  void close_stale_passes();
+  void diagnose(Diagnostic d);
+  std::shared_ptr<const ErasedHooks> hooks() const;
+
+  HookBackend& backend_;
+  TrackerOptions options_;
+  mutable SpinLock state_;  // guards everything below except hooks_/sink_
+  std::deque<std::string> names_;  // interned fqns; stable addresses
+  std::unordered_map<std::string_view, std::uint32_t> ids_;
+  std::unordered_map<const void*, ModuleInfo> modules_;
+  std::vector<Count> counts_;
+  std::vector<std::uint32_t> active_;  // fqn ids in parents, "Global" first
+  std::vector<RawTransition> ring_;
+  std::size_t ring_head_ = 0, ring_size_ = 0;
+  std::uint64_t dropped_ = 0, dropped_reported_ = 0, sequence_ = 0;
+  std::vector<OpenPass> passes_;
+  ErasedFilter filter_;
+
+  mutable std::mutex config_;  // guards hooks_, sink_
+  std::shared_ptr<const ErasedHooks> hooks_;
+  DiagnosticSink sink_;
+
+  std::shared_ptr<Epoch> epoch_;  // set while tracking
+  Registration observer_;
+  std::uint64_t tick0_;
+};
+
+}  // namespace detail
+}  // namespace modtracker

@@ -1,0 +1,73 @@
+// Forward-call dispatch shared by every backend: the registry of active
+// trackers and the per-call frame that runs their pre/post hooks in nesting
+// order, also when the forward or a hook throws.
+module;
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <shared_mutex>
+export module modtracker:dispatch;
+import :backend;
+
+export namespace modtracker {
+
+/// Registry of the forward observers (trackers) active on one backend.
+/// Thread-safe; removing an observer waits for calls into it to finish.
+class ForwardDispatcher {
+ public:
+  /// How many trackers can observe one backend at once.
+  static constexpr std::size_t max_observers = 8;
+
+  ForwardDispatcher() = default;
+  ForwardDispatcher(const ForwardDispatcher&) = delete;
+  ForwardDispatcher& operator=(const ForwardDispatcher&) = delete;
+  ~ForwardDispatcher();
+
+  /// Installs `observer`; throws std::length_error past max_observers.
+  [[nodiscard]] Registration add(ForwardObserver& observer);
+  /// No observer installed: callers can skip the frame entirely.
+  [[nodiscard]] bool idle() const noexcept { return count_.load(std::memory_order_acquire) == 0; }
+
+  /// One tracked module call. Construct before the forward (runs the pre
+  /// hooks), call finish(output) after it; a Call destroyed unfinished
+  /// reports a forward that threw.
+  class Call {
+   public:
+    Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs);
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+    ~Call();
+    /// Runs the post hooks with the forward's output (rethrows a hook's exception).
+    void finish(Payload output);
+
+   private:
+    void post(Payload output, bool forward_threw);
+    ForwardDispatcher* dispatcher_;
+    ForwardCall call_;
+    struct Seen {
+      ForwardObserver* observer;
+      std::uint64_t generation;
+      std::uintptr_t token;
+    };
+    std::array<Seen, max_observers> seen_{};
+    std::uint32_t n_seen_ = 0;
+    bool finished_ = false;
+  };
+
+ private:
+  struct Slot {
+    ForwardObserver* observer = nullptr;
+    std::uint64_t generation = 0;
+  };
+  void remove(std::uint64_t generation);
+  [[nodiscard]] bool installed(std::uint64_t generation) const noexcept;
+
+  mutable std::shared_mutex mutex_;
+  std::array<Slot, max_observers> slots_{};  // in installation order, compact
+  std::uint32_t used_ = 0;
+  std::uint64_t next_generation_ = 1;
+  std::atomic<std::uint32_t> count_{0};
+};
+
+}  // namespace modtracker

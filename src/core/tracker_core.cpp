@@ -1,0 +1,569 @@
+// TrackerCore: parents counts, lazy naming, the journal, and the forward and
+// backward enter/exit rules of SEMANTICS.md.
+module;
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <exception>
+#include <iterator>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "clock.hpp"
+module modtracker;
+
+namespace modtracker {
+
+bool Parents::contains(std::string_view fqn) const noexcept {
+  return std::binary_search(names_.begin(), names_.end(), fqn);
+}
+
+std::set<std::string> Parents::to_set() const { return {names_.begin(), names_.end()}; }
+
+std::vector<std::string> Parents::to_vector() const { return {names_.begin(), names_.end()}; }
+
+std::string root_name_from_type(std::string_view type_name) {
+  // Namespaces end at the last "::" before any template arguments.
+  const auto args = type_name.find('<');
+  const auto head = type_name.substr(0, args);
+  const auto colons = head.rfind("::");
+  auto name = colons == std::string_view::npos ? type_name : type_name.substr(colons + 2);
+  if (args == std::string_view::npos && name.size() > 4 && name.ends_with("Impl"))
+    name.remove_suffix(4);
+  return std::string(name);
+}
+
+namespace detail {
+
+/// Lifetime link between gradient callbacks and a tracking scope: the
+/// callbacks hold it, the scope's end clears `core` so they do nothing.
+struct Epoch {
+  std::recursive_mutex mutex;
+  TrackerCore* core;
+};
+
+/// One forward call of a module whose backward the tracker follows.
+struct Activation {
+  std::shared_ptr<Epoch> epoch;
+  std::shared_ptr<Activation> self;  // keeps it alive from pre_forward to post_forward
+  WeakModule module;
+  std::uint32_t fqn;
+  std::uint32_t depth;
+  std::uint64_t sequence;
+  bool selected;
+  std::uint64_t entered_pass = 0;  // guarded by the core's state lock
+  std::uint64_t exited_pass = 0;
+};
+
+namespace {
+
+constexpr std::uint32_t global_id = 0;
+
+std::uint32_t thread_index() noexcept {
+  static std::atomic<std::uint32_t> next{0};
+  thread_local const std::uint32_t index = next.fetch_add(1, std::memory_order_relaxed);
+  return index;
+}
+
+// pre_forward's token: an Activation* (low bit 1) or fqn id + selected bit.
+std::uintptr_t plain_token(std::uint32_t fqn, bool selected) noexcept {
+  return (static_cast<std::uintptr_t>(fqn) << 2) | (selected ? 2u : 0u);
+}
+
+template <class F>
+void with_core(const std::shared_ptr<Activation>& act, F&& f) {
+  std::lock_guard<std::recursive_mutex> guard(act->epoch->mutex);
+  if (auto* core = act->epoch->core) f(*core);
+}
+
+void default_sink(const Diagnostic& d) {
+  static std::mutex mutex;
+  static std::set<std::pair<Diagnostic::Code, std::string>> reported;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (reported.emplace(d.code, d.fqn).second) std::fprintf(stderr, "modtracker: %s\n", d.message.c_str());
+}
+
+}  // namespace
+
+TrackerCore::TrackerCore(HookBackend& backend, TrackerOptions options)
+    : backend_(backend), options_(options), sink_(default_sink), tick0_(ticks()) {
+  if (options_.journal_capacity == 0)
+    throw std::invalid_argument("modtracker: journal_capacity must be at least 1");
+  ring_.resize(options_.journal_capacity);
+  intern("Global");
+  add_count(global_id, Phase::forward);  // "Global" is always a parent
+  (void)ns_per_tick();                   // calibrate now, not on the first read
+}
+
+TrackerCore::~TrackerCore() {
+  if (epoch_) {
+    try {
+      stop();
+    } catch (...) {
+    }
+  }
+}
+
+void TrackerCore::start() {
+  if (epoch_) throw std::logic_error("modtracker: this tracker is tracking already (one scope at a time)");
+  auto epoch = std::make_shared<Epoch>();
+  epoch->core = this;
+  observer_ = backend_.add_forward_observer(*this);
+  epoch_ = std::move(epoch);
+}
+
+void TrackerCore::stop() {
+  if (!epoch_) throw std::logic_error("modtracker: this tracker is not tracking");
+  observer_.remove();
+  {
+    std::lock_guard<std::recursive_mutex> guard(epoch_->mutex);  // waits for gradient callbacks running now
+    epoch_->core = nullptr;
+  }
+  epoch_.reset();
+  std::lock_guard<SpinLock> lock(state_);
+  passes_.clear();
+  for (std::uint32_t id = 1; id < counts_.size(); ++id) {
+    while (counts_[id].backward > 0) sub_count(id, Phase::backward);
+  }
+}
+
+std::uint32_t TrackerCore::intern(std::string fqn) {
+  if (auto it = ids_.find(fqn); it != ids_.end()) return it->second;
+  const auto id = static_cast<std::uint32_t>(names_.size());
+  names_.push_back(std::move(fqn));
+  ids_.emplace(names_.back(), id);
+  counts_.emplace_back();
+  return id;
+}
+
+void TrackerCore::add_count(std::uint32_t fqn, Phase phase) {
+  auto& c = counts_[fqn];
+  if (c.forward + c.backward == 0) {
+    c.active_pos = static_cast<std::uint32_t>(active_.size());
+    active_.push_back(fqn);
+  }
+  ++(phase == Phase::forward ? c.forward : c.backward);
+}
+
+void TrackerCore::sub_count(std::uint32_t fqn, Phase phase) {
+  auto& c = counts_[fqn];
+  --(phase == Phase::forward ? c.forward : c.backward);
+  if (c.forward + c.backward != 0) return;
+  const auto moved = active_.back();
+  active_[c.active_pos] = moved;
+  counts_[moved].active_pos = c.active_pos;
+  active_.pop_back();
+}
+
+void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth) {
+  const auto cap = ring_.size();
+  if (ring_size_ == cap) {  // full: drop the oldest
+    ring_head_ = (ring_head_ + 1) % cap;
+    --ring_size_;
+    ++dropped_;
+  }
+  ring_[(ring_head_ + ring_size_) % cap] = RawTransition{phase, kind, fqn, depth, thread_index(), sequence_++, ticks()};
+  ++ring_size_;
+}
+
+// Names `module` and, below it, every child not named yet (first name wins).
+// State lock held; the backend calls here do not call back into the tracker.
+void TrackerCore::name_subtree(ModuleRef module, std::uint32_t fqn) {
+  backend_.for_each_child(module, [&](std::string_view name, ModuleRef child) {
+    if (!child || modules_.contains(child.ptr)) return;
+    std::string child_fqn = names_[fqn];
+    child_fqn.append(".").append(name);
+    auto weak = backend_.weak(child);
+    const bool weak_known = !weak.expired();
+    const auto id = intern(std::move(child_fqn));
+    modules_.emplace(child.ptr, ModuleInfo{id, true, weak_known, std::move(weak)});
+    name_subtree(child, id);
+  });
+}
+
+const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module) {
+  auto it = modules_.find(module.ptr);
+  if (it != modules_.end() && it->second.weak_known && it->second.weak.expired()) {
+    modules_.erase(it);  // a new module at a freed module's address
+    it = modules_.end();
+  }
+  if (it == modules_.end()) {
+    auto weak = backend_.weak(module);
+    const bool weak_known = !weak.expired();
+    const auto id = intern(root_name_from_type(backend_.type_name(module)));
+    it = modules_.emplace(module.ptr, ModuleInfo{id, true, weak_known, std::move(weak)}).first;
+    name_subtree(module, id);
+    if (filter_) {
+      for (auto& [ptr, info] : modules_) info.selected = filter_(names_[info.fqn], ModuleRef{ptr});
+    }
+  }
+  return it->second;
+}
+
+void TrackerCore::close_stale_passes() {
+  const auto me = std::this_thread::get_id();
+  for (auto p = passes_.begin(); p != passes_.end();) {
+    if (p->thread != me) {
+      ++p;
+      continue;
+    }
+    for (auto a = p->entered.rbegin(); a != p->entered.rend(); ++a) {
+      auto& act = **a;
+      if (act.exited_pass == p->id) continue;
+      act.exited_pass = p->id;
+      sub_count(act.fqn, Phase::backward);
+      if (act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth);
+    }
+    p = passes_.erase(p);
+  }
+}
+
+std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
+  if (!call.module) throw std::invalid_argument("modtracker: pre_forward of a null module");
+  const bool in_bw = backend_.in_backward();
+  std::uint32_t fqn;
+  bool selected;
+  bool reentered;
+  bool stale = false;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    if (!in_bw && !passes_.empty()) {
+      const auto before = passes_.size();
+      close_stale_passes();
+      stale = passes_.size() != before;
+    }
+    const auto& info = info_for(call.module);
+    fqn = info.fqn;
+    selected = info.selected;
+    const auto& c = counts_[fqn];
+    reentered = !in_bw && c.forward + c.backward > 0;
+    add_count(fqn, Phase::forward);
+    if (selected) record(Phase::forward, Kind::enter, fqn, call.depth);
+  }
+  if (stale)
+    diagnose({Diagnostic::Code::unfinished_backward, "",
+              "a backward pass ended without running its end callbacks (did it throw?); "
+              "its modules left backward when the next forward started"});
+  if (reentered)
+    diagnose({Diagnostic::Code::reentrant_forward, std::string(names_[fqn]),
+              "module '" + std::string(names_[fqn]) +
+                  "' entered while already active; the module hierarchy may be wrong"});
+  std::uintptr_t token = plain_token(fqn, selected);
+  try {
+    if (!in_bw && backend_.grad_enabled()) {
+      auto act = std::make_shared<Activation>();
+      act->epoch = epoch_;
+      act->module = backend_.weak(call.module);
+      act->fqn = fqn;
+      act->depth = call.depth;
+      act->selected = selected;
+      {
+        std::lock_guard<SpinLock> lock(state_);
+        act->sequence = sequence_;
+      }
+      if (auto reg = backend_.on_all_gradients(
+              call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
+              [act](Payload grads) { with_core(act, [&](TrackerCore& c) { c.backward_exit(act, grads); }); }))
+        reg->release();  // inert once the scope ends; lives as long as the graph
+      act->self = act;
+      token = reinterpret_cast<std::uintptr_t>(act.get()) | 1u;
+    }
+    if (selected) {
+      if (auto h = hooks(); h && h->pre_fw) h->pre_fw(call.module, call.inputs);
+    }
+  } catch (...) {
+    if (token & 1u) reinterpret_cast<Activation*>(token & ~std::uintptr_t{1})->self.reset();
+    std::lock_guard<SpinLock> lock(state_);
+    sub_count(fqn, Phase::forward);
+    if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
+    throw;
+  }
+  return token;
+}
+
+void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) {
+  std::shared_ptr<Activation> act;
+  std::uint32_t fqn;
+  bool selected;
+  if (token & 1u) {
+    act = std::move(reinterpret_cast<Activation*>(token & ~std::uintptr_t{1})->self);
+    if (!act) throw std::logic_error("modtracker: post_forward without a matching pre_forward");
+    fqn = act->fqn;
+    selected = act->selected;
+  } else {
+    fqn = static_cast<std::uint32_t>(token >> 2);
+    selected = (token & 2u) != 0;
+  }
+  std::exception_ptr hook_error;
+  if (selected) {
+    try {
+      if (auto h = hooks(); h && h->post_fw) h->post_fw(call.module, call.inputs, output);
+    } catch (...) {
+      hook_error = std::current_exception();
+    }
+  }
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    if (fqn >= counts_.size() || counts_[fqn].forward == 0 || fqn == global_id)
+      throw std::logic_error("modtracker: forward exit without a matching enter");
+    sub_count(fqn, Phase::forward);
+    if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
+  }
+  if (hook_error) std::rethrow_exception(hook_error);
+  if (act && output) {
+    if (auto reg = backend_.on_first_gradient(
+            output, GradOrder{Kind::enter, act->depth, act->sequence},
+            [act](Payload grads) { with_core(act, [&](TrackerCore& c) { c.backward_enter(act, grads); }); }))
+      reg->release();
+  }
+}
+
+void TrackerCore::backward_enter(const std::shared_ptr<Activation>& act, Payload grads) {
+  const auto pass = backend_.backward_pass();
+  if (pass == 0) return;  // a gradient outside any backward pass: nothing to enter
+  bool first_of_pass = false;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    if (act->entered_pass == pass) return;  // "first gradient of any": once per pass
+    auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });
+    if (p == passes_.end()) {
+      passes_.push_back(OpenPass{pass, std::this_thread::get_id(), {}});
+      p = std::prev(passes_.end());
+      first_of_pass = true;
+    }
+    act->entered_pass = pass;
+    p->entered.push_back(act);
+    add_count(act->fqn, Phase::backward);
+    if (act->selected) record(Phase::backward, Kind::enter, act->fqn, act->depth);
+  }
+  if (first_of_pass) {
+    backend_.at_end_of_backward([epoch = act->epoch, pass] {
+      std::lock_guard<std::recursive_mutex> guard(epoch->mutex);
+      if (epoch->core) epoch->core->finish_pass(pass);
+    });
+  }
+  if (act->selected) {
+    if (auto h = hooks(); h && h->pre_bw) {
+      const auto module = act->module.lock();
+      h->pre_bw(ModuleRef{module.get()}, grads);
+    }
+  }
+}
+
+void TrackerCore::backward_exit(const std::shared_ptr<Activation>& act, Payload grads) {
+  const auto pass = backend_.backward_pass();
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    if (pass == 0 || act->entered_pass != pass || act->exited_pass == pass) return;  // never entered
+    act->exited_pass = pass;
+  }
+  exit_backward(act, grads, pass);
+}
+
+void TrackerCore::exit_backward(const std::shared_ptr<Activation>& act, Payload grads, std::uint64_t) {
+  std::exception_ptr hook_error;
+  if (act->selected) {
+    try {
+      if (auto h = hooks(); h && h->post_bw) {
+        const auto module = act->module.lock();
+        h->post_bw(ModuleRef{module.get()}, grads);
+      }
+    } catch (...) {
+      hook_error = std::current_exception();
+    }
+  }
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    if (counts_[act->fqn].backward > 0) {  // stop() may have cleared it meanwhile
+      sub_count(act->fqn, Phase::backward);
+      if (act->selected) record(Phase::backward, Kind::exit, act->fqn, act->depth);
+    }
+  }
+  if (hook_error) std::rethrow_exception(hook_error);
+}
+
+void TrackerCore::finish_pass(std::uint64_t pass) {
+  std::vector<std::shared_ptr<Activation>> entered;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });
+    if (p == passes_.end()) return;
+    entered = std::move(p->entered);
+    passes_.erase(p);
+  }
+  std::exception_ptr first_error;
+  for (auto a = entered.rbegin(); a != entered.rend(); ++a) {  // deferred exits, latest first
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      if ((*a)->exited_pass == pass) continue;
+      (*a)->exited_pass = pass;
+    }
+    try {
+      exit_backward(*a, Payload{}, pass);
+    } catch (...) {
+      if (!first_error) first_error = std::current_exception();
+    }
+  }
+  if (first_error) std::rethrow_exception(first_error);
+}
+
+Parents TrackerCore::parents() const {
+  std::vector<std::string_view> names;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    names.reserve(active_.size());
+    for (auto id : active_) names.emplace_back(names_[id]);
+  }
+  std::sort(names.begin(), names.end());
+  return Parents(std::move(names));
+}
+
+bool TrackerCore::parents_contain(std::string_view fqn) const {
+  std::lock_guard<SpinLock> lock(state_);
+  const auto it = ids_.find(fqn);
+  return it != ids_.end() && counts_[it->second].forward + counts_[it->second].backward > 0;
+}
+
+std::optional<std::string> TrackerCore::known_fqn(ModuleRef module) const {
+  if (!module) return std::nullopt;
+  std::lock_guard<SpinLock> lock(state_);
+  const auto it = modules_.find(module.ptr);
+  if (it == modules_.end() || (it->second.weak_known && it->second.weak.expired())) return std::nullopt;
+  return names_[it->second.fqn];
+}
+
+void TrackerCore::set_hooks(ErasedHooks hooks, const std::array<bool, 4>& given) {
+  std::lock_guard<std::mutex> lock(config_);
+  const ErasedHooks none;
+  const ErasedHooks& now = hooks_ ? *hooks_ : none;
+  const std::array<bool, 4> taken{static_cast<bool>(now.pre_fw), static_cast<bool>(now.post_fw),
+                                  static_cast<bool>(now.pre_bw), static_cast<bool>(now.post_bw)};
+  static constexpr std::array<const char*, 4> slot{"pre_fw", "post_fw", "pre_bw", "post_bw"};
+  std::string clash;
+  for (std::size_t i = 0; i < 4; ++i)
+    if (given[i] && taken[i]) clash += (clash.empty() ? "" : ", ") + std::string(slot[i]);
+  if (!clash.empty())
+    throw HooksAlreadySet("modtracker: user hook slot(s) already set: " + clash +
+                          " (call clear_user_hooks() first)");
+  auto merged = std::make_shared<ErasedHooks>(now);
+  if (given[0]) merged->pre_fw = std::move(hooks.pre_fw);
+  if (given[1]) merged->post_fw = std::move(hooks.post_fw);
+  if (given[2]) merged->pre_bw = std::move(hooks.pre_bw);
+  if (given[3]) merged->post_bw = std::move(hooks.post_bw);
+  hooks_ = std::move(merged);
+}
+
+void TrackerCore::clear_hooks() {
+  std::lock_guard<std::mutex> lock(config_);
+  hooks_.reset();
+}
+
+std::shared_ptr<const ErasedHooks> TrackerCore::hooks() const {
+  std::lock_guard<std::mutex> lock(config_);
+  return hooks_;
+}
+
+void TrackerCore::set_filter(ErasedFilter filter) {
+  // The filter runs once per module, when it is named or now for known ones.
+  std::unordered_map<const void*, bool> verdicts;
+  if (filter) {
+    std::vector<std::pair<const void*, std::string>> known;
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      for (const auto& [ptr, info] : modules_) known.emplace_back(ptr, names_[info.fqn]);
+    }
+    for (const auto& [ptr, fqn] : known) verdicts[ptr] = filter(fqn, ModuleRef{ptr});
+  }
+  std::lock_guard<SpinLock> lock(state_);
+  for (auto& [ptr, info] : modules_) {
+    const auto v = verdicts.find(ptr);
+    info.selected = v == verdicts.end() ? !filter || filter(names_[info.fqn], ModuleRef{ptr}) : v->second;
+  }
+  filter_ = std::move(filter);
+}
+
+void TrackerCore::set_sink(DiagnosticSink sink) {
+  std::lock_guard<std::mutex> lock(config_);
+  sink_ = sink ? std::move(sink) : DiagnosticSink(default_sink);
+}
+
+void TrackerCore::diagnose(Diagnostic d) {
+  DiagnosticSink sink;
+  {
+    std::lock_guard<std::mutex> lock(config_);
+    sink = sink_;
+  }
+  sink(d);
+}
+
+Generator<Transition> TrackerCore::transitions() {
+  const double scale = ns_per_tick();
+  for (;;) {
+    RawTransition raw;
+    std::uint64_t newly_dropped = 0;
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      newly_dropped = dropped_ - dropped_reported_;
+      dropped_reported_ = dropped_;
+      if (ring_size_ == 0) {
+        if (newly_dropped == 0) break;
+      } else {
+        raw = ring_[ring_head_];
+        ring_head_ = (ring_head_ + 1) % ring_.size();
+        --ring_size_;
+      }
+    }
+    if (newly_dropped != 0) {
+      diagnose({Diagnostic::Code::journal_overflow, "",
+                std::to_string(newly_dropped) + " transitions dropped: the journal holds " +
+                    std::to_string(ring_.size()) + "; read transitions() more often or raise journal_capacity"});
+      std::lock_guard<SpinLock> lock(state_);
+      if (ring_size_ == 0) break;
+      continue;
+    }
+    const auto ns = static_cast<std::int64_t>(static_cast<double>(raw.ticks - tick0_) * scale);
+    co_yield Transition{raw.phase, raw.kind, names_[raw.fqn], raw.depth, raw.sequence,
+                        std::chrono::nanoseconds(ns), raw.thread};
+  }
+}
+
+std::uint64_t TrackerCore::dropped_transitions() const {
+  std::lock_guard<SpinLock> lock(state_);
+  return dropped_;
+}
+
+Generator<std::pair<std::string, ModuleRef>> TrackerCore::walk(ModuleRef root) const {
+  if (!root) throw std::invalid_argument("modtracker: walk of a null module");
+  std::string root_fqn = known_fqn(root).value_or(root_name_from_type(backend_.type_name(root)));
+  std::vector<std::pair<std::string, ModuleRef>> stack{{std::move(root_fqn), root}};
+  std::unordered_set<const void*> seen{root.ptr};
+  while (!stack.empty()) {
+    auto [fqn, module] = std::move(stack.back());
+    stack.pop_back();
+    std::vector<std::pair<std::string, ModuleRef>> children;
+    backend_.for_each_child(module, [&](std::string_view name, ModuleRef child) {
+      if (child && seen.insert(child.ptr).second) children.emplace_back(fqn + "." + std::string(name), child);
+    });
+    std::move(children.rbegin(), children.rend(), std::back_inserter(stack));
+    co_yield std::pair<std::string, ModuleRef>{std::move(fqn), module};
+  }
+}
+
+}  // namespace detail
+}  // namespace modtracker
