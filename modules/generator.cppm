@@ -6,7 +6,6 @@ module;
 #include <exception>
 #include <iterator>
 #include <memory>
-#include <ranges>
 #include <type_traits>
 #include <utility>
 export module modtracker:generator;

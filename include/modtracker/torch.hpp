@@ -1,0 +1,307 @@
+// modtracker for LibTorch: the one header LibTorch users include, next to
+// `import modtracker;`. It holds the LibTorch hook backend, the tensor
+// flattening customization point, and the ways module calls reach the
+// trackers: tracked holders (MODTRACKER_MODULE, modtracker::libtorch::nn::*),
+// a tracked Sequential, and call()/ForwardScope for hand-written calls.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+import modtracker;
+
+namespace modtracker::libtorch {
+
+/// The tensors found in a forward's inputs or output, by reference (what
+/// forward hooks see; valid during the hook only).
+class Tensors {
+ public:
+  void push(const at::Tensor& t) {
+    if (n_ < inline_.size()) inline_[n_] = &t;
+    else spill_.push_back(&t);
+    ++n_;
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return n_; }
+  [[nodiscard]] bool empty() const noexcept { return n_ == 0; }
+  [[nodiscard]] const at::Tensor& operator[](std::size_t i) const {
+    return i < inline_.size() ? *inline_[i] : *spill_[i - inline_.size()];
+  }
+  /// True if any tensor requires grad (what decides backward tracking).
+  [[nodiscard]] bool any_requires_grad() const {
+    for (std::size_t i = 0; i < n_; ++i)
+      if ((*this)[i].defined() && (*this)[i].requires_grad()) return true;
+    return false;
+  }
+
+ private:
+  std::array<const at::Tensor*, 6> inline_{};
+  std::vector<const at::Tensor*> spill_;
+  std::size_t n_ = 0;
+};
+
+/// Customization point: how to find the tensors in a value of type T.
+/// Specialize `Flatten<T>` with `static void into(const T&, Tensors&)` for
+/// your own input/output types; tensors, tuples, pairs, vectors, optionals,
+/// TensorList and torch::OrderedDict are built in; other types hold none.
+template <class T, class = void>
+struct Flatten {
+  static void into(const T&, Tensors&) {}
+};
+
+template <class T>
+void flatten_into(const T& value, Tensors& out) {
+  Flatten<std::remove_cvref_t<T>>::into(value, out);
+}
+
+template <>
+struct Flatten<at::Tensor> {
+  static void into(const at::Tensor& t, Tensors& out) { out.push(t); }
+};
+template <class T>
+struct Flatten<std::optional<T>> {
+  static void into(const std::optional<T>& v, Tensors& out) {
+    if (v) flatten_into(*v, out);
+  }
+};
+template <class T>
+struct Flatten<c10::optional<T>, std::enable_if_t<!std::is_same_v<c10::optional<T>, std::optional<T>>>> {
+  static void into(const c10::optional<T>& v, Tensors& out) {
+    if (v) flatten_into(*v, out);
+  }
+};
+template <class T, class A>
+struct Flatten<std::vector<T, A>> {
+  static void into(const std::vector<T, A>& v, Tensors& out) {
+    for (const auto& x : v) flatten_into(x, out);
+  }
+};
+template <class T>
+struct Flatten<c10::ArrayRef<T>> {
+  static void into(const c10::ArrayRef<T>& v, Tensors& out) {
+    for (const auto& x : v) flatten_into(x, out);
+  }
+};
+template <class... Ts>
+struct Flatten<std::tuple<Ts...>> {
+  static void into(const std::tuple<Ts...>& v, Tensors& out) {
+    std::apply([&](const auto&... xs) { (flatten_into(xs, out), ...); }, v);
+  }
+};
+template <class A, class B>
+struct Flatten<std::pair<A, B>> {
+  static void into(const std::pair<A, B>& v, Tensors& out) {
+    flatten_into(v.first, out);
+    flatten_into(v.second, out);
+  }
+};
+template <class K, class V>
+struct Flatten<torch::OrderedDict<K, V>> {
+  static void into(const torch::OrderedDict<K, V>& v, Tensors& out) {
+    for (const auto& item : v) flatten_into(item.value(), out);
+  }
+};
+
+/// The LibTorch hook backend (one per process: backend()).
+class Backend final : public HookBackend {
+ public:
+  using module_type = torch::nn::Module;
+  using inputs_type = Tensors;
+  using output_type = Tensors;
+  using grads_type = std::vector<at::Tensor>;
+
+  Backend();
+  ~Backend() override;
+
+  [[nodiscard]] ForwardDispatcher& dispatcher() noexcept { return dispatcher_; }
+
+  Registration add_forward_observer(ForwardObserver& observer) override;
+  [[nodiscard]] bool grad_enabled() const override;
+  [[nodiscard]] bool in_backward() const override;
+  [[nodiscard]] std::uint64_t backward_pass() const override;
+  std::optional<Registration> on_first_gradient(Payload values, GradOrder order, GradCallback fn) override;
+  std::optional<Registration> on_all_gradients(Payload values, GradOrder order, GradCallback fn) override;
+  void at_end_of_backward(std::function<void()> fn) override;
+  [[nodiscard]] std::string type_name(ModuleRef module) const override;
+  void for_each_child(ModuleRef module, const std::function<void(std::string_view, ModuleRef)>& fn) const override;
+  [[nodiscard]] WeakModule weak(ModuleRef module) const override;
+
+ private:
+  ForwardDispatcher dispatcher_;
+};
+
+/// The process-wide LibTorch backend.
+Backend& backend();
+
+/// The ModuleRef of a LibTorch module.
+inline ModuleRef module_ref(const torch::nn::Module& m) noexcept { return ModuleRef{static_cast<const void*>(&m)}; }
+
+/// A tracker of LibTorch modules (on the process-wide backend).
+class Tracker : public modtracker::Tracker<Backend> {
+ public:
+  explicit Tracker(TrackerOptions options = {}) : modtracker::Tracker<Backend>(backend(), options) {}
+};
+
+/// RAII form of one module call written by hand:
+///   ForwardScope s(*layer, x); auto y = layer->forward(x); s.finish(y);
+/// A scope destroyed unfinished reports a forward that threw.
+class ForwardScope {
+ public:
+  template <class... Inputs>
+  explicit ForwardScope(const torch::nn::Module& module, const Inputs&... inputs) {
+    auto& d = backend().dispatcher();
+    if (d.idle()) return;
+    (flatten_into(inputs, inputs_), ...);
+    call_.emplace(d, module_ref(module), Payload{&inputs_});
+  }
+  template <class Output>
+  void finish(const Output& output) {
+    if (!call_) return;
+    Tensors out;
+    flatten_into(output, out);
+    call_->finish(Payload{&out});
+  }
+  void finish() {
+    if (!call_) return;
+    Tensors out;
+    call_->finish(Payload{&out});
+  }
+
+ private:
+  Tensors inputs_;
+  std::optional<ForwardDispatcher::Call> call_;
+};
+
+/// Calls module.forward(args...) as a tracked module call.
+template <class M, class... Args>
+decltype(auto) call(M& module, Args&&... args) {
+  auto& d = backend().dispatcher();
+  if (d.idle()) return module.forward(std::forward<Args>(args)...);
+  Tensors in;
+  (flatten_into(args, in), ...);
+  ForwardDispatcher::Call frame(d, module_ref(module), Payload{&in});
+  using R = decltype(module.forward(std::forward<Args>(args)...));
+  if constexpr (std::is_void_v<R>) {
+    module.forward(std::forward<Args>(args)...);
+    Tensors out;
+    frame.finish(Payload{&out});
+  } else {
+    R out = module.forward(std::forward<Args>(args)...);
+    Tensors outs;
+    flatten_into(out, outs);
+    frame.finish(Payload{&outs});
+    return out;
+  }
+}
+
+/// A drop-in torch::nn::ModuleHolder whose operator() is a tracked call.
+template <class Impl>
+class Holder : public torch::nn::ModuleHolder<Impl> {
+ public:
+  using torch::nn::ModuleHolder<Impl>::ModuleHolder;
+  Holder() : torch::nn::ModuleHolder<Impl>() {}
+  Holder(torch::nn::ModuleHolder<Impl> other) : torch::nn::ModuleHolder<Impl>(std::move(other)) {}
+
+  template <class... Args>
+  decltype(auto) operator()(Args&&... args) {
+    return libtorch::call(*this->get(), std::forward<Args>(args)...);
+  }
+};
+
+/// Tracked Sequential: itself and every child, named by index, are tracked.
+class SequentialImpl : public torch::nn::SequentialImpl {
+ public:
+  using torch::nn::SequentialImpl::SequentialImpl;
+
+  template <class Return = at::Tensor, class... Inputs>
+  Return forward(Inputs&&... inputs) {
+    auto& d = backend().dispatcher();
+    if (d.idle()) return torch::nn::SequentialImpl::forward<Return>(std::forward<Inputs>(inputs)...);
+    TORCH_CHECK(!is_empty(), "Cannot call forward() on an empty Sequential");
+    Tensors in;
+    (flatten_into(inputs, in), ...);
+    ForwardDispatcher::Call frame(d, module_ref(*this), Payload{&in});
+    auto it = begin();
+    torch::nn::AnyValue value = child(d, *it, in, std::forward<Inputs>(inputs)...);
+    for (++it; it != end(); ++it) {
+      Tensors child_in;
+      flatten_value(value, child_in);
+      value = child(d, *it, child_in, std::move(value));
+    }
+    Return out = std::move(value).template get<Return>();
+    Tensors outs;
+    flatten_into(out, outs);
+    frame.finish(Payload{&outs});
+    return out;
+  }
+
+ private:
+  static void flatten_value(torch::nn::AnyValue& v, Tensors& out) {
+    if (const auto* t = v.try_get<at::Tensor>()) out.push(*t);
+  }
+  template <class... Args>
+  static torch::nn::AnyValue child(ForwardDispatcher& d, torch::nn::AnyModule& m, const Tensors& in, Args&&... args) {
+    ForwardDispatcher::Call frame(d, ModuleRef{static_cast<const void*>(m.ptr().get())}, Payload{&in});
+    torch::nn::AnyValue out = m.any_forward(std::forward<Args>(args)...);
+    Tensors outs;
+    flatten_value(out, outs);
+    frame.finish(Payload{&outs});
+    return out;
+  }
+};
+
+/// Declares `Name` as a tracked holder of `NameImpl` (like TORCH_MODULE).
+#define MODTRACKER_MODULE(Name) \
+  class Name : public ::modtracker::libtorch::Holder<Name##Impl> { \
+   public: \
+    using ::modtracker::libtorch::Holder<Name##Impl>::Holder; \
+  }
+
+/// Tracked drop-ins for torch::nn layers: `modtracker::libtorch::nn::Linear`
+/// wherever `torch::nn::Linear` was.
+namespace nn {
+class Sequential : public torch::nn::ModuleHolder<libtorch::SequentialImpl> {
+ public:
+  using torch::nn::ModuleHolder<libtorch::SequentialImpl>::ModuleHolder;
+  Sequential() : torch::nn::ModuleHolder<libtorch::SequentialImpl>() {}
+  Sequential(std::initializer_list<torch::nn::NamedAnyModule> named)
+      : torch::nn::ModuleHolder<libtorch::SequentialImpl>(
+            std::make_shared<libtorch::SequentialImpl>(torch::OrderedDict<std::string, torch::nn::AnyModule>(
+                [&] {
+                  torch::OrderedDict<std::string, torch::nn::AnyModule> d;
+                  for (const auto& m : named) d.insert(m.name(), m.module());
+                  return d;
+                }()))) {}
+  template <class... Args>
+  decltype(auto) operator()(Args&&... args) {
+    return this->get()->forward(std::forward<Args>(args)...);
+  }
+};
+using Linear = Holder<torch::nn::LinearImpl>;
+using Conv1d = Holder<torch::nn::Conv1dImpl>;
+using Conv2d = Holder<torch::nn::Conv2dImpl>;
+using BatchNorm1d = Holder<torch::nn::BatchNorm1dImpl>;
+using BatchNorm2d = Holder<torch::nn::BatchNorm2dImpl>;
+using LayerNorm = Holder<torch::nn::LayerNormImpl>;
+using Dropout = Holder<torch::nn::DropoutImpl>;
+using Embedding = Holder<torch::nn::EmbeddingImpl>;
+using ReLU = Holder<torch::nn::ReLUImpl>;
+using GELU = Holder<torch::nn::GELUImpl>;
+using Tanh = Holder<torch::nn::TanhImpl>;
+using MaxPool2d = Holder<torch::nn::MaxPool2dImpl>;
+using AdaptiveAvgPool2d = Holder<torch::nn::AdaptiveAvgPool2dImpl>;
+using Flatten = Holder<torch::nn::FlattenImpl>;
+using MultiheadAttention = Holder<torch::nn::MultiheadAttentionImpl>;
+}  // namespace nn
+
+}  // namespace modtracker::libtorch
