@@ -521,20 +521,17 @@ Generator<Transition> TrackerCore::transitions() {
       std::lock_guard<SpinLock> lock(state_);
       newly_dropped = dropped_ - dropped_reported_;
       dropped_reported_ = dropped_;
-      if (ring_size_ == 0) {
-        if (newly_dropped == 0) break;
-      } else {
+      if (newly_dropped == 0) {
+        if (ring_size_ == 0) break;
         raw = ring_[ring_head_];
         ring_head_ = (ring_head_ + 1) % ring_.size();
         --ring_size_;
       }
     }
-    if (newly_dropped != 0) {
+    if (newly_dropped != 0) {  // said before the survivors are yielded
       diagnose({Diagnostic::Code::journal_overflow, "",
                 std::to_string(newly_dropped) + " transitions dropped: the journal holds " +
                     std::to_string(ring_.size()) + "; read transitions() more often or raise journal_capacity"});
-      std::lock_guard<SpinLock> lock(state_);
-      if (ring_size_ == 0) break;
       continue;
     }
     const auto ns = static_cast<std::int64_t>(static_cast<double>(raw.ticks - tick0_) * scale);
