@@ -54,6 +54,8 @@ class Backend final : public HookBackend {
   using grads_type = Values;
 
   Backend() = default;
+  /// The forward dispatch of this backend (for custom call sites).
+  [[nodiscard]] ForwardDispatcher& dispatcher() noexcept { return dispatcher_; }
 
   /// A module owned by the caller and known to this backend.
   std::shared_ptr<Module> module(std::string type_name,

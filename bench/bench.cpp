@@ -1,0 +1,150 @@
+// modtracker-bench: the tracker's own cost. Prints a table; --json prints one
+// JSON object {"core": {...}, "torch": [...]}. Best of several runs.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+import modtracker;
+import modtracker.scripted;
+#include "modtracker/torch.hpp"
+
+namespace {
+using clock_type = std::chrono::steady_clock;
+namespace lt = modtracker::libtorch;
+
+double best_us(int runs, const std::function<void()>& body) {
+  double best = 1e300;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = clock_type::now();
+    body();
+    best = std::min(best, std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  }
+  return best;
+}
+
+// Core: enter+exit of one module on the scripted backend, no grad.
+double core_ns(bool noop_hooks) {
+  namespace s = modtracker::scripted;
+  s::Backend b;
+  b.set_grad_mode(false);
+  auto m = b.module("Linear");
+  constexpr int n = 100000;
+  modtracker::Tracker<s::Backend> t(b, modtracker::TrackerOptions{.journal_capacity = 2 * n});
+  if (noop_hooks)
+    t.register_user_hooks([](s::Module&, const s::Values&) {}, [](s::Module&, const s::Values&, const s::Values*) {},
+                          [](s::Module*, const s::Values&) {}, [](s::Module*, const s::Values&) {});
+  auto scope = t.track();
+  const s::Values in{b.value(false)};
+  const s::Values out{b.value(false)};
+  double best = 1e300;
+  for (int r = 0; r < 7; ++r) {
+    const auto us = best_us(1, [&] {
+      for (int i = 0; i < n; ++i) {
+        modtracker::ForwardDispatcher::Call call(b.dispatcher(), modtracker::ModuleRef{m.get()},
+                                                 modtracker::Payload{&in});
+        call.finish(modtracker::Payload{&out});
+      }
+    });
+    best = std::min(best, us);
+    for ([[maybe_unused]] const auto& tr : t.transitions()) {
+    }
+  }
+  return best * 1000.0 / n;
+}
+
+struct TorchRow {
+  int modules, width;
+  const char* mode;
+  double base_us, tracked_us;
+  double overhead_per_module() const { return (tracked_us - base_us) / modules; }
+  double ratio() const { return tracked_us / base_us; }
+};
+
+// A Sequential of n Linear(d, d): plain LibTorch against the tracked drop-in.
+std::vector<TorchRow> torch_rows(int n, int d) {
+  torch::manual_seed(0);
+  torch::nn::Sequential plain;
+  lt::nn::Sequential tracked;
+  for (int i = 0; i < n; ++i) {
+    auto layer = torch::nn::Linear(d, d);
+    plain->push_back(layer);
+    tracked->push_back(layer);  // same weights: same arithmetic
+  }
+  const auto x = torch::randn({4, d});
+  lt::Tracker tracker(modtracker::TrackerOptions{.journal_capacity = std::size_t{1} << 20});
+  const int reps = n >= 1000 ? 3 : 20;
+  const int runs = 7;
+  auto drain = [&] {
+    for ([[maybe_unused]] const auto& tr : tracker.transitions()) {
+    }
+  };
+  std::vector<TorchRow> rows;
+  {
+    torch::NoGradGuard no_grad;
+    const double base = best_us(runs, [&] { for (int r = 0; r < reps; ++r) plain->forward(x); }) / reps;
+    auto scope = tracker.track();
+    const double trk = best_us(runs, [&] {
+      for (int r = 0; r < reps; ++r) tracked->forward(x);
+      drain();
+    }) / reps;
+    rows.push_back({n, d, "fw_nograd", base, trk});
+  }
+  {
+    const double base = best_us(runs, [&] { for (int r = 0; r < reps; ++r) plain->forward(x).sum().backward(); }) / reps;
+    auto scope = tracker.track();
+    const double trk = best_us(runs, [&] {
+      for (int r = 0; r < reps; ++r) tracked->forward(x).sum().backward();
+      drain();
+    }) / reps;
+    rows.push_back({n, d, "fwbw", base, trk});
+  }
+  return rows;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--json") == 0) json = true;
+    else {
+      std::fprintf(stderr, "usage: modtracker-bench [--json]\n");
+      return 2;
+    }
+  }
+  at::set_num_threads(1);
+  const double no_hooks = core_ns(false);
+  const double noop_hooks = core_ns(true);
+  std::vector<TorchRow> rows;
+  for (auto [n, d] : {std::pair{100, 8}, std::pair{1000, 8}, std::pair{100, 256}}) {
+    auto r = torch_rows(n, d);
+    rows.insert(rows.end(), r.begin(), r.end());
+  }
+  if (json) {
+    std::printf("{\"core\": {\"enter_exit_ns_no_hooks\": %.1f, \"enter_exit_ns_noop_hooks\": %.1f}, \"torch\": [",
+                no_hooks, noop_hooks);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const auto& r = rows[i];
+      std::printf("%s{\"modules\": %d, \"width\": %d, \"mode\": \"%s\", \"baseline_us\": %.1f, "
+                  "\"tracked_us\": %.1f, \"overhead_us_per_module\": %.3f, \"ratio\": %.3f}",
+                  i ? ", " : "", r.modules, r.width, r.mode, r.base_us, r.tracked_us, r.overhead_per_module(), r.ratio());
+    }
+    std::printf("]}\n");
+    return 0;
+  }
+  std::printf("core (scripted backend, one module enter+exit)\n");
+  std::printf("  no user hooks      %8.1f ns\n", no_hooks);
+  std::printf("  four no-op hooks   %8.1f ns\n\n", noop_hooks);
+  std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of 7\n");
+  std::printf("%8s %6s %10s %12s %12s %16s %7s\n", "modules", "width", "mode", "baseline_us", "tracked_us",
+              "overhead_us/mod", "ratio");
+  for (const auto& r : rows)
+    std::printf("%8d %6d %10s %12.1f %12.1f %16.3f %7.3f\n", r.modules, r.width, r.mode, r.base_us, r.tracked_us,
+                r.overhead_per_module(), r.ratio());
+  return 0;
+}
