@@ -46,7 +46,7 @@ struct Seq3 {
 };
 }  // namespace
 
-TEST_CASE("names: root after its type without namespaces or Impl; children by registration name") {
+TEST_CASE("names: root after its type without namespaces or Impl, children by registration name") {
   CHECK(root_name_from_type("NetImpl") == "Net");
   CHECK(root_name_from_type("torch::nn::LinearImpl") == "Linear");
   CHECK(root_name_from_type("a::b::Foo<c::BarImpl>") == "Foo<c::BarImpl>");
@@ -74,7 +74,7 @@ TEST_CASE("names: a module registered under two names keeps the first one naming
   CHECK(names == V{"Net", "Net.first"});
 }
 
-TEST_CASE("parents: a module active twice stays until its last activation ends; the re-entry is reported") {
+TEST_CASE("parents: a module active twice stays until its last activation ends, the re-entry is reported") {
   Backend b;
   auto rec = b.module("Rec");
   ScriptedTracker t(b);
@@ -213,7 +213,7 @@ TEST_CASE("backward: each pass over a retained graph fires the events again") {
   CHECK(transitions(t) == V{"bw enter Linear", "bw exit Linear", "bw enter Linear", "bw exit Linear"});
 }
 
-TEST_CASE("user hooks: a taken slot is rejected and nothing changes; clear_user_hooks empties all") {
+TEST_CASE("user hooks: a taken slot is rejected and nothing changes, clear_user_hooks empties all") {
   Backend b;
   auto lin = b.module("Linear");
   ScriptedTracker t(b);
@@ -249,7 +249,7 @@ TEST_CASE("filter: only accepted modules call user hooks and appear in transitio
                             "fw exit Seq3.net", "fw exit Seq3"});
 }
 
-TEST_CASE("scope: tracking only inside it; ending twice and starting twice are errors") {
+TEST_CASE("scope: tracking only inside it, ending twice and starting twice are errors") {
   Backend b;
   auto lin = b.module("Linear");
   ScriptedTracker t(b);

@@ -44,7 +44,7 @@ TEST_CASE_FIXTURE(Fixture, "bw_detection: is_bw and parents are reset after back
   CHECK(rec.events == reference("bw_detection")["events"]);
 }
 
-TEST_CASE_FIXTURE(Fixture, "user_hooks: four hooks; backward exits nest (beyond the reference)") {
+TEST_CASE_FIXTURE(Fixture, "user_hooks: four hooks, backward exits nest (beyond the reference)") {
   Bar bar;
   auto scope = tracker.track();
   rec.hook_all();
