@@ -22,6 +22,18 @@ struct Fixture {
   Recorder rec{tracker};
   Fixture() { recorder = &rec; }
   ~Fixture() { recorder = nullptr; }
+  /// Seq3 as a temporary (freed before backward), all hooks, one backward.
+  void run_temporary_seq3(bool input_requires_grad) {
+    auto scope = tracker.track();
+    rec.hook_all();
+    torch::Tensor out;
+    {
+      Seq3 seq;
+      out = seq(input({3, 4}, input_requires_grad));
+    }
+    out.sum().backward();
+    rec.probe("after_backward");
+  }
 };
 }  // namespace
 
@@ -125,15 +137,7 @@ json seq_forward() {
 }  // namespace
 
 TEST_CASE_FIXTURE(Fixture, "sequential_input_requires_grad: backward transitions nest (beyond the reference)") {
-  auto scope = tracker.track();
-  rec.hook_all();
-  torch::Tensor out;
-  {
-    Seq3 seq;
-    out = seq(input({3, 4}, true));
-  }
-  out.sum().backward();
-  rec.probe("after_backward");
+  run_temporary_seq3(true);
   json expected = seq_forward();
   // Reference: pre_bw Seq3.net.4, then Seq3.net, then Seq3 (registration
   // order). Ours: outermost first, and exits innermost first.
@@ -155,15 +159,7 @@ TEST_CASE_FIXTURE(Fixture, "sequential_input_requires_grad: backward transitions
 }
 
 TEST_CASE_FIXTURE(Fixture, "sequential_input_no_grad: exits whose inputs need no grad are deferred to the end") {
-  auto scope = tracker.track();
-  rec.hook_all();
-  torch::Tensor out;
-  {
-    Seq3 seq;
-    out = seq(input({3, 4}, false));
-  }
-  out.sum().backward();
-  rec.probe("after_backward");
+  run_temporary_seq3(false);
   const auto ref = reference("sequential_input_no_grad")["events"];
   // Forward and the deferred tail match the reference; the entries nest.
   CHECK(json(std::vector<json>(ref.begin(), ref.begin() + 14)) ==
