@@ -67,6 +67,8 @@ struct TorchRow {
 };
 
 // A Sequential of n Linear(d, d): plain LibTorch against the tracked drop-in.
+std::string only_mode;  // --mode: run one mode only (for profiling)
+
 std::vector<TorchRow> torch_rows(int n, int d) {
   torch::manual_seed(0);
   torch::nn::Sequential plain;
@@ -79,49 +81,62 @@ std::vector<TorchRow> torch_rows(int n, int d) {
   const auto x = torch::randn({4, d});
   lt::Tracker tracker(modtracker::TrackerOptions{.journal_capacity = std::size_t{1} << 20});
   const int reps = n >= 1000 ? 3 : 20;
-  const int runs = 7;
+  const int runs = 9;
   auto drain = [&] {
     for ([[maybe_unused]] const auto& tr : tracker.transitions()) {
     }
   };
+  // Baseline and tracked runs alternate, so a drifting machine hurts both alike.
+  auto measure = [&](const char* mode, const std::function<void()>& plain_step, const std::function<void()>& tracked_step) {
+    if (!only_mode.empty() && only_mode != mode) return TorchRow{n, d, mode, 0, 0};
+    double base = 1e300, trk = 1e300;
+    for (int r = 0; r < runs; ++r) {
+      base = std::min(base, best_us(1, [&] { for (int i = 0; i < reps; ++i) plain_step(); }) / reps);
+      auto scope = tracker.track();
+      trk = std::min(trk, best_us(1, [&] {
+        for (int i = 0; i < reps; ++i) tracked_step();
+        drain();
+      }) / reps);
+    }
+    return TorchRow{n, d, mode, base, trk};
+  };
   std::vector<TorchRow> rows;
   {
     torch::NoGradGuard no_grad;
-    const double base = best_us(runs, [&] { for (int r = 0; r < reps; ++r) plain->forward(x); }) / reps;
-    auto scope = tracker.track();
-    const double trk = best_us(runs, [&] {
-      for (int r = 0; r < reps; ++r) tracked->forward(x);
-      drain();
-    }) / reps;
-    rows.push_back({n, d, "fw_nograd", base, trk});
+    rows.push_back(measure("fw_nograd", [&] { plain->forward(x); }, [&] { tracked->forward(x); }));
   }
-  {
-    const double base = best_us(runs, [&] { for (int r = 0; r < reps; ++r) plain->forward(x).sum().backward(); }) / reps;
-    auto scope = tracker.track();
-    const double trk = best_us(runs, [&] {
-      for (int r = 0; r < reps; ++r) tracked->forward(x).sum().backward();
-      drain();
-    }) / reps;
-    rows.push_back({n, d, "fwbw", base, trk});
-  }
+  rows.push_back(measure("fw_grad", [&] { plain->forward(x); }, [&] { tracked->forward(x); }));
+  rows.push_back(measure("fwbw", [&] { plain->forward(x).sum().backward(); },
+                         [&] { tracked->forward(x).sum().backward(); }));
   return rows;
 }
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool json = false;
+  bool json = false, core = true;
+  std::vector<std::pair<int, int>> cases{{100, 8}, {1000, 8}, {100, 256}};
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--json") == 0) json = true;
-    else {
-      std::fprintf(stderr, "usage: modtracker-bench [--json]\n");
+    int n = 0, d = 0;
+    if (std::strcmp(argv[i], "--json") == 0) {
+      json = true;
+    } else if (std::strcmp(argv[i], "--mode") == 0 && i + 1 < argc) {
+      only_mode = argv[++i];
+    } else if (std::strcmp(argv[i], "--torch-only") == 0) {
+      core = false;
+    } else if (std::strcmp(argv[i], "--case") == 0 && i + 1 < argc && std::sscanf(argv[i + 1], "%dx%d", &n, &d) == 2 &&
+               n > 0 && d > 0) {
+      cases = {{n, d}};  // one Sequential size only, e.g. --case 1000x8
+      ++i;
+    } else {
+      std::fprintf(stderr, "usage: modtracker-bench [--json] [--torch-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n");
       return 2;
     }
   }
   at::set_num_threads(1);
-  const double no_hooks = core_ns(false);
-  const double noop_hooks = core_ns(true);
+  const double no_hooks = core ? core_ns(false) : 0.0;
+  const double noop_hooks = core ? core_ns(true) : 0.0;
   std::vector<TorchRow> rows;
-  for (auto [n, d] : {std::pair{100, 8}, std::pair{1000, 8}, std::pair{100, 256}}) {
+  for (auto [n, d] : cases) {
     auto r = torch_rows(n, d);
     rows.insert(rows.end(), r.begin(), r.end());
   }
@@ -140,7 +155,7 @@ int main(int argc, char** argv) {
   std::printf("core (scripted backend, one module enter+exit)\n");
   std::printf("  no user hooks      %8.1f ns\n", no_hooks);
   std::printf("  four no-op hooks   %8.1f ns\n\n", noop_hooks);
-  std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of 7\n");
+  std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of 9, alternating\n");
   std::printf("%8s %6s %10s %12s %12s %16s %7s\n", "modules", "width", "mode", "baseline_us", "tracked_us",
               "overhead_us/mod", "ratio");
   for (const auto& r : rows)

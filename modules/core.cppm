@@ -190,12 +190,13 @@ class TrackerCore final : public ForwardObserver {
   std::vector<std::uint32_t> active_;  // fqn ids in parents, "Global" first
   std::vector<RawTransition> ring_;
   std::size_t ring_head_ = 0, ring_size_ = 0;
-  std::uint64_t dropped_ = 0, dropped_reported_ = 0, sequence_ = 0;
+  std::uint64_t dropped_ = 0, dropped_reported_ = 0, sequence_ = 0, activations_ = 0;
   std::vector<OpenPass> passes_;
   ErasedFilter filter_;
 
   mutable std::mutex config_;  // guards hooks_, sink_
   std::shared_ptr<const ErasedHooks> hooks_;
+  std::atomic<bool> has_hooks_{false};
   DiagnosticSink sink_;
 
   std::shared_ptr<Epoch> epoch_;  // set while tracking

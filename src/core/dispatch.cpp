@@ -29,8 +29,9 @@ void Registration::reset() noexcept {
 namespace {
 // Observer calls running on this thread: removing an observer from inside
 // one would wait for itself.
-thread_local int observer_calls_on_thread = 0;
-thread_local std::uint32_t call_depth_on_thread = 0;
+// initial-exec: no __tls_get_addr call on the hot path (we are PIC).
+[[gnu::tls_model("initial-exec")]] thread_local int observer_calls_on_thread = 0;
+[[gnu::tls_model("initial-exec")]] thread_local std::uint32_t call_depth_on_thread = 0;
 
 struct InObserver {
   InObserver() noexcept { ++observer_calls_on_thread; }
@@ -41,7 +42,7 @@ struct InObserver {
 ForwardDispatcher::~ForwardDispatcher() = default;
 
 Registration ForwardDispatcher::add(ForwardObserver& observer) {
-  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<detail::ReadMostlyLock> lock(mutex_);
   if (used_ == max_observers)
     throw std::length_error("modtracker: at most " + std::to_string(max_observers) +
                             " trackers can observe one backend at once");
@@ -54,7 +55,7 @@ Registration ForwardDispatcher::add(ForwardObserver& observer) {
 void ForwardDispatcher::remove(std::uint64_t generation) {
   if (observer_calls_on_thread > 0)
     throw std::logic_error("modtracker: a tracking scope cannot end inside one of its own hooks");
-  std::unique_lock<std::shared_mutex> lock(mutex_);  // waits for observer calls on other threads
+  std::unique_lock<detail::ReadMostlyLock> lock(mutex_);  // waits for observer calls on other threads
   for (std::uint32_t i = 0; i < used_; ++i) {
     if (slots_[i].generation != generation) continue;
     for (std::uint32_t j = i + 1; j < used_; ++j) slots_[j - 1] = slots_[j];
@@ -74,7 +75,7 @@ ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, P
     : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread} {
   if (!module) throw std::invalid_argument("modtracker: forward call of a null module");
   {
-    std::shared_lock<std::shared_mutex> lock(dispatcher.mutex_);
+    std::shared_lock<detail::ReadMostlyLock> lock(dispatcher.mutex_);
     InObserver guard;
     try {
       for (std::uint32_t i = 0; i < dispatcher.used_; ++i) {
@@ -110,7 +111,7 @@ void ForwardDispatcher::Call::finish(Payload output) {
 
 void ForwardDispatcher::Call::post(Payload output, bool forward_threw) {
   std::exception_ptr first_error;
-  std::shared_lock<std::shared_mutex> lock(dispatcher_->mutex_);
+  std::shared_lock<detail::ReadMostlyLock> lock(dispatcher_->mutex_);
   InObserver guard;
   for (auto i = n_seen_; i-- > 0;) {
     const Seen& s = seen_[i];

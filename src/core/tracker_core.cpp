@@ -77,7 +77,8 @@ constexpr std::uint32_t global_id = 0;
 
 std::uint32_t thread_index() noexcept {
   static std::atomic<std::uint32_t> next{0};
-  thread_local const std::uint32_t index = next.fetch_add(1, std::memory_order_relaxed);
+  [[gnu::tls_model("initial-exec")]] static thread_local std::uint32_t index = ~0u;  // no init guard
+  if (index == ~0u) index = next.fetch_add(1, std::memory_order_relaxed);
   return index;
 }
 
@@ -241,6 +242,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   bool selected;
   bool reentered;
   bool stale = false;
+  std::uint64_t activation_sequence;
   {
     std::lock_guard<SpinLock> lock(state_);
     if (!in_bw && !passes_.empty()) {
@@ -255,6 +257,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     reentered = !in_bw && c.forward + c.backward > 0;
     add_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::enter, fqn, call.depth);
+    activation_sequence = activations_++;
   }
   if (stale)
     diagnose({Diagnostic::Code::unfinished_backward, "",
@@ -273,10 +276,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act->fqn = fqn;
       act->depth = call.depth;
       act->selected = selected;
-      {
-        std::lock_guard<SpinLock> lock(state_);
-        act->sequence = sequence_;
-      }
+      act->sequence = activation_sequence;
       if (auto reg = backend_.on_all_gradients(
               call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
               [act](Payload grads) { with_core(act, [&](TrackerCore& c) { c.backward_exit(act, grads); }); }))
@@ -467,14 +467,17 @@ void TrackerCore::set_hooks(ErasedHooks hooks, const std::array<bool, 4>& given)
   if (given[2]) merged->pre_bw = std::move(hooks.pre_bw);
   if (given[3]) merged->post_bw = std::move(hooks.post_bw);
   hooks_ = std::move(merged);
+  has_hooks_.store(true, std::memory_order_release);
 }
 
 void TrackerCore::clear_hooks() {
   std::lock_guard<std::mutex> lock(config_);
   hooks_.reset();
+  has_hooks_.store(false, std::memory_order_release);
 }
 
 std::shared_ptr<const ErasedHooks> TrackerCore::hooks() const {
+  if (!has_hooks_.load(std::memory_order_acquire)) return nullptr;  // the common case: no lock
   std::lock_guard<std::mutex> lock(config_);
   return hooks_;
 }

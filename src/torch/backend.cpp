@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
@@ -19,20 +20,6 @@ namespace {
 
 using torch::autograd::Node;
 
-// The autograd edge a tensor's gradient arrives on, at registration time:
-// (grad_fn, output_nr) for non-leaves, the TensorImpl for leaves.
-struct EdgeKey {
-  const void* node;
-  std::uint32_t output_nr;
-  bool leaf;
-  friend bool operator==(const EdgeKey&, const EdgeKey&) = default;
-};
-struct EdgeKeyHash {
-  std::size_t operator()(const EdgeKey& k) const noexcept {
-    return std::hash<const void*>{}(k.node) ^ (static_cast<std::size_t>(k.output_nr) * 0x9e3779b97f4a7c15ULL) ^ k.leaf;
-  }
-};
-
 // One gradient registration (first-of-any or all-of) across its edges.
 struct Hook {
   GradOrder order;
@@ -41,27 +28,62 @@ struct Hook {
   std::atomic<bool> removed{false};
   // For `all`: the edges it waits on, to ask the exec info which will run.
   std::vector<std::pair<std::weak_ptr<Node>, bool>> waits;  // (node, leaf)
-  // Per-pass state, guarded by the owning Backend's state mutex.
+  // Per-pass state, guarded by state_mutex.
   std::uint64_t pass = 0;
   bool fired = false;
   std::size_t needed = 0, arrived = 0;
   std::vector<at::Tensor> grads;
 };
 
-// All registrations on one edge; its tensor hook fires them in GradOrder.
-struct EdgeDispatch {
-  std::vector<std::shared_ptr<Hook>> hooks;  // guarded by state mutex
+// A registration on one autograd edge: the edge's output number and its hook.
+struct Entry {
+  std::uint32_t output_nr;
+  std::shared_ptr<Hook> hook;
 };
 
-struct PassInfo {
-  std::uint64_t id;
+// Registrations on the edges of one autograd node (or one leaf), kept in
+// GradOrder: one dispatcher per node, so that the events of every module that
+// shares a boundary tensor run in the nesting order, whatever the order in
+// which the modules registered.
+struct Dispatch {
+  std::vector<Entry> entries;  // guarded by state_mutex
+  void add(std::uint32_t output_nr, const std::shared_ptr<Hook>& hook) {
+    const auto at = std::upper_bound(entries.begin(), entries.end(), hook, [](const auto& h, const Entry& e) {
+      return fires_before(h->order, e.hook->order);
+    });
+    entries.insert(at, Entry{output_nr, hook});
+  }
+  void fire(const torch::autograd::variable_list& grads);
 };
 
-std::mutex state_mutex;  // guards edges, passes and Hook/EdgeDispatch state
-std::unordered_map<EdgeKey, std::weak_ptr<EdgeDispatch>, EdgeKeyHash> edges;
+// Non-leaf tensors: the dispatcher is a pre-hook of the tensor's grad_fn,
+// owned by the node (no global table, no per-tensor hook list).
+struct NodeHook final : torch::autograd::FunctionPreHook {
+  Dispatch dispatch;
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    dispatch.fire(grads);
+    return grads;
+  }
+};
+
+// Leaf tensors have no grad_fn: one tensor hook per leaf, found through a
+// table keyed by the TensorImpl (entries expire with the tensor's hook).
+std::unordered_map<const void*, std::weak_ptr<Dispatch>> leaves;
+std::size_t leaf_inserts_since_sweep = 0;
+
+std::mutex state_mutex;  // guards leaves, passes and Hook/Dispatch state
 std::unordered_map<const void*, std::uint64_t> passes;  // exec-info address -> pass id
 std::uint64_t pass_counter = 0;
-std::size_t inserts_since_sweep = 0;
+std::atomic<std::uint64_t> passes_closed{0};  // invalidates the per-thread caches below
+
+// This thread's last answer to "which pass is this exec info", valid while no
+// pass has closed since: most gradient callbacks then skip the global lock.
+struct PassCache {
+  const void* info = nullptr;
+  std::uint64_t id = 0;
+  std::uint64_t closed = 0;
+};
+[[gnu::tls_model("initial-exec")]] thread_local PassCache pass_cache;
 
 bool will_run(const std::unordered_map<Node*, torch::autograd::GraphTask::ExecInfo>& info,
               const std::shared_ptr<Node>& node, bool leaf) {
@@ -81,23 +103,22 @@ std::uint64_t current_pass_locked() {
   torch::autograd::Engine::get_default_engine().queue_callback([info] {
     std::lock_guard<std::mutex> lock(state_mutex);
     passes.erase(info);
+    passes_closed.fetch_add(1, std::memory_order_release);
   });
   return id;
 }
 
-void fire(EdgeDispatch& edge, const at::Tensor& grad) {
-  std::vector<std::shared_ptr<Hook>> due;
+void Dispatch::fire(const torch::autograd::variable_list& grads) {
   std::vector<std::pair<std::shared_ptr<Hook>, std::vector<at::Tensor>>> run;
   {
     std::lock_guard<std::mutex> lock(state_mutex);
     const auto pass = current_pass_locked();
     if (pass == 0) return;
     const auto* info = torch::autograd::get_current_graph_task_exec_info();
-    std::erase_if(edge.hooks, [](const auto& h) { return h->removed.load(std::memory_order_relaxed); });
-    due = edge.hooks;
-    std::stable_sort(due.begin(), due.end(),
-                     [](const auto& a, const auto& b) { return fires_before(a->order, b->order); });
-    for (const auto& h : due) {
+    std::erase_if(entries, [](const Entry& e) { return e.hook->removed.load(std::memory_order_relaxed); });
+    for (const auto& [output_nr, h] : entries) {  // in GradOrder
+      if (output_nr >= grads.size() || !grads[output_nr].defined()) continue;  // no gradient on this edge
+      const auto& grad = grads[output_nr];
       if (h->pass != pass) {
         h->pass = pass;
         h->fired = false;
@@ -122,52 +143,64 @@ void fire(EdgeDispatch& edge, const at::Tensor& grad) {
       }
     }
   }
-  for (auto& [h, grads] : run) h->fn(Payload{&grads});  // outside the lock: they call into trackers
+  for (auto& [h, g] : run) h->fn(Payload{&g});  // outside the lock: they call into trackers
+}
+
+NodeHook* node_hook_of(Node& node) {
+  for (auto& pre : node.pre_hooks())
+    if (auto* mine = dynamic_cast<NodeHook*>(pre.get())) return mine;
+  return nullptr;
 }
 
 std::optional<Registration> register_hook(Payload values, GradOrder order, GradCallback fn, bool all) {
   if (!values) return std::nullopt;
   const auto& tensors = *static_cast<const Tensors*>(values.ptr);
-  auto hook = std::make_shared<Hook>();
-  hook->order = order;
-  hook->all = all;
-  hook->fn = std::move(fn);
-  std::vector<std::pair<EdgeKey, const at::Tensor*>> targets;
+  std::shared_ptr<Hook> hook;
+  std::vector<std::pair<const at::Tensor*, std::shared_ptr<Dispatch>>> fresh_leaves;
+  std::vector<std::pair<const void*, std::uint32_t>> seen;  // (node or leaf impl, output_nr)
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
     if (!t.defined() || !t.requires_grad()) continue;
     const auto& grad_fn = t.grad_fn();
-    const EdgeKey key = grad_fn ? EdgeKey{grad_fn.get(), static_cast<std::uint32_t>(t.output_nr()), false}
-                                : EdgeKey{t.unsafeGetTensorImpl(), 0, true};
-    if (std::any_of(targets.begin(), targets.end(), [&](const auto& p) { return p.first == key; })) continue;
-    targets.emplace_back(key, &t);
-    if (all) {
-      hook->waits.emplace_back(grad_fn ? grad_fn : torch::autograd::impl::grad_accumulator(t), !grad_fn);
+    const auto output_nr = grad_fn ? static_cast<std::uint32_t>(t.output_nr()) : 0u;
+    const void* key = grad_fn ? static_cast<const void*>(grad_fn.get()) : t.unsafeGetTensorImpl();
+    if (std::find(seen.begin(), seen.end(), std::pair{key, output_nr}) != seen.end()) continue;
+    seen.emplace_back(key, output_nr);
+    if (!hook) {
+      hook = std::make_shared<Hook>();
+      hook->order = order;
+      hook->all = all;
+      hook->fn = std::move(fn);
     }
-  }
-  if (targets.empty()) return std::nullopt;
-  std::vector<std::pair<const at::Tensor*, std::shared_ptr<EdgeDispatch>>> fresh;
-  {
+    if (all) hook->waits.emplace_back(grad_fn ? grad_fn : torch::autograd::impl::grad_accumulator(t), !grad_fn);
     std::lock_guard<std::mutex> lock(state_mutex);
-    if (++inserts_since_sweep > 4096) {  // forget edges of freed graphs
-      std::erase_if(edges, [](const auto& kv) { return kv.second.expired(); });
-      inserts_since_sweep = 0;
-    }
-    for (const auto& [key, tensor] : targets) {
-      auto& slot = edges[key];
-      auto edge = slot.lock();
-      if (!edge) {
-        edge = std::make_shared<EdgeDispatch>();
-        slot = edge;
-        fresh.emplace_back(tensor, edge);
+    if (grad_fn) {
+      auto* nh = node_hook_of(*grad_fn);
+      if (!nh) {
+        auto owned = std::make_unique<NodeHook>();
+        nh = owned.get();
+        grad_fn->add_pre_hook(std::move(owned));
       }
-      edge->hooks.push_back(hook);
+      nh->dispatch.add(output_nr, hook);
+      continue;
     }
+    if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
+      std::erase_if(leaves, [](const auto& kv) { return kv.second.expired(); });
+      leaf_inserts_since_sweep = 0;
+    }
+    auto& slot = leaves[key];
+    auto d = slot.lock();
+    if (!d) {
+      d = std::make_shared<Dispatch>();
+      slot = d;
+      fresh_leaves.emplace_back(&t, d);
+    }
+    d->add(0, hook);
   }
-  // One tensor hook per edge, owning its dispatcher: it lives with the graph.
-  for (auto& [tensor, edge] : fresh) {
-    tensor->register_hook([edge = std::move(edge)](const at::Tensor& grad) { fire(*edge, grad); });
-  }
+  if (!hook) return std::nullopt;
+  // A leaf's tensor hook owns its dispatcher: it lives as long as the tensor.
+  for (auto& [leaf, d] : fresh_leaves)
+    leaf->register_hook([d = std::move(d)](const at::Tensor& grad) { d->fire({grad}); });
   return Registration([weak = std::weak_ptr<Hook>(hook)] {
     if (auto h = weak.lock()) h->removed.store(true, std::memory_order_relaxed);
   });
@@ -195,9 +228,14 @@ bool Backend::grad_enabled() const { return at::GradMode::is_enabled(); }
 bool Backend::in_backward() const { return torch::autograd::get_current_graph_task_exec_info() != nullptr; }
 
 std::uint64_t Backend::backward_pass() const {
-  if (!in_backward()) return 0;
+  const auto* info = torch::autograd::get_current_graph_task_exec_info();
+  if (!info) return 0;
+  const auto closed = passes_closed.load(std::memory_order_acquire);
+  if (pass_cache.info == info && pass_cache.closed == closed) return pass_cache.id;
   std::lock_guard<std::mutex> lock(state_mutex);
-  return current_pass_locked();
+  const auto id = current_pass_locked();
+  pass_cache = PassCache{info, id, closed};
+  return id;
 }
 
 std::optional<Registration> Backend::on_first_gradient(Payload values, GradOrder order, GradCallback fn) {
