@@ -1,0 +1,249 @@
+// LibTorch behaviour beyond the reference scenarios: shared and repeated
+// modules, recursion, partial requires_grad, retained graphs, scope and
+// lifetime edges, threads, and the three interception styles.
+#include <thread>
+
+#include "scenarios.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace scenarios;
+namespace {
+using Strings = std::vector<std::string>;
+
+Strings transitions(lt::Tracker& t) {
+  Strings out;
+  for (const auto& tr : t.transitions())
+    out.push_back(std::string(tr.phase == modtracker::Phase::forward ? "fw " : "bw ") +
+                  (tr.kind == modtracker::Kind::enter ? "enter " : "exit ") + std::string(tr.fqn));
+  return out;
+}
+std::string parents(lt::Tracker& t) {
+  std::string s;
+  for (auto p : t.parents()) s += (s.empty() ? "" : ",") + std::string(p);
+  return s;
+}
+
+struct SharedImpl : torch::nn::Module {
+  lt::nn::Linear a{register_module("a", lt::nn::Linear(3, 3))};
+  lt::nn::Linear b{nullptr};
+  SharedImpl() { b = register_module("b", a.ptr()); }  // one layer, two names
+  torch::Tensor forward(torch::Tensor x) { return b(a(x)); }
+};
+MODTRACKER_MODULE(Shared);
+
+struct RecursiveImpl : torch::nn::Module {
+  lt::nn::Linear lin{register_module("lin", lt::nn::Linear(3, 3))};
+  torch::Tensor forward(torch::Tensor x, int depth) {
+    x = lin(x);
+    return depth == 0 ? x : lt::call(*this, x, depth - 1);
+  }
+};
+
+struct SplitImpl : torch::nn::Module {
+  lt::nn::Linear lin{register_module("lin", lt::nn::Linear(3, 3))};
+  std::tuple<torch::Tensor, torch::Tensor> forward(torch::Tensor x) {
+    auto y = lin(x);
+    return {y, y.detach()};  // only the first output requires grad
+  }
+};
+MODTRACKER_MODULE(Split);
+}  // namespace
+
+TEST_CASE("a module registered under two names keeps the first, every call of it uses that fqn") {
+  Shared net;
+  lt::Tracker t;
+  auto scope = t.track();
+  net(torch::randn({2, 3}, torch::requires_grad())).sum().backward();
+  CHECK(t.known_fqn(*net->b) == "Shared.a");
+  CHECK(transitions(t) == Strings{"fw enter Shared", "fw enter Shared.a", "fw exit Shared.a", "fw enter Shared.a",
+                                  "fw exit Shared.a", "fw exit Shared", "bw enter Shared", "bw enter Shared.a", "bw exit Shared.a",
+                                  "bw enter Shared.a", "bw exit Shared.a", "bw exit Shared"});
+  CHECK(parents(t) == "Global");
+}
+
+TEST_CASE("a module that calls itself stays in parents until its outermost call ends, and is reported") {
+  auto rec = std::make_shared<RecursiveImpl>();
+  lt::Tracker t;
+  std::vector<modtracker::Diagnostic> diags;
+  t.set_diagnostics([&](const modtracker::Diagnostic& d) { diags.push_back(d); });
+  std::vector<std::string> seen;
+  t.register_user_hooks([&](torch::nn::Module&, const lt::Tensors&) { seen.push_back(parents(t)); });
+  auto scope = t.track();
+  auto y = lt::call(*rec, torch::randn({2, 3}, torch::requires_grad()), 2);
+  CHECK(parents(t) == "Global");
+  CHECK(seen.size() == 6);
+  CHECK(seen[4] == "Global,Recursive");  // the innermost call: lins have exited
+  CHECK(seen[5] == "Global,Recursive,Recursive.lin");
+  REQUIRE(diags.size() == 2);
+  CHECK(diags[0].fqn == "Recursive");
+  (void)transitions(t);
+  y.sum().backward();
+  const auto bw = transitions(t);
+  // Three activations of Recursive, each with its lin: backward nests them.
+  CHECK(bw.front() == "bw enter Recursive");
+  CHECK(bw.back() == "bw exit Recursive");
+  CHECK(std::count(bw.begin(), bw.end(), "bw enter Recursive") == 3);
+  CHECK(std::count(bw.begin(), bw.end(), "bw exit Recursive.lin") == 3);
+  CHECK(parents(t) == "Global");
+}
+
+TEST_CASE("outputs of which only some require grad: the module enters backward through those") {
+  Split split;
+  lt::Tracker t;
+  auto scope = t.track();
+  auto [y, z] = split(torch::randn({2, 3}));
+  (void)z;
+  (void)transitions(t);
+  y.sum().backward();
+  CHECK(transitions(t) == Strings{"bw enter Split", "bw enter Split.lin", "bw exit Split.lin", "bw exit Split"});
+}
+
+TEST_CASE("each backward over a retained graph fires the events again") {
+  lt::nn::Linear lin(3, 3);
+  lt::Tracker t;
+  auto scope = t.track();
+  auto y = lin(torch::randn({2, 3}, torch::requires_grad())).sum();
+  (void)transitions(t);
+  y.backward({}, /*retain_graph=*/true);
+  y.backward();
+  CHECK(transitions(t) == Strings{"bw enter Linear", "bw exit Linear", "bw enter Linear", "bw exit Linear"});
+}
+
+TEST_CASE("autograd::grad: inputs the pass does not compute do not block the exit") {
+  lt::nn::Linear lin(3, 3);
+  lt::Tracker t;
+  auto scope = t.track();
+  auto x = torch::randn({2, 3}, torch::requires_grad());
+  auto y = lin(x).sum();
+  (void)transitions(t);
+  auto g = torch::autograd::grad({y}, {x});  // the leaf's own hook never runs here
+  CHECK(g[0].defined());
+  CHECK(transitions(t) == Strings{"bw enter Linear", "bw exit Linear"});
+  CHECK(parents(t) == "Global");
+}
+
+TEST_CASE("hooks outside an active scope, and after the tracker is gone, do nothing") {
+  lt::nn::Linear lin(3, 3);
+  torch::Tensor y1, y2;
+  {
+    lt::Tracker t;
+    {
+      auto scope = t.track();
+      y1 = lin(torch::randn({2, 3}, torch::requires_grad())).sum();
+      y2 = lin(torch::randn({2, 3}, torch::requires_grad())).sum();
+    }
+    (void)transitions(t);
+    y1.backward();  // scope ended: nothing
+    CHECK(transitions(t).empty());
+    CHECK(parents(t) == "Global");
+  }
+  y2.backward();  // tracker destroyed: its hooks are inert
+  lt::Tracker fresh;
+  CHECK(parents(fresh) == "Global");
+}
+
+TEST_CASE("a backward with no tracker ever in scope, and a child not registered under its parent") {
+  lt::nn::Linear lin(3, 3);
+  lin(torch::randn({2, 3}, torch::requires_grad())).sum().backward();  // untracked: plain LibTorch
+  lt::Tracker t;
+  auto scope = t.track();
+  struct LooseImpl : torch::nn::Module {
+    lt::nn::Linear hidden{3, 3};  // a member, but never register_module()d
+    torch::Tensor forward(torch::Tensor x) { return hidden(x); }
+  };
+  auto loose = std::make_shared<LooseImpl>();
+  lt::call(*loose, torch::randn({2, 3}));
+  CHECK(t.known_fqn(*loose->hidden) == "Linear");  // its own root
+  CHECK(transitions(t) == Strings{"fw enter Loose", "fw enter Linear", "fw exit Linear", "fw exit Loose"});
+}
+
+TEST_CASE("backward on another thread: is_bw there, and parents back to Global after it") {
+  Bar bar;
+  lt::Tracker t;
+  auto scope = t.track();
+  auto y = bar(torch::randn({2, 10}, torch::requires_grad())).sum();
+  (void)transitions(t);
+  bool saw_bw = false;
+  t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
+                        [&](torch::nn::Module*, const std::vector<at::Tensor>&) { saw_bw = t.is_bw(); });
+  std::thread worker([&] { y.backward(); });
+  worker.join();
+  CHECK(saw_bw);
+  CHECK_FALSE(t.is_bw());
+  CHECK(parents(t) == "Global");
+  CHECK(transitions(t).size() == 4);
+}
+
+TEST_CASE("threads each training their own model under their own tracker stay consistent") {
+  constexpr int threads = 4, steps = 20;
+  std::vector<std::thread> pool;
+  std::vector<int> entries(threads, 0);
+  for (int i = 0; i < threads; ++i) {
+    pool.emplace_back([&, i] {
+      Bar bar;
+      lt::Tracker t;
+      t.set_diagnostics([](const modtracker::Diagnostic&) {});  // other threads' Bar re-enter "Bar"
+      auto scope = t.track();
+      for (int s = 0; s < steps; ++s) {
+        bar(torch::randn({2, 10}, torch::requires_grad())).sum().backward();
+        for (const auto& tr : t.transitions())
+          if (tr.kind == modtracker::Kind::enter && tr.phase == modtracker::Phase::backward) ++entries[i];
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  // Each tracker sees every thread's Bar while active; each saw at least its own.
+  for (int i = 0; i < threads; ++i) CHECK(entries[i] >= 2 * steps);
+}
+
+TEST_CASE("holder, tracked Sequential, call() and ForwardScope give identical events") {
+  auto run = [](auto&& forward) {
+    lt::Tracker t;
+    auto scope = t.track();
+    forward();
+    return transitions(t);
+  };
+  torch::nn::Linear plain(3, 3);
+  lt::nn::Linear held(plain.ptr());
+  const auto x = torch::randn({2, 3});
+  const auto by_holder = run([&] { held(x); });
+  const auto by_call = run([&] { lt::call(*plain, x); });
+  const auto by_scope = run([&] {
+    lt::ForwardScope s(*plain, x);
+    s.finish(plain->forward(x));
+  });
+  CHECK(by_holder == Strings{"fw enter Linear", "fw exit Linear"});
+  CHECK(by_call == by_holder);
+  CHECK(by_scope == by_holder);
+  lt::nn::Sequential seq(plain);
+  CHECK(run([&] { seq(x); }) == Strings{"fw enter Sequential", "fw enter Sequential.0", "fw exit Sequential.0", "fw exit Sequential"});
+}
+
+namespace {
+struct Batch {
+  torch::Tensor tokens, mask;
+};
+struct BatchNetImpl : torch::nn::Module {
+  torch::Tensor forward(const Batch& b) { return b.tokens * b.mask; }
+};
+}  // namespace
+template <>
+struct modtracker::libtorch::Flatten<Batch> {
+  static void into(const Batch& b, Tensors& out) {
+    out.push(b.tokens);
+    out.push(b.mask);
+  }
+};
+
+TEST_CASE("user input types reach the hooks through the Flatten customization point") {
+  auto net = std::make_shared<BatchNetImpl>();
+  lt::Tracker t;
+  std::size_t seen = 0;
+  t.register_user_hooks([&](torch::nn::Module&, const lt::Tensors& in) { seen = in.size(); });
+  auto scope = t.track();
+  Batch b{torch::randn({2, 3}, torch::requires_grad()), torch::ones({2, 3})};
+  lt::call(*net, b).sum().backward();
+  CHECK(seen == 2);
+  CHECK(transitions(t) == Strings{"fw enter BatchNet", "fw exit BatchNet", "bw enter BatchNet", "bw exit BatchNet"});
+}
