@@ -1,95 +1,180 @@
-// modtracker-demo: trains a small classifier a few steps under a tracker and
-// prints, per module, forward and backward calls and time (inclusive), from
-// the transitions the tracker yields.
+// modtracker-demo: trains a small model on synthetic data under a tracker,
+// then prints the per-module table and writes a Chrome/Perfetto trace.
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <map>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 import modtracker;
-#include "modtracker/torch.hpp"
+#include "modtracker/torch_stats.hpp"
 
 namespace lt = modtracker::libtorch;
 
-// A block with a shared projection, used twice: nested modules, a
-// Sequential, a ModuleList and a ModuleDict, as ordinary LibTorch code with
-// the tracked drop-ins (lt::nn::*, MODTRACKER_MODULE, lt::call).
+namespace {
+
+// --- the embedded models: ordinary LibTorch code with the tracked drop-ins ---
+
+/// A residual MLP block; its input projection may be shared with other blocks.
 struct BlockImpl : torch::nn::Module {
-  lt::nn::Linear proj{register_module("proj", lt::nn::Linear(32, 32))};
+  lt::nn::Linear proj{nullptr};
   lt::nn::Sequential mlp{register_module(
       "mlp", lt::nn::Sequential(torch::nn::Linear(32, 64), torch::nn::GELU(), torch::nn::Linear(64, 32)))};
   lt::nn::LayerNorm norm{register_module("norm", lt::nn::LayerNorm(torch::nn::LayerNormOptions({32})))};
+  explicit BlockImpl(lt::nn::Linear shared_proj) { proj = register_module("proj", std::move(shared_proj)); }
   torch::Tensor forward(torch::Tensor x) { return norm(x + mlp(proj(x))); }
 };
 MODTRACKER_MODULE(Block);
 
+/// Nested blocks in a ModuleList (sharing one projection), a ModuleDict of heads.
 struct ClassifierImpl : torch::nn::Module {
   lt::nn::Linear embed{register_module("embed", lt::nn::Linear(16, 32))};
-  torch::nn::ModuleList blocks{register_module("blocks", torch::nn::ModuleList(Block(), Block()))};
-  torch::nn::ModuleDict heads{register_module(
-      "heads", torch::nn::ModuleDict(std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>{
-                   {"logits", std::make_shared<torch::nn::LinearImpl>(32, 4)}}))};
+  torch::nn::ModuleList blocks{register_module("blocks", torch::nn::ModuleList())};
+  torch::nn::ModuleDict heads{register_module("heads", torch::nn::ModuleDict())};
+  ClassifierImpl() {
+    lt::nn::Linear shared(32, 32);  // one layer, used by every block
+    for (int i = 0; i < 3; ++i) blocks->push_back(Block(shared));
+    heads->update({{"logits", torch::nn::Linear(32, 4).ptr()}, {"confidence", torch::nn::Linear(32, 1).ptr()}});
+  }
   torch::Tensor forward(torch::Tensor x) {
     x = torch::relu(embed(x));
-    for (const auto& b : *blocks) x = lt::call(*b->as<BlockImpl>(), x);
-    return lt::call(*heads["logits"]->as<torch::nn::LinearImpl>(), x);
+    for (const auto& block : *blocks) x = lt::call(*block->as<BlockImpl>(), x);
+    auto logits = lt::call(*heads["logits"]->as<torch::nn::LinearImpl>(), x);
+    auto confidence = lt::call(*heads["confidence"]->as<torch::nn::LinearImpl>(), x);
+    return logits * torch::sigmoid(confidence);
   }
 };
 MODTRACKER_MODULE(Classifier);
 
-int main(int argc, char** argv) {
-  int steps = 5;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
-      steps = std::atoi(argv[++i]);
-    } else {
-      std::fprintf(stderr, "usage: modtracker-demo [--steps N]\n");
-      return 2;
-    }
-  }
-  torch::manual_seed(0);
-  Classifier model;
-  torch::optim::SGD opt(model->parameters(), 0.05);
-  lt::Tracker tracker;
-  auto scope = tracker.track();
+/// A small convolutional classifier: a Sequential feature stack and a head.
+struct ConvNetImpl : torch::nn::Module {
+  lt::nn::Sequential features{register_module(
+      "features",
+      lt::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 8, 3).padding(1)), torch::nn::BatchNorm2d(8),
+                         torch::nn::ReLU(), torch::nn::MaxPool2d(2),
+                         torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 16, 3).padding(1)), torch::nn::ReLU(),
+                         torch::nn::AdaptiveAvgPool2d(1), torch::nn::Flatten()))};
+  lt::nn::Linear head{register_module("head", lt::nn::Linear(16, 4))};
+  torch::Tensor forward(torch::Tensor x) { return head(features(x)); }
+};
+MODTRACKER_MODULE(ConvNet);
 
-  struct Row {
-    int fw = 0, bw = 0;
-    double fw_ms = 0, bw_ms = 0;
-  };
-  std::map<std::string, Row> rows;
-  std::map<std::pair<std::string, int>, std::vector<std::chrono::nanoseconds>> open;  // (fqn, phase) -> enter times
-  for (int step = 1; step <= steps; ++step) {
-    auto x = torch::randn({64, 16});
-    auto y = torch::randint(0, 4, {64});
-    opt.zero_grad();
-    auto loss = torch::nn::functional::cross_entropy(model(x), y);
-    loss.backward();
-    opt.step();
-    for (const auto& t : tracker.transitions()) {
-      const auto key = std::make_pair(std::string(t.fqn), static_cast<int>(t.phase));
-      if (t.kind == modtracker::Kind::enter) {
-        open[key].push_back(t.time);
-        continue;
-      }
-      auto& stack = open[key];
-      if (stack.empty()) continue;
-      const double ms = std::chrono::duration<double, std::milli>(t.time - stack.back()).count();
-      stack.pop_back();
-      auto& r = rows[key.first];
-      if (t.phase == modtracker::Phase::forward) ++r.fw, r.fw_ms += ms;
-      else ++r.bw, r.bw_ms += ms;
-    }
-    std::printf("\rstep %d/%d  loss %.4f", step, steps, loss.item<double>());
-    std::fflush(stdout);
+struct Model {
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(torch::Tensor)> forward;
+  std::vector<std::int64_t> input_shape;
+};
+
+std::optional<Model> make_model(std::string_view name) {
+  if (name == "classifier") {
+    Classifier m;
+    return Model{m.ptr(), [m](torch::Tensor x) mutable { return m(std::move(x)); }, {64, 16}};
   }
-  std::printf("\n\n%-28s %6s %10s %6s %10s\n", "module", "fw", "fw ms", "bw", "bw ms");
-  for (const auto& [fqn, r] : rows)
-    std::printf("%-28s %6d %10.3f %6d %10.3f\n", fqn.c_str(), r.fw, r.fw_ms, r.bw, r.bw_ms);
+  if (name == "convnet") {
+    ConvNet m;
+    return Model{m.ptr(), [m](torch::Tensor x) mutable { return m(std::move(x)); }, {32, 1, 16, 16}};
+  }
+  return std::nullopt;
+}
+
+int usage(std::FILE* to, int code) {
+  std::fprintf(to,
+               "usage: modtracker-demo [options]\n"
+               "Trains an embedded model on synthetic data under modtracker, prints per-module\n"
+               "statistics and writes a Chrome/Perfetto trace.\n\n"
+               "  --model NAME    classifier (default) or convnet\n"
+               "  --steps N       training steps, N >= 1 (default 20)\n"
+               "  --depth D       table rows down to depth D (fqn dots + 1), 0 = all (default 0)\n"
+               "  --trace PATH    where to write the trace (default trace.json)\n"
+               "  --sort COLUMN   flat table sorted by module, fw_calls, fw_incl, fw_excl, bw_calls,\n"
+               "                  bw_incl, bw_excl, params or bytes (default: tree order)\n"
+               "  --help          this text\n");
+  return code;
+}
+
+std::optional<long> to_number(const char* s, long min) {
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  if (end == s || *end != '\0' || v < min) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_name = "classifier", trace_path = "trace.json";
+  long steps = 20, depth = 0;
+  modtracker::TableOptions table;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help") return usage(stdout, 0);
+    if (i + 1 >= argc) return usage(stderr, 2);
+    const char* value = argv[++i];
+    if (arg == "--model") {
+      model_name = value;
+    } else if (arg == "--steps" && to_number(value, 1)) {
+      steps = *to_number(value, 1);
+    } else if (arg == "--depth" && to_number(value, 0)) {
+      depth = *to_number(value, 0);
+    } else if (arg == "--trace" && *value) {
+      trace_path = value;
+    } else if (arg == "--sort" && modtracker::column_from_name(value)) {
+      table.sort_by = modtracker::column_from_name(value);
+    } else {
+      std::fprintf(stderr, "modtracker-demo: bad option or value: %s %s\n\n", argv[i - 1], value);
+      return usage(stderr, 2);
+    }
+  }
+  auto model = make_model(model_name);
+  if (!model) {
+    std::fprintf(stderr, "modtracker-demo: unknown model '%s'\n\n", model_name.c_str());
+    return usage(stderr, 2);
+  }
+  table.max_depth = static_cast<std::size_t>(depth);
+  std::ofstream trace_file(trace_path);
+  if (!trace_file) {
+    std::fprintf(stderr, "modtracker-demo: cannot write %s\n", trace_path.c_str());
+    return 1;
+  }
+
+  torch::manual_seed(0);
+  torch::optim::Adam opt(model->module->parameters(), 1e-2);
+  lt::Tracker tracker;
+  lt::ShapeRecorder shapes;
+  modtracker::Statistics stats;
+  modtracker::ChromeTraceWriter trace(trace_file, "modtracker-demo " + model_name);
+  std::printf("modtracker-demo: %s, %ld steps on synthetic data\n", model_name.c_str(), steps);
+  {
+    auto scope = tracker.track();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long step = 1; step <= steps; ++step) {
+      const auto x = torch::randn(model->input_shape);
+      const auto y = torch::randint(0, 4, {model->input_shape[0]});
+      opt.zero_grad();
+      auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+      loss.backward();
+      opt.step();
+      for (const auto& t : tracker.transitions()) {
+        stats.consume(t);
+        trace.consume(t);
+      }
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("\rstep %ld/%ld  loss %.4f  %.1f ms/step", step, steps, loss.item<double>(), ms / step);
+      std::fflush(stdout);
+    }
+  }
+  trace.finish();
+  lt::annotate(stats, tracker, *model->module, &shapes);
+  std::printf("\n\n%s\n", stats.table(table).c_str());
+  std::printf("trace: %s (%llu slices)\n", std::filesystem::absolute(trace_path).c_str(),
+              static_cast<unsigned long long>(trace.slices()));
+  std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");
   return 0;
 }

@@ -6,3 +6,4 @@ export import :dispatch;
 export import :generator;
 export import :core;
 export import :tracker;
+export import :stats;
