@@ -4,11 +4,13 @@ PRESET ?= release
 BUILD  := build/$(PRESET)
 ARGS   ?=
 
-.PHONY: all deps configure build test demo bench asan clean
+.PHONY: all deps configure build test demo bench asan tsan clean
 all: build
 
+DEPS_FLAGS := $(if $(filter asan tsan,$(PRESET)),--sanitizers,)
+
 deps:
-	@bash cmake/install-deps.sh
+	@bash cmake/install-deps.sh $(DEPS_FLAGS)
 
 configure: deps
 	@test -f $(BUILD)/build.ninja || cmake --preset $(PRESET)
@@ -25,9 +27,13 @@ demo: build
 bench: build
 	@$(BUILD)/bench/modtracker-bench $(ARGS)
 
-# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, and
+# under ThreadSanitizer (LibTorch itself is not instrumented: see README).
 asan:
 	@$(MAKE) --no-print-directory test PRESET=asan
+
+tsan:
+	@$(MAKE) --no-print-directory test PRESET=tsan
 
 clean:
 	rm -rf build

@@ -9,6 +9,13 @@ fail() { say "error: $*"; exit 1; }
 
 packages=(clang-16 clang-tools-16 ninja-build libtorch-dev librange-v3-dev
           doctest-dev libmsgsl-dev nlohmann-json3-dev make)
+# --sanitizers: also clang's sanitizer runtimes (for the asan and tsan presets).
+for arg in "$@"; do
+  case "$arg" in
+    --sanitizers) packages+=(libclang-rt-16-dev) ;;
+    *) fail "unknown option '$arg' (known: --sanitizers)" ;;
+  esac
+done
 min_cmake=3.28
 
 missing=()

@@ -65,10 +65,17 @@ struct Activation {
   WeakModule module;
   std::uint32_t fqn;
   std::uint32_t depth;
-  std::uint64_t sequence;
+  std::uint64_t sequence;      // activations started before this one
+  std::uint64_t end_sequence;  // activations started before its forward ended
+  std::uint32_t thread;
   bool selected;
   std::uint64_t entered_pass = 0;  // guarded by the core's state lock
   std::uint64_t exited_pass = 0;
+
+  /// Did `other` run inside this activation's forward?
+  [[nodiscard]] bool encloses(const Activation& other) const noexcept {
+    return other.thread == thread && other.sequence > sequence && other.sequence < end_sequence;
+  }
 };
 
 namespace {
@@ -277,6 +284,8 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act->depth = call.depth;
       act->selected = selected;
       act->sequence = activation_sequence;
+      act->end_sequence = ~std::uint64_t{0};
+      act->thread = thread_index();
       if (auto reg = backend_.on_all_gradients(
               call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
               [act](Payload grads) { with_core(act, [&](TrackerCore& c) { c.backward_exit(act, grads); }); }))
@@ -324,6 +333,7 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
       throw std::logic_error("modtracker: forward exit without a matching enter");
     sub_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
+    if (act) act->end_sequence = activations_;
   }
   if (hook_error) std::rethrow_exception(hook_error);
   if (act && output) {
@@ -368,11 +378,23 @@ void TrackerCore::backward_enter(const std::shared_ptr<Activation>& act, Payload
 
 void TrackerCore::backward_exit(const std::shared_ptr<Activation>& act, Payload grads) {
   const auto pass = backend_.backward_pass();
+  std::vector<std::shared_ptr<Activation>> inner;  // still in backward, but ran inside `act`
   {
     std::lock_guard<SpinLock> lock(state_);
     if (pass == 0 || act->entered_pass != pass || act->exited_pass == pass) return;  // never entered
     act->exited_pass = pass;
+    // Modules whose exits wait for the end of the pass (their inputs get no
+    // gradient in it) leave first, latest first, so backward stays nested.
+    const auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });
+    if (p != passes_.end()) {
+      for (auto a = p->entered.rbegin(); a != p->entered.rend(); ++a) {
+        if ((*a)->exited_pass == pass || !act->encloses(**a)) continue;
+        (*a)->exited_pass = pass;
+        inner.push_back(*a);
+      }
+    }
   }
+  for (const auto& a : inner) exit_backward(a, Payload{}, pass);
   exit_backward(act, grads, pass);
 }
 

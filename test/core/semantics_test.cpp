@@ -323,3 +323,23 @@ TEST_CASE("user hooks that throw: the caller gets the exception, state stays con
   REQUIRE(diags.size() == 1);
   CHECK(diags[0].code == Diagnostic::Code::unfinished_backward);
 }
+
+TEST_CASE("backward: an inner module still waiting for its inputs exits before its enclosing module does") {
+  // Found by the randomized programs: in a pass that does not compute the
+  // inner module's input gradient, its exit used to wait for the end of the
+  // pass, after its parent had already exited.
+  Backend b;
+  auto inner = b.module("Inner");
+  auto root = b.module("Root", {{"inner", inner}});
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  const auto x = b.value(true), v = b.value(true);
+  Value inner_out;
+  const auto out = b.call(*root, {x, v}, [&](const Values&) {
+    inner_out = b.call(*inner, {v})[0];
+    return Values{b.op({inner_out, x})};
+  });
+  (void)transitions(t);
+  b.backward({out[0], inner_out, x}, std::set<std::uint64_t>{out[0].id, inner_out.id, x.id});
+  CHECK(transitions(t) == V{"bw enter Root", "bw enter Root.inner", "bw exit Root.inner", "bw exit Root"});
+}
