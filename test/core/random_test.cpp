@@ -14,6 +14,8 @@
 
 #include <doctest/doctest.h>
 
+#include "../nesting.hpp"
+
 using namespace support;
 
 namespace {
@@ -94,29 +96,6 @@ std::string join_names(const Parents& p) {
   std::string s;
   for (auto n : p) s += (s.empty() ? "" : ",") + std::string(n);
   return s;
-}
-
-/// Transitions of one phase must nest: every exit closes the innermost open activation of that phase.
-void check_nesting(const std::vector<Transition>& ts, Phase phase, const std::string& what) {
-  std::ostringstream dump;  // the transitions, printed on failure
-  for (const auto& t : ts)
-    dump << (t.phase == Phase::forward ? "fw " : "bw ") << (t.kind == Kind::enter ? "enter " : "exit  ") << t.fqn
-         << " d" << t.depth << "\n";
-  INFO("transitions:\n" << dump.str());
-  std::vector<std::string_view> stack;
-  for (const auto& t : ts) {
-    if (t.phase != phase) continue;
-    if (t.kind == Kind::enter) {
-      stack.push_back(t.fqn);
-      continue;
-    }
-    INFO(what);
-    REQUIRE_MESSAGE(!stack.empty(), "exit of " << t.fqn << " without an open enter");
-    REQUIRE_MESSAGE(stack.back() == t.fqn, "exit of " << t.fqn << " while " << stack.back() << " is innermost");
-    stack.pop_back();
-  }
-  INFO(what);
-  REQUIRE_MESSAGE(stack.empty(), stack.size() << " activations never exited");
 }
 
 void run_program(std::uint64_t seed) {

@@ -1,0 +1,31 @@
+// Shared by the randomized suites: the backward/forward nesting invariant.
+// Include after <doctest/doctest.h> and after importing modtracker.
+#pragma once
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+/// Transitions of one phase must nest: every exit closes the innermost open activation of that phase.
+inline void check_nesting(const std::vector<modtracker::Transition>& ts, modtracker::Phase phase, const std::string& what) {
+  std::ostringstream dump;  // the transitions, printed on failure
+  for (const auto& t : ts)
+    dump << (t.phase == modtracker::Phase::forward ? "fw " : "bw ") << (t.kind == modtracker::Kind::enter ? "enter " : "exit  ") << t.fqn
+         << " d" << t.depth << "\n";
+  INFO("transitions:\n" << dump.str());
+  std::vector<std::string_view> stack;
+  for (const auto& t : ts) {
+    if (t.phase != phase) continue;
+    if (t.kind == modtracker::Kind::enter) {
+      stack.push_back(t.fqn);
+      continue;
+    }
+    INFO(what);
+    REQUIRE_MESSAGE(!stack.empty(), "exit of " << t.fqn << " without an open enter");
+    REQUIRE_MESSAGE(stack.back() == t.fqn, "exit of " << t.fqn << " while " << stack.back() << " is innermost");
+    stack.pop_back();
+  }
+  INFO(what);
+  REQUIRE_MESSAGE(stack.empty(), stack.size() << " activations never exited");
+}
+
