@@ -177,6 +177,8 @@ class TrackerCore final : public ForwardObserver {
   void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth);
   void exit_backward(const std::shared_ptr<Activation>& act, Payload grads, std::uint64_t pass);
   void close_stale_passes();
+  void link_in_flight(Activation& a) noexcept;
+  void unlink_in_flight(Activation& a) noexcept;
   void diagnose(Diagnostic d);
   std::shared_ptr<const ErasedHooks> hooks() const;
 
@@ -192,6 +194,7 @@ class TrackerCore final : public ForwardObserver {
   std::size_t ring_head_ = 0, ring_size_ = 0;
   std::uint64_t dropped_ = 0, dropped_reported_ = 0, sequence_ = 0, activations_ = 0;
   std::vector<OpenPass> passes_;
+  Activation* in_flight_ = nullptr;  // activations between pre_ and post_forward
   ErasedFilter filter_;
 
   mutable std::mutex config_;  // guards hooks_, sink_

@@ -71,6 +71,10 @@ struct Activation {
   bool selected;
   std::uint64_t entered_pass = 0;  // guarded by the core's state lock
   std::uint64_t exited_pass = 0;
+  // Between pre_forward and post_forward: linked into the core's in-flight
+  // list (state lock), so that a scope ending mid-forward frees it.
+  Activation* flight_prev = nullptr;
+  Activation* flight_next = nullptr;
 
   /// Did `other` run inside this activation's forward?
   [[nodiscard]] bool encloses(const Activation& other) const noexcept {
@@ -144,11 +148,35 @@ void TrackerCore::stop() {
     epoch_->core = nullptr;
   }
   epoch_.reset();
-  std::lock_guard<SpinLock> lock(state_);
-  passes_.clear();
-  for (std::uint32_t id = 1; id < counts_.size(); ++id) {
-    while (counts_[id].backward > 0) sub_count(id, Phase::backward);
+  // Calls still running will never report their end to this scope: forget
+  // them, and every count but Global's.
+  std::vector<std::shared_ptr<Activation>> abandoned;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    passes_.clear();
+    for (std::uint32_t id = 1; id < counts_.size(); ++id) {
+      while (counts_[id].backward > 0) sub_count(id, Phase::backward);
+      while (counts_[id].forward > 0) sub_count(id, Phase::forward);
+    }
+    while (in_flight_) {
+      Activation* a = in_flight_;
+      unlink_in_flight(*a);
+      abandoned.push_back(std::move(a->self));
+    }
   }
+}
+
+void TrackerCore::link_in_flight(Activation& a) noexcept {
+  a.flight_prev = nullptr;
+  a.flight_next = in_flight_;
+  if (in_flight_) in_flight_->flight_prev = &a;
+  in_flight_ = &a;
+}
+
+void TrackerCore::unlink_in_flight(Activation& a) noexcept {
+  (a.flight_prev ? a.flight_prev->flight_next : in_flight_) = a.flight_next;
+  if (a.flight_next) a.flight_next->flight_prev = a.flight_prev;
+  a.flight_prev = a.flight_next = nullptr;
 }
 
 std::uint32_t TrackerCore::intern(std::string fqn) {
@@ -291,14 +319,23 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
               [act](Payload grads) { with_core(act, [&](TrackerCore& c) { c.backward_exit(act, grads); }); }))
         reg->release();  // inert once the scope ends; lives as long as the graph
       act->self = act;
+      {
+        std::lock_guard<SpinLock> lock(state_);
+        link_in_flight(*act);
+      }
       token = reinterpret_cast<std::uintptr_t>(act.get()) | 1u;
     }
     if (selected) {
       if (auto h = hooks(); h && h->pre_fw) h->pre_fw(call.module, call.inputs);
     }
   } catch (...) {
-    if (token & 1u) reinterpret_cast<Activation*>(token & ~std::uintptr_t{1})->self.reset();
+    std::shared_ptr<Activation> dropped;
     std::lock_guard<SpinLock> lock(state_);
+    if (token & 1u) {
+      auto* a = reinterpret_cast<Activation*>(token & ~std::uintptr_t{1});
+      unlink_in_flight(*a);
+      dropped = std::move(a->self);
+    }
     sub_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
     throw;
@@ -311,7 +348,12 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
   std::uint32_t fqn;
   bool selected;
   if (token & 1u) {
-    act = std::move(reinterpret_cast<Activation*>(token & ~std::uintptr_t{1})->self);
+    auto* a = reinterpret_cast<Activation*>(token & ~std::uintptr_t{1});
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      act = std::move(a->self);
+      if (act) unlink_in_flight(*a);
+    }
     if (!act) throw std::logic_error("modtracker: post_forward without a matching pre_forward");
     fqn = act->fqn;
     selected = act->selected;

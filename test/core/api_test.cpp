@@ -30,8 +30,16 @@ void* operator new(std::size_t n) {
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n ? n : 1);
+}
+void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return ::operator new(n, t); }
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 // --- concepts: a wrong signature is rejected by name ----------------------------
 static_assert(PreForwardHook<void (*)(Module&, const Values&), Backend>);
@@ -147,11 +155,13 @@ TEST_CASE("the scope may end inside a module's forward: the pending exit is skip
   auto lin = b.module("Linear");
   ScriptedTracker t(b);
   auto scope = t.track();
-  b.call(*lin, {b.value(false)}, [&](const Values& x) {
+  b.call(*lin, {b.value(true)}, [&](const Values& x) {
     scope.end();
     return x;
   });
   CHECK(transitions(t) == V{"fw enter Linear"});
+  auto again = t.track();  // nothing of the abandoned call is left behind
+  CHECK(join(t.parents()) == "Global");
 }
 
 TEST_CASE("no heap allocation per enter/exit in steady state") {
