@@ -3,6 +3,7 @@
 // that do or do not require grad, and backward passes in which gradients
 // arrive value by value. The executable specification of SEMANTICS.md.
 module;
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -121,7 +122,7 @@ class Backend final : public HookBackend {
   ForwardDispatcher dispatcher_;
   std::unordered_map<const void*, std::weak_ptr<Module>> modules_;
   std::unordered_map<std::uint64_t, std::vector<std::shared_ptr<Hook>>> hooks_;  // by value id
-  std::uint64_t next_value_ = 1;
+  std::atomic<std::uint64_t> next_value_{1};  // values may be made on several threads
   std::uint64_t pass_counter_ = 0;
   bool grad_mode_ = true;
   Pass* current_ = nullptr;

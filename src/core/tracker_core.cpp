@@ -136,8 +136,13 @@ void TrackerCore::start() {
   if (epoch_) throw std::logic_error("modtracker: this tracker is tracking already (one scope at a time)");
   auto epoch = std::make_shared<Epoch>();
   epoch->core = this;
-  observer_ = backend_.add_forward_observer(*this);
-  epoch_ = std::move(epoch);
+  epoch_ = std::move(epoch);  // before the observer: other threads' calls read it at once
+  try {
+    observer_ = backend_.add_forward_observer(*this);
+  } catch (...) {
+    epoch_.reset();
+    throw;
+  }
 }
 
 void TrackerCore::stop() {
@@ -278,6 +283,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   bool reentered;
   bool stale = false;
   std::uint64_t activation_sequence;
+  std::string_view name;  // read under the lock: names_ may grow meanwhile
   {
     std::lock_guard<SpinLock> lock(state_);
     if (!in_bw && !passes_.empty()) {
@@ -293,14 +299,15 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     add_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::enter, fqn, call.depth);
     activation_sequence = activations_++;
+    name = names_[fqn];
   }
   if (stale)
     diagnose({Diagnostic::Code::unfinished_backward, "",
               "a backward pass ended without running its end callbacks (did it throw?); "
               "its modules left backward when the next forward started"});
   if (reentered)
-    diagnose({Diagnostic::Code::reentrant_forward, std::string(names_[fqn]),
-              "module '" + std::string(names_[fqn]) +
+    diagnose({Diagnostic::Code::reentrant_forward, std::string(name),
+              "module '" + std::string(name) +
                   "' entered while already active; the module hierarchy may be wrong"});
   std::uintptr_t token = plain_token(fqn, selected);
   try {
@@ -583,6 +590,7 @@ Generator<Transition> TrackerCore::transitions() {
   const double scale = ns_per_tick();
   for (;;) {
     RawTransition raw;
+    std::string_view fqn;  // read under the lock: names_ may grow meanwhile
     std::uint64_t newly_dropped = 0;
     {
       std::lock_guard<SpinLock> lock(state_);
@@ -591,6 +599,7 @@ Generator<Transition> TrackerCore::transitions() {
       if (newly_dropped == 0) {
         if (ring_size_ == 0) break;
         raw = ring_[ring_head_];
+        fqn = names_[raw.fqn];
         ring_head_ = (ring_head_ + 1) % ring_.size();
         --ring_size_;
       }
@@ -602,7 +611,7 @@ Generator<Transition> TrackerCore::transitions() {
       continue;
     }
     const auto ns = static_cast<std::int64_t>(static_cast<double>(raw.ticks - tick0_) * scale);
-    co_yield Transition{raw.phase, raw.kind, names_[raw.fqn], raw.depth, raw.sequence,
+    co_yield Transition{raw.phase, raw.kind, fqn, raw.depth, raw.sequence,
                         std::chrono::nanoseconds(ns), raw.thread};
   }
 }
