@@ -1,0 +1,98 @@
+// A custom hook backend in one file: a toy forward-only framework whose
+// layers are plain structs, tracked by modtracker::Tracker<ToyBackend>.
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+import modtracker;
+
+// The framework: a layer has a kind, named children and a forward.
+struct Layer : std::enable_shared_from_this<Layer> {
+  std::string kind;
+  std::vector<std::pair<std::string, std::shared_ptr<Layer>>> children;
+  std::function<std::vector<float>(const std::vector<float>&)> body;
+};
+
+// The backend: names its payload types, routes calls through a dispatcher.
+class ToyBackend final : public modtracker::HookBackend {
+ public:
+  using module_type = Layer;
+  using inputs_type = std::vector<float>;
+  using output_type = std::vector<float>;
+  using grads_type = std::vector<float>;  // no autograd here: never used
+
+  std::vector<float> call(Layer& layer, const std::vector<float>& in) {
+    if (dispatch_.idle()) return layer.body(in);
+    modtracker::ForwardDispatcher::Call frame(dispatch_, {&layer}, {&in});
+    auto out = layer.body(in);
+    frame.finish({&out});
+    return out;
+  }
+
+  modtracker::Registration add_forward_observer(modtracker::ForwardObserver& o) override { return dispatch_.add(o); }
+  bool grad_enabled() const override { return false; }  // forward only: no backward registrations
+  bool in_backward() const override { return false; }
+  std::uint64_t backward_pass() const override { return 0; }
+  std::optional<modtracker::Registration> on_first_gradient(modtracker::Payload, modtracker::GradOrder,
+                                                            modtracker::GradCallback) override {
+    return std::nullopt;
+  }
+  std::optional<modtracker::Registration> on_all_gradients(modtracker::Payload, modtracker::GradOrder,
+                                                           modtracker::GradCallback) override {
+    return std::nullopt;
+  }
+  void at_end_of_backward(std::function<void()>) override { throw std::logic_error("toy: no backward"); }
+  std::string type_name(modtracker::ModuleRef m) const override { return layer(m).kind; }
+  void for_each_child(modtracker::ModuleRef m,
+                      const std::function<void(std::string_view, modtracker::ModuleRef)>& fn) const override {
+    for (const auto& [name, child] : layer(m).children) fn(name, {child.get()});
+  }
+  modtracker::WeakModule weak(modtracker::ModuleRef m) const override {
+    return const_cast<Layer&>(layer(m)).weak_from_this();
+  }
+
+ private:
+  static const Layer& layer(modtracker::ModuleRef m) {
+    if (!m) throw std::invalid_argument("toy: null layer");
+    return *static_cast<const Layer*>(m.ptr);
+  }
+  modtracker::ForwardDispatcher dispatch_;
+};
+
+int main() {
+  ToyBackend backend;
+  auto scale = std::make_shared<Layer>();
+  scale->kind = "ScaleImpl";
+  scale->body = [](const std::vector<float>& v) {
+    auto out = v;
+    for (auto& x : out) x *= 2;
+    return out;
+  };
+  auto net = std::make_shared<Layer>();
+  net->kind = "toy::NetImpl";
+  net->children = {{"scale", scale}};
+  net->body = [&](const std::vector<float>& v) { return backend.call(*scale, backend.call(*scale, v)); };
+
+  modtracker::Tracker<ToyBackend> tracker(backend);
+  tracker.register_user_hooks([&](Layer& l, const std::vector<float>& in) {
+    std::printf("pre_fw %-9s inputs=%zu parents=%zu\n", tracker.known_fqn(l)->c_str(), in.size(),
+                tracker.parents().size());
+  });
+  auto scope = tracker.track();
+  const auto out = backend.call(*net, {1, 2, 3});
+  int transitions = 0;
+  for (const auto& t : tracker.transitions()) {
+    std::printf("%s %s %.*s\n", t.kind == modtracker::Kind::enter ? "enter" : "exit ",
+                t.phase == modtracker::Phase::forward ? "fw" : "bw", static_cast<int>(t.fqn.size()), t.fqn.data());
+    ++transitions;
+  }
+  const bool ok = out == std::vector<float>{4, 8, 12} && transitions == 6 && tracker.known_fqn(*scale) == "Net.scale";
+  std::printf("custom backend: %s\n", ok ? "ok" : "FAILED");
+  return ok ? 0 : 1;
+}
