@@ -3,6 +3,7 @@
 
 #include <mutex>
 #include <string>
+#include <unordered_set>
 
 import modtracker;
 #include "modtracker/torch_stats.hpp"
@@ -44,7 +45,9 @@ void annotate(Statistics& stats, const Tracker& tracker, const torch::nn::Module
     const auto& module = Tracker::module(ref);
     auto& row = stats.at(fqn);
     row.params_trainable = row.params_frozen = row.bytes_trainable = row.bytes_frozen = 0;
+    std::unordered_set<const void*> counted;  // a shared layer's parameters count once
     for (const auto& p : module.parameters(/*recurse=*/true)) {
+      if (!counted.insert(p.unsafeGetTensorImpl()).second) continue;
       const auto n = static_cast<std::uint64_t>(p.numel());
       const auto bytes = n * static_cast<std::uint64_t>(p.element_size());
       (p.requires_grad() ? row.params_trainable : row.params_frozen) += n;

@@ -35,6 +35,19 @@ TEST_CASE("LibTorch statistics: calls, parameters (trainable and frozen), output
   CHECK(stats.table().find("net") != std::string::npos);
 }
 
+TEST_CASE("a layer shared by two parents counts its parameters once") {
+  struct TiedImpl : torch::nn::Module {
+    torch::nn::Linear a{register_module("a", torch::nn::Linear(4, 4))};
+    torch::nn::Linear b{register_module("b", a)};
+    torch::Tensor forward(torch::Tensor x) { return b(a(x)); }
+  };
+  auto tied = std::make_shared<TiedImpl>();
+  lt::Tracker tracker;
+  modtracker::Statistics stats;
+  lt::annotate(stats, tracker, *tied);
+  CHECK(stats.find("Tied")->params_trainable == 20);
+}
+
 TEST_CASE("Chrome trace of a LibTorch step: forward and backward slices, nested, one per activation") {
   Seq3 seq;
   lt::Tracker tracker;
