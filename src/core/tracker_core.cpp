@@ -3,6 +3,7 @@
 module;
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <atomic>
 #include <chrono>
 #include <coroutine>
@@ -117,7 +118,8 @@ TrackerCore::TrackerCore(HookBackend& backend, TrackerOptions options)
     : backend_(backend), options_(options), sink_(default_sink), tick0_(ticks()) {
   if (options_.journal_capacity == 0)
     throw std::invalid_argument("modtracker: journal_capacity must be at least 1");
-  ring_.resize(options_.journal_capacity);
+  ring_.resize(std::bit_ceil(options_.journal_capacity));  // a power of two: index by mask
+  ring_mask_ = ring_.size() - 1;
   intern("Global");
   add_count(global_id, Phase::forward);  // "Global" is always a parent
   (void)ns_per_tick();                   // calibrate now, not on the first read
@@ -213,13 +215,12 @@ void TrackerCore::sub_count(std::uint32_t fqn, Phase phase) {
 }
 
 void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth) {
-  const auto cap = ring_.size();
-  if (ring_size_ == cap) {  // full: drop the oldest
-    ring_head_ = (ring_head_ + 1) % cap;
+  if (ring_size_ == options_.journal_capacity) {  // full: drop the oldest
+    ring_head_ = (ring_head_ + 1) & ring_mask_;
     --ring_size_;
     ++dropped_;
   }
-  ring_[(ring_head_ + ring_size_) % cap] = RawTransition{phase, kind, fqn, depth, thread_index(), sequence_++, ticks()};
+  ring_[(ring_head_ + ring_size_) & ring_mask_] = RawTransition{phase, kind, fqn, depth, thread_index(), sequence_++, ticks()};
   ++ring_size_;
 }
 
@@ -600,14 +601,14 @@ Generator<Transition> TrackerCore::transitions() {
         if (ring_size_ == 0) break;
         raw = ring_[ring_head_];
         fqn = names_[raw.fqn];
-        ring_head_ = (ring_head_ + 1) % ring_.size();
+        ring_head_ = (ring_head_ + 1) & ring_mask_;
         --ring_size_;
       }
     }
     if (newly_dropped != 0) {  // said before the survivors are yielded
       diagnose({Diagnostic::Code::journal_overflow, "",
                 std::to_string(newly_dropped) + " transitions dropped: the journal holds " +
-                    std::to_string(ring_.size()) + "; read transitions() more often or raise journal_capacity"});
+                    std::to_string(options_.journal_capacity) + "; read transitions() more often or raise journal_capacity"});
       continue;
     }
     const auto ns = static_cast<std::int64_t>(static_cast<double>(raw.ticks - tick0_) * scale);

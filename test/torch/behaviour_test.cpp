@@ -179,9 +179,10 @@ TEST_CASE("threads each training their own model under their own tracker stay co
   constexpr int threads = 4, steps = 20;
   std::vector<std::thread> pool;
   std::vector<int> entries(threads, 0);
+  std::vector<Bar> bars(threads);  // built here: LibTorch's module constructors are not ours to race
   for (int i = 0; i < threads; ++i) {
     pool.emplace_back([&, i] {
-      Bar bar;
+      auto& bar = bars[static_cast<std::size_t>(i)];
       lt::Tracker t;
       t.set_diagnostics([](const modtracker::Diagnostic&) {});  // other threads' Bar re-enter "Bar"
       auto scope = t.track();
