@@ -248,3 +248,40 @@ TEST_CASE("user input types reach the hooks through the Flatten customization po
   CHECK(seen == 2);
   CHECK(transitions(t) == Strings{"fw enter BatchNet", "fw exit BatchNet", "bw enter BatchNet", "bw exit BatchNet"});
 }
+
+TEST_CASE("a model freed in the middle of its backward: later hooks get no module, nothing dangles") {
+  lt::Tracker t;
+  std::vector<std::string> seen;
+  auto bar = std::make_shared<BarImpl>();
+  auto scope = t.track();
+  auto y = lt::call(*bar, torch::randn({2, 10}, torch::requires_grad())).sum();
+  t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
+                        [&](torch::nn::Module* m, const std::vector<at::Tensor>&) {
+                          seen.push_back(m ? "module" : "null");
+                          bar.reset();  // the first backward hook frees the whole model
+                        });
+  y.backward();
+  CHECK(seen == std::vector<std::string>{"module", "null"});
+  CHECK(parents(t) == "Global");
+}
+
+TEST_CASE("user hooks that throw: forward and backward report to the caller, the next step works") {
+  Bar bar;
+  lt::Tracker t;
+  std::vector<modtracker::Diagnostic> diags;
+  t.set_diagnostics([&](const modtracker::Diagnostic& d) { diags.push_back(d); });
+  auto scope = t.track();
+  t.register_user_hooks([](torch::nn::Module&, const lt::Tensors&) { throw std::runtime_error("pre_fw hook"); });
+  CHECK_THROWS_WITH(bar(torch::randn({2, 10})), doctest::Contains("pre_fw hook"));
+  CHECK(parents(t) == "Global");
+  t.clear_user_hooks();
+  t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
+                        [](torch::nn::Module*, const std::vector<at::Tensor>&) { throw std::runtime_error("pre_bw hook"); });
+  auto y = bar(torch::randn({2, 10}, torch::requires_grad())).sum();
+  CHECK_THROWS_WITH(y.backward(), doctest::Contains("pre_bw hook"));
+  t.clear_user_hooks();
+  (void)bar(torch::randn({2, 10}));  // the next forward closes what the aborted pass left open
+  CHECK(parents(t) == "Global");
+  bar(torch::randn({2, 10}, torch::requires_grad())).sum().backward();
+  CHECK(parents(t) == "Global");
+}
