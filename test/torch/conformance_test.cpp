@@ -17,22 +17,38 @@ json ev(const char* e, std::optional<std::string> fqn, std::vector<std::string> 
   return json::array({e, fqn ? json(*fqn) : json(nullptr), parents, bw});
 }
 
+/// Bar's four hooks in our order; backward fqns are null when Bar was freed.
+json bar_events(bool alive) {
+  const auto bw = [&](const char* fqn) { return alive ? std::optional<std::string>(fqn) : std::nullopt; };
+  return events({
+      ev("pre_fw", "Bar", {"Bar", "Global"}, false),
+      ev("pre_fw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, false),
+      ev("post_fw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, false),
+      ev("post_fw", "Bar", {"Bar", "Global"}, false),
+      ev("pre_bw", bw("Bar"), {"Bar", "Global"}, true),
+      ev("pre_bw", bw("Bar.foo"), {"Bar", "Bar.foo", "Global"}, true),
+      ev("post_bw", bw("Bar.foo"), {"Bar", "Bar.foo", "Global"}, true),
+      ev("post_bw", bw("Bar"), {"Bar", "Global"}, true),
+  });
+}
+
 struct Fixture {
   lt::Tracker tracker;
   Recorder rec{tracker};
   Fixture() { recorder = &rec; }
   ~Fixture() { recorder = nullptr; }
-  /// Seq3 as a temporary (freed before backward), all hooks, one backward.
-  void run_temporary_seq3(bool input_requires_grad) {
+  /// A model as a temporary (freed before backward), all hooks, one backward.
+  template <class Model>
+  void run_temporary(std::vector<std::int64_t> shape, bool input_requires_grad, bool probe_after = true) {
     auto scope = tracker.track();
     rec.hook_all();
     torch::Tensor out;
     {
-      Seq3 seq;
-      out = seq(input({3, 4}, input_requires_grad));
+      Model model;
+      out = model(input(std::move(shape), input_requires_grad));
     }
     out.sum().backward();
-    rec.probe("after_backward");
+    if (probe_after) rec.probe("after_backward");
   }
 };
 }  // namespace
@@ -63,17 +79,7 @@ TEST_CASE_FIXTURE(Fixture, "user_hooks: four hooks, backward exits nest (beyond 
   bar(input({2, 10}, true)).sum().backward();
   // The reference exits Bar before Bar.foo (registration order on the
   // shared input); we exit innermost first: Bar.foo, then Bar.
-  const json expected = events({
-      ev("pre_fw", "Bar", {"Bar", "Global"}, false),
-      ev("pre_fw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, false),
-      ev("post_fw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, false),
-      ev("post_fw", "Bar", {"Bar", "Global"}, false),
-      ev("pre_bw", "Bar", {"Bar", "Global"}, true),
-      ev("pre_bw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, true),
-      ev("post_bw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, true),
-      ev("post_bw", "Bar", {"Bar", "Global"}, true),
-  });
-  CHECK(rec.events == expected);
+  CHECK(rec.events == bar_events(true));
   const auto ref = reference("user_hooks")["events"];
   CHECK(json(std::vector<json>(ref.begin(), ref.begin() + 6)) ==
         json(std::vector<json>(rec.events.begin(), rec.events.begin() + 6)));
@@ -81,36 +87,12 @@ TEST_CASE_FIXTURE(Fixture, "user_hooks: four hooks, backward exits nest (beyond 
 }
 
 TEST_CASE_FIXTURE(Fixture, "user_hooks_module_deleted: backward hooks get no module") {
-  auto scope = tracker.track();
-  rec.hook_all();
-  torch::Tensor out;
-  {
-    Bar bar;
-    out = bar(input({2, 10}, true));
-  }
-  out.sum().backward();
-  const json expected = events({
-      ev("pre_fw", "Bar", {"Bar", "Global"}, false),
-      ev("pre_fw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, false),
-      ev("post_fw", "Bar.foo", {"Bar", "Bar.foo", "Global"}, false),
-      ev("post_fw", "Bar", {"Bar", "Global"}, false),
-      ev("pre_bw", std::nullopt, {"Bar", "Global"}, true),
-      ev("pre_bw", std::nullopt, {"Bar", "Bar.foo", "Global"}, true),
-      ev("post_bw", std::nullopt, {"Bar", "Bar.foo", "Global"}, true),
-      ev("post_bw", std::nullopt, {"Bar", "Global"}, true),
-  });
-  CHECK(rec.events == expected);
+  run_temporary<Bar>({2, 10}, true, false);
+  CHECK(rec.events == bar_events(false));
 }
 
 TEST_CASE_FIXTURE(Fixture, "activation_checkpoint: recomputed forward runs with is_bw") {
-  auto scope = tracker.track();
-  rec.hook_all();
-  torch::Tensor out;
-  {
-    Ck ck;
-    out = ck(input({4, 8}, false));
-  }
-  out.sum().backward();
+  run_temporary<Ck>({4, 8}, false, false);
   // The reference gives post_bw of Ck.linears.1 no module although the
   // checkpoint keeps it alive; our backward hooks see every live module.
   auto expected = reference("activation_checkpoint")["events"];
@@ -137,7 +119,7 @@ json seq_forward() {
 }  // namespace
 
 TEST_CASE_FIXTURE(Fixture, "sequential_input_requires_grad: backward transitions nest (beyond the reference)") {
-  run_temporary_seq3(true);
+  run_temporary<Seq3>({3, 4}, true);
   json expected = seq_forward();
   // Reference: pre_bw Seq3.net.4, then Seq3.net, then Seq3 (registration
   // order). Ours: outermost first, and exits innermost first.
@@ -159,7 +141,7 @@ TEST_CASE_FIXTURE(Fixture, "sequential_input_requires_grad: backward transitions
 }
 
 TEST_CASE_FIXTURE(Fixture, "sequential_input_no_grad: exits whose inputs need no grad are deferred to the end") {
-  run_temporary_seq3(false);
+  run_temporary<Seq3>({3, 4}, false);
   const auto ref = reference("sequential_input_no_grad")["events"];
   // Forward and the deferred tail match the reference; the entries nest.
   CHECK(json(std::vector<json>(ref.begin(), ref.begin() + 14)) ==
