@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <mutex>
 #include <unordered_map>
@@ -19,6 +20,32 @@ namespace modtracker::libtorch {
 namespace {
 
 using torch::autograd::Node;
+
+// A vector whose first N elements live inline (no allocation for the usual
+// one or two hooks per node and tensors per call).
+template <class T, std::size_t N>
+class SmallVector {
+ public:
+  template <class... Args>
+  void emplace_back(Args&&... args) {
+    if (size_ < N) inline_[size_] = T{std::forward<Args>(args)...};
+    else spill_.emplace_back(std::forward<Args>(args)...);
+    ++size_;
+  }
+  T& operator[](std::size_t i) { return i < N ? inline_[i] : spill_[i - N]; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  template <class F>
+  bool any_of(F&& f) {
+    for (std::size_t i = 0; i < size_; ++i)
+      if (f((*this)[i])) return true;
+    return false;
+  }
+
+ private:
+  std::array<T, N> inline_{};
+  std::vector<T> spill_;
+  std::size_t size_ = 0;
+};
 
 // One gradient registration (first-of-any or all-of) across its edges.
 struct Hook {
@@ -109,7 +136,7 @@ std::uint64_t current_pass_locked() {
 }
 
 void Dispatch::fire(const torch::autograd::variable_list& grads) {
-  std::vector<std::pair<std::shared_ptr<Hook>, std::vector<at::Tensor>>> run;
+  SmallVector<std::pair<std::shared_ptr<Hook>, std::vector<at::Tensor>>, 4> run;
   {
     std::lock_guard<std::mutex> lock(state_mutex);
     const auto pass = current_pass_locked();
@@ -125,9 +152,10 @@ void Dispatch::fire(const torch::autograd::variable_list& grads) {
         h->arrived = 0;
         h->grads.clear();
         if (h->all) {
-          h->needed = 0;
-          for (const auto& [node, leaf] : h->waits)
-            if (will_run(*info, node.lock(), leaf)) ++h->needed;
+          h->needed = info->empty() ? h->waits.size() : 0;  // a plain backward(): every node runs
+          if (!info->empty())
+            for (const auto& [node, leaf] : h->waits)
+              if (will_run(*info, node.lock(), leaf)) ++h->needed;
         }
       }
       if (h->fired) continue;
@@ -143,7 +171,7 @@ void Dispatch::fire(const torch::autograd::variable_list& grads) {
       }
     }
   }
-  for (auto& [h, g] : run) h->fn(Payload{&g});  // outside the lock: they call into trackers
+  for (std::size_t i = 0; i < run.size(); ++i) run[i].first->fn(Payload{&run[i].second});  // outside the lock
 }
 
 NodeHook* node_hook_of(Node& node) {
@@ -157,14 +185,14 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
   const auto& tensors = *static_cast<const Tensors*>(values.ptr);
   std::shared_ptr<Hook> hook;
   std::vector<std::pair<const at::Tensor*, std::shared_ptr<Dispatch>>> fresh_leaves;
-  std::vector<std::pair<const void*, std::uint32_t>> seen;  // (node or leaf impl, output_nr)
+  SmallVector<std::pair<const void*, std::uint32_t>, 8> seen;  // (node or leaf impl, output_nr)
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
     if (!t.defined() || !t.requires_grad()) continue;
     const auto& grad_fn = t.grad_fn();
     const auto output_nr = grad_fn ? static_cast<std::uint32_t>(t.output_nr()) : 0u;
     const void* key = grad_fn ? static_cast<const void*>(grad_fn.get()) : t.unsafeGetTensorImpl();
-    if (std::find(seen.begin(), seen.end(), std::pair{key, output_nr}) != seen.end()) continue;
+    if (seen.any_of([&](const auto& p) { return p.first == key && p.second == output_nr; })) continue;
     seen.emplace_back(key, output_nr);
     if (!hook) {
       hook = std::make_shared<Hook>();
