@@ -166,7 +166,7 @@ class TrackerCore final : public ForwardObserver {
   struct OpenPass {
     std::uint64_t id;
     std::thread::id thread;
-    std::vector<std::shared_ptr<Activation>> entered;
+    std::vector<std::shared_ptr<Activation>> open;  // entered in this pass, not exited yet
   };
 
   std::uint32_t intern(std::string fqn);

@@ -265,7 +265,7 @@ void TrackerCore::close_stale_passes() {
       ++p;
       continue;
     }
-    for (auto a = p->entered.rbegin(); a != p->entered.rend(); ++a) {
+    for (auto a = p->open.rbegin(); a != p->open.rend(); ++a) {
       auto& act = **a;
       if (act.exited_pass == p->id) continue;
       act.exited_pass = p->id;
@@ -408,7 +408,7 @@ void TrackerCore::backward_enter(const std::shared_ptr<Activation>& act, Payload
       first_of_pass = true;
     }
     act->entered_pass = pass;
-    p->entered.push_back(act);
+    p->open.push_back(act);
     add_count(act->fqn, Phase::backward);
     if (act->selected) record(Phase::backward, Kind::enter, act->fqn, act->depth);
   }
@@ -435,12 +435,20 @@ void TrackerCore::backward_exit(const std::shared_ptr<Activation>& act, Payload 
     act->exited_pass = pass;
     // Modules whose exits wait for the end of the pass (their inputs get no
     // gradient in it) leave first, latest first, so backward stays nested.
+    // They entered after `act`: search the open stack from its top (exits are
+    // mostly last-in first-out, so this is short).
     const auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });
     if (p != passes_.end()) {
-      for (auto a = p->entered.rbegin(); a != p->entered.rend(); ++a) {
-        if ((*a)->exited_pass == pass || !act->encloses(**a)) continue;
-        (*a)->exited_pass = pass;
-        inner.push_back(*a);
+      auto& open = p->open;
+      const auto at = std::find(open.rbegin(), open.rend(), act);
+      if (at != open.rend()) {
+        const auto index = static_cast<std::size_t>(std::distance(at, open.rend())) - 1;
+        for (auto j = open.size(); j-- > index + 1;) {
+          if (!act->encloses(*open[j])) continue;
+          open[j]->exited_pass = pass;
+          inner.push_back(open[j]);
+        }
+        std::erase_if(open, [&](const auto& a) { return a->exited_pass == pass; });
       }
     }
   }
@@ -471,16 +479,16 @@ void TrackerCore::exit_backward(const std::shared_ptr<Activation>& act, Payload 
 }
 
 void TrackerCore::finish_pass(std::uint64_t pass) {
-  std::vector<std::shared_ptr<Activation>> entered;
+  std::vector<std::shared_ptr<Activation>> open;
   {
     std::lock_guard<SpinLock> lock(state_);
     auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });
     if (p == passes_.end()) return;
-    entered = std::move(p->entered);
+    open = std::move(p->open);
     passes_.erase(p);
   }
   std::exception_ptr first_error;
-  for (auto a = entered.rbegin(); a != entered.rend(); ++a) {  // deferred exits, latest first
+  for (auto a = open.rbegin(); a != open.rend(); ++a) {  // deferred exits, latest first
     {
       std::lock_guard<SpinLock> lock(state_);
       if ((*a)->exited_pass == pass) continue;
