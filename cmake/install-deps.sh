@@ -78,15 +78,17 @@ fi
 
 say "installing: ${missing[*]}$([ $need_cmake -eq 1 ] && echo ' cmake (bookworm-backports)')"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/tmp/modtracker-apt.log 2>&1 ||
-  { cat /tmp/modtracker-apt.log >&2; fail "apt-get update failed: is the package archive reachable from this machine?"; }
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+$SUDO apt-get update -qq >"$log" 2>&1 ||
+  { cat "$log" >&2; fail "apt-get update failed: is the package archive reachable from this machine?"; }
 if [ ${#missing[@]} -gt 0 ]; then
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/modtracker-apt.log 2>&1 ||
-    { tail -n 20 /tmp/modtracker-apt.log >&2; fail "could not install: ${missing[*]} (see the apt output above)"; }
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1 ||
+    { tail -n 20 "$log" >&2; fail "could not install: ${missing[*]} (see the apt output above)"; }
 fi
 if [ $need_cmake -eq 1 ]; then
-  $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports cmake cmake-data >/tmp/modtracker-apt.log 2>&1 ||
-    { tail -n 20 /tmp/modtracker-apt.log >&2; fail "could not install cmake from bookworm-backports"; }
+  $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports cmake cmake-data >"$log" 2>&1 ||
+    { tail -n 20 "$log" >&2; fail "could not install cmake from bookworm-backports"; }
   hash -r
   cmake_ok || fail "cmake is still older than $min_cmake after the install (is /usr/local/bin/cmake shadowing it?)"
 fi
