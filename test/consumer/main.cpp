@@ -1,9 +1,7 @@
-// Uses the installed package: import modtracker; plus the LibTorch header.
-#include <torch/torch.h>
-
+// Uses the installed package: the LibTorch header alone (it includes
+// <torch/torch.h> and imports modtracker).
 #include <cstdio>
 
-import modtracker;
 #include <modtracker/torch.hpp>
 
 int main() {
