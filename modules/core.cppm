@@ -42,7 +42,6 @@ struct Diagnostic {
     reentrant_forward,    ///< a module entered while already active outside backward
     unfinished_backward,  ///< a backward pass ended without its end callback (it threw)
     journal_overflow,     ///< the transition journal dropped its oldest entries
-    hook_after_scope,     ///< a post hook found its scope gone
   };
   Code code;
   std::string fqn;
@@ -71,7 +70,6 @@ class Parents {
   [[nodiscard]] auto begin() const noexcept { return names_.begin(); }
   [[nodiscard]] auto end() const noexcept { return names_.end(); }
   [[nodiscard]] std::set<std::string> to_set() const;
-  [[nodiscard]] std::vector<std::string> to_vector() const;
   friend bool operator==(const Parents&, const Parents&) = default;
 
  private:
@@ -120,7 +118,6 @@ class TrackerCore final : public ForwardObserver {
   [[nodiscard]] bool tracking() const noexcept { return epoch_ != nullptr; }
 
   [[nodiscard]] Parents parents() const;
-  [[nodiscard]] bool parents_contain(std::string_view fqn) const;
   [[nodiscard]] bool is_bw() const { return backend_.in_backward(); }
   [[nodiscard]] std::optional<std::string> known_fqn(ModuleRef module) const;
   [[nodiscard]] HookBackend& backend() const noexcept { return backend_; }
@@ -175,7 +172,7 @@ class TrackerCore final : public ForwardObserver {
   void add_count(std::uint32_t fqn, Phase phase);
   void sub_count(std::uint32_t fqn, Phase phase);
   void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth);
-  void exit_backward(const std::shared_ptr<Activation>& act, Payload grads, std::uint64_t pass);
+  void exit_backward(const std::shared_ptr<Activation>& act, Payload grads);
   void close_stale_passes();
   void link_in_flight(Activation& a) noexcept;
   void unlink_in_flight(Activation& a) noexcept;

@@ -37,8 +37,6 @@ bool Parents::contains(std::string_view fqn) const noexcept {
 
 std::set<std::string> Parents::to_set() const { return {names_.begin(), names_.end()}; }
 
-std::vector<std::string> Parents::to_vector() const { return {names_.begin(), names_.end()}; }
-
 std::string root_name_from_type(std::string_view type_name) {
   // Namespaces end at the last "::" before any template arguments.
   const auto args = type_name.find('<');
@@ -452,11 +450,11 @@ void TrackerCore::backward_exit(const std::shared_ptr<Activation>& act, Payload 
       }
     }
   }
-  for (const auto& a : inner) exit_backward(a, Payload{}, pass);
-  exit_backward(act, grads, pass);
+  for (const auto& a : inner) exit_backward(a, Payload{});
+  exit_backward(act, grads);
 }
 
-void TrackerCore::exit_backward(const std::shared_ptr<Activation>& act, Payload grads, std::uint64_t) {
+void TrackerCore::exit_backward(const std::shared_ptr<Activation>& act, Payload grads) {
   std::exception_ptr hook_error;
   if (act->selected) {
     try {
@@ -495,7 +493,7 @@ void TrackerCore::finish_pass(std::uint64_t pass) {
       (*a)->exited_pass = pass;
     }
     try {
-      exit_backward(*a, Payload{}, pass);
+      exit_backward(*a, Payload{});
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
     }
@@ -512,12 +510,6 @@ Parents TrackerCore::parents() const {
   }
   std::sort(names.begin(), names.end());
   return Parents(std::move(names));
-}
-
-bool TrackerCore::parents_contain(std::string_view fqn) const {
-  std::lock_guard<SpinLock> lock(state_);
-  const auto it = ids_.find(fqn);
-  return it != ids_.end() && counts_[it->second].forward + counts_[it->second].backward > 0;
 }
 
 std::optional<std::string> TrackerCore::known_fqn(ModuleRef module) const {

@@ -244,9 +244,13 @@ TEST_CASE("filter: only accepted modules call user hooks and appear in transitio
   auto scope = t.track();
   m.run({b.value(false)});
   CHECK(hooks == 5);  // Seq3, net, and the three Linear layers
+  CHECK(t.parents().to_set() == std::set<std::string>{"Global"});
   CHECK(transitions(t) == V{"fw enter Seq3", "fw enter Seq3.net", "fw enter Seq3.net.0", "fw exit Seq3.net.0",
                             "fw enter Seq3.net.2", "fw exit Seq3.net.2", "fw enter Seq3.net.4", "fw exit Seq3.net.4",
                             "fw exit Seq3.net", "fw exit Seq3"});
+  t.clear_filter();
+  m.run({b.value(false)});
+  CHECK(hooks == 12);
 }
 
 TEST_CASE("scope: tracking only inside it, ending twice and starting twice are errors") {
@@ -256,8 +260,10 @@ TEST_CASE("scope: tracking only inside it, ending twice and starting twice are e
   b.call(*lin, {b.value(false)});
   CHECK(transitions(t).empty());
   auto scope = t.track();
+  CHECK((t.tracking() && scope.active()));
   CHECK_THROWS_AS((void)t.track(), std::logic_error);
   scope.end();
+  CHECK_FALSE((t.tracking() || scope.active()));
   CHECK_THROWS_WITH_AS(scope.end(), "modtracker: tracking scope ended twice", std::logic_error);
   b.call(*lin, {b.value(false)});
   CHECK(transitions(t).empty());

@@ -51,6 +51,7 @@ TEST_CASE("units are chosen for reading") {
   CHECK(format_bytes(512) == "512 B");
   CHECK(format_bytes(3 * 1024 * 1024) == "3.00 MiB");
   CHECK(column_from_name("bw_excl") == Column::bw_exclusive);
+  CHECK(column_name(Column::fw_inclusive) == "fw_incl");
   CHECK_FALSE(column_from_name("nope"));
 }
 
