@@ -9,6 +9,7 @@ module;
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 export module modtracker:backend;
 
@@ -55,12 +56,16 @@ struct GradOrder {
 class Registration {
  public:
   Registration() = default;
-  explicit Registration(std::function<void()> remover) : remover_(std::move(remover)) {}
-  Registration(Registration&& other) noexcept : remover_(std::exchange(other.remover_, {})) {}
+  /// Removal by any callable.
+  explicit Registration(std::function<void()> remover) : generic_(std::move(remover)) {}
+  /// Removal by `remove(target)` if `target` still exists; never allocates.
+  Registration(std::weak_ptr<void> target, void (*remove)(void*)) noexcept
+      : target_(std::move(target)), remove_(remove) {}
+  Registration(Registration&& other) noexcept { take(other); }
   Registration& operator=(Registration&& other) noexcept {
     if (this != &other) {
       reset();
-      remover_ = std::exchange(other.remover_, {});
+      take(other);
     }
     return *this;
   }
@@ -68,19 +73,49 @@ class Registration {
   Registration& operator=(const Registration&) = delete;
   ~Registration() { reset(); }
 
-  [[nodiscard]] bool active() const noexcept { return static_cast<bool>(remover_); }
+  [[nodiscard]] bool active() const noexcept { return remove_ != nullptr || static_cast<bool>(generic_); }
   /// Removes the registration; throws std::logic_error if already removed.
   void remove();
   /// Keeps the registration for good and empties the handle.
-  void release() noexcept { remover_ = {}; }
+  void release() noexcept {
+    generic_ = {};
+    target_.reset();
+    remove_ = nullptr;
+  }
 
  private:
+  void take(Registration& other) noexcept {
+    generic_ = std::exchange(other.generic_, {});
+    target_ = std::exchange(other.target_, {});
+    remove_ = std::exchange(other.remove_, nullptr);
+  }
   void reset() noexcept;
-  std::function<void()> remover_;
+  std::function<void()> generic_;
+  std::weak_ptr<void> target_;
+  void (*remove_)(void*) = nullptr;
 };
 
 /// Called back with the gradients (backend-typed payload) that triggered it.
-using GradCallback = std::function<void(Payload grads)>;
+/// Keeps its context alive; copying it never allocates.
+class GradCallback {
+ public:
+  GradCallback() = default;
+  /// Calls `fn(context, grads)`.
+  GradCallback(std::shared_ptr<void> context, void (*fn)(void*, Payload)) noexcept
+      : context_(std::move(context)), fn_(fn) {}
+  /// Any callable taking the gradients' Payload (stored once on the heap).
+  template <class F>
+    requires(!std::same_as<std::remove_cvref_t<F>, GradCallback>) && std::invocable<F&, Payload>
+  GradCallback(F f)  // NOLINT(google-explicit-constructor): a callback is its callable
+      : context_(std::make_shared<F>(std::move(f))),
+        fn_([](void* c, Payload grads) { (*static_cast<F*>(c))(grads); }) {}
+  void operator()(Payload grads) const { fn_(context_.get(), grads); }
+  explicit operator bool() const noexcept { return fn_ != nullptr; }
+
+ private:
+  std::shared_ptr<void> context_;
+  void (*fn_)(void*, Payload) = nullptr;
+};
 
 /// One module call as a backend reports it to the trackers.
 struct ForwardCall {

@@ -14,14 +14,18 @@ module modtracker;
 namespace modtracker {
 
 void Registration::remove() {
-  if (!remover_) throw std::logic_error("modtracker: registration removed twice (or never registered)");
-  std::exchange(remover_, {})();
+  if (!active()) throw std::logic_error("modtracker: registration removed twice (or never registered)");
+  if (auto fn = std::exchange(remove_, nullptr)) {
+    if (const auto target = std::exchange(target_, {}).lock()) fn(target.get());
+    return;
+  }
+  std::exchange(generic_, {})();
 }
 
 void Registration::reset() noexcept {
-  if (!remover_) return;
+  if (!active()) return;
   try {
-    std::exchange(remover_, {})();
+    remove();
   } catch (...) {  // a destructor must not throw; the remover's state is gone anyway
   }
 }

@@ -67,9 +67,7 @@ std::optional<Registration> Backend::register_hook(Payload values, GradOrder ord
       hook->values.push_back(v.id);
   if (hook->values.empty()) return std::nullopt;
   for (auto id : hook->values) hooks_[id].push_back(hook);
-  return Registration([weak = std::weak_ptr<Hook>(hook)] {
-    if (auto h = weak.lock()) h->removed = true;
-  });
+  return Registration(hook, [](void* h) { static_cast<Hook*>(h)->removed = true; });
 }
 
 std::optional<Registration> Backend::on_first_gradient(Payload values, GradOrder order, GradCallback fn) {

@@ -58,7 +58,7 @@ struct Epoch {
 };
 
 /// One forward call of a module whose backward the tracker follows.
-struct Activation {
+struct Activation : std::enable_shared_from_this<Activation> {
   std::shared_ptr<Epoch> epoch;
   std::shared_ptr<Activation> self;  // keeps it alive from pre_forward to post_forward
   WeakModule module;
@@ -97,10 +97,19 @@ std::uintptr_t plain_token(std::uint32_t fqn, bool selected) noexcept {
   return (static_cast<std::uintptr_t>(fqn) << 2) | (selected ? 2u : 0u);
 }
 
+// The gradient callbacks: the Activation is their context (no allocation).
 template <class F>
-void with_core(const std::shared_ptr<Activation>& act, F&& f) {
-  std::lock_guard<std::recursive_mutex> guard(act->epoch->mutex);
-  if (auto* core = act->epoch->core) f(*core);
+void with_core(Activation& act, F&& f) {
+  std::lock_guard<std::recursive_mutex> guard(act.epoch->mutex);
+  if (auto* core = act.epoch->core) f(*core);
+}
+void on_output_gradient(void* context, Payload grads) {
+  auto& act = *static_cast<Activation*>(context);
+  with_core(act, [&](TrackerCore& c) { c.backward_enter(act.shared_from_this(), grads); });
+}
+void on_input_gradients(void* context, Payload grads) {
+  auto& act = *static_cast<Activation*>(context);
+  with_core(act, [&](TrackerCore& c) { c.backward_exit(act.shared_from_this(), grads); });
 }
 
 void default_sink(const Diagnostic& d) {
@@ -322,7 +331,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act->thread = thread_index();
       if (auto reg = backend_.on_all_gradients(
               call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
-              [act](Payload grads) { with_core(act, [&](TrackerCore& c) { c.backward_exit(act, grads); }); }))
+              GradCallback(act, &on_input_gradients)))
         reg->release();  // inert once the scope ends; lives as long as the graph
       act->self = act;
       {
@@ -387,7 +396,7 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
   if (act && output) {
     if (auto reg = backend_.on_first_gradient(
             output, GradOrder{Kind::enter, act->depth, act->sequence},
-            [act](Payload grads) { with_core(act, [&](TrackerCore& c) { c.backward_enter(act, grads); }); }))
+            GradCallback(act, &on_output_gradient)))
       reg->release();
   }
 }

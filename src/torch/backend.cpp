@@ -54,7 +54,7 @@ struct Hook {
   GradCallback fn;
   std::atomic<bool> removed{false};
   // For `all`: the edges it waits on, to ask the exec info which will run.
-  std::vector<std::pair<std::weak_ptr<Node>, bool>> waits;  // (node, leaf)
+  SmallVector<std::pair<std::weak_ptr<Node>, bool>, 2> waits;  // (node, leaf)
   // Per-pass state, guarded by state_mutex.
   std::uint64_t pass = 0;
   bool fired = false;
@@ -154,8 +154,8 @@ void Dispatch::fire(const torch::autograd::variable_list& grads) {
         if (h->all) {
           h->needed = info->empty() ? h->waits.size() : 0;  // a plain backward(): every node runs
           if (!info->empty())
-            for (const auto& [node, leaf] : h->waits)
-              if (will_run(*info, node.lock(), leaf)) ++h->needed;
+            for (std::size_t i = 0; i < h->waits.size(); ++i)
+              if (will_run(*info, h->waits[i].first.lock(), h->waits[i].second)) ++h->needed;
         }
       }
       if (h->fired) continue;
@@ -229,9 +229,7 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
   // A leaf's tensor hook owns its dispatcher: it lives as long as the tensor.
   for (auto& [leaf, d] : fresh_leaves)
     leaf->register_hook([d = std::move(d)](const at::Tensor& grad) { d->fire({grad}); });
-  return Registration([weak = std::weak_ptr<Hook>(hook)] {
-    if (auto h = weak.lock()) h->removed.store(true, std::memory_order_relaxed);
-  });
+  return Registration(hook, [](void* h) { static_cast<Hook*>(h)->removed.store(true, std::memory_order_relaxed); });
 }
 
 const torch::nn::Module& module_of(ModuleRef m) {

@@ -143,6 +143,29 @@ TEST_CASE("bad input: null and foreign modules, removed handles, exits without e
   Registration r([] {});
   r.remove();
   CHECK_THROWS_AS(r.remove(), std::logic_error);
+  auto target = std::make_shared<int>(0);
+  {
+    Registration cheap(target, [](void* p) { ++*static_cast<int*>(p); });
+    CHECK(cheap.active());
+  }  // removed at destruction, exactly once
+  CHECK(*target == 1);
+  Registration orphan(std::weak_ptr<int>(std::make_shared<int>(0)), [](void*) { FAIL("target gone"); });
+  CHECK_NOTHROW(orphan.remove());  // the target is gone: nothing to remove
+}
+
+TEST_CASE("GradCallback: from a context and a function, or from any callable") {
+  int calls = 0;
+  const Values grads{Value{7, true}};
+  GradCallback from_lambda([&](Payload p) { calls += static_cast<int>(static_cast<const Values*>(p.ptr)->size()); });
+  const auto copy = from_lambda;  // shares the callable
+  copy(Payload{&grads});
+  from_lambda(Payload{&grads});
+  CHECK(calls == 2);
+  auto counter = std::make_shared<int>(0);
+  GradCallback from_context(counter, [](void* c, Payload) { ++*static_cast<int*>(c); });
+  from_context(Payload{});
+  CHECK(*counter == 1);
+  CHECK_FALSE(GradCallback{});
 }
 
 TEST_CASE("a tracking scope cannot be ended from inside one of its own hooks") {
