@@ -135,12 +135,24 @@ std::uint64_t current_pass_locked() {
   return id;
 }
 
+// The current pass's id through this thread's cache (the lock only on a miss).
+std::uint64_t current_pass() {
+  const auto* info = torch::autograd::get_current_graph_task_exec_info();
+  if (!info) return 0;
+  const auto closed = passes_closed.load(std::memory_order_acquire);
+  if (pass_cache.info == info && pass_cache.closed == closed) return pass_cache.id;
+  std::lock_guard<std::mutex> lock(state_mutex);
+  const auto id = current_pass_locked();
+  pass_cache = PassCache{info, id, closed};
+  return id;
+}
+
 void Dispatch::fire(const torch::autograd::variable_list& grads) {
   SmallVector<std::pair<std::shared_ptr<Hook>, std::vector<at::Tensor>>, 4> run;
+  const auto pass = current_pass();
+  if (pass == 0) return;
   {
     std::lock_guard<std::mutex> lock(state_mutex);
-    const auto pass = current_pass_locked();
-    if (pass == 0) return;
     const auto* info = torch::autograd::get_current_graph_task_exec_info();
     std::erase_if(entries, [](const Entry& e) { return e.hook->removed.load(std::memory_order_relaxed); });
     for (const auto& [output_nr, h] : entries) {  // in GradOrder
@@ -253,16 +265,7 @@ bool Backend::grad_enabled() const { return at::GradMode::is_enabled(); }
 
 bool Backend::in_backward() const { return torch::autograd::get_current_graph_task_exec_info() != nullptr; }
 
-std::uint64_t Backend::backward_pass() const {
-  const auto* info = torch::autograd::get_current_graph_task_exec_info();
-  if (!info) return 0;
-  const auto closed = passes_closed.load(std::memory_order_acquire);
-  if (pass_cache.info == info && pass_cache.closed == closed) return pass_cache.id;
-  std::lock_guard<std::mutex> lock(state_mutex);
-  const auto id = current_pass_locked();
-  pass_cache = PassCache{info, id, closed};
-  return id;
-}
+std::uint64_t Backend::backward_pass() const { return current_pass(); }
 
 std::optional<Registration> Backend::on_first_gradient(Payload values, GradOrder order, GradCallback fn) {
   return register_hook(values, order, std::move(fn), false);
