@@ -286,11 +286,21 @@ void TrackerCore::close_stale_passes() {
 std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   if (!call.module) throw std::invalid_argument("modtracker: pre_forward of a null module");
   const bool in_bw = backend_.in_backward();
+  // With grad on (and outside backward) the call gets an Activation: its
+  // backward is followed. Allocated here, filled and linked under the one lock.
+  std::shared_ptr<Activation> act;
+  if (!in_bw && backend_.grad_enabled()) {
+    act = std::make_shared<Activation>();
+    act->epoch = epoch_;
+    act->module = backend_.weak(call.module);
+    act->depth = call.depth;
+    act->end_sequence = ~std::uint64_t{0};
+    act->thread = thread_index();
+  }
   std::uint32_t fqn;
   bool selected;
   bool reentered;
   bool stale = false;
-  std::uint64_t activation_sequence;
   std::string_view name;  // read under the lock: names_ may grow meanwhile
   {
     std::lock_guard<SpinLock> lock(state_);
@@ -306,8 +316,14 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     reentered = !in_bw && c.forward + c.backward > 0;
     add_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::enter, fqn, call.depth);
-    activation_sequence = activations_++;
     name = names_[fqn];
+    if (act) {
+      act->fqn = fqn;
+      act->selected = selected;
+      act->sequence = activations_++;
+      act->self = act;  // until post_forward, or until the scope ends
+      link_in_flight(*act);
+    }
   }
   if (stale)
     diagnose({Diagnostic::Code::unfinished_backward, "",
@@ -317,28 +333,13 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     diagnose({Diagnostic::Code::reentrant_forward, std::string(name),
               "module '" + std::string(name) +
                   "' entered while already active; the module hierarchy may be wrong"});
-  std::uintptr_t token = plain_token(fqn, selected);
+  const std::uintptr_t token =
+      act ? reinterpret_cast<std::uintptr_t>(act.get()) | 1u : plain_token(fqn, selected);
   try {
-    if (!in_bw && backend_.grad_enabled()) {
-      auto act = std::make_shared<Activation>();
-      act->epoch = epoch_;
-      act->module = backend_.weak(call.module);
-      act->fqn = fqn;
-      act->depth = call.depth;
-      act->selected = selected;
-      act->sequence = activation_sequence;
-      act->end_sequence = ~std::uint64_t{0};
-      act->thread = thread_index();
-      if (auto reg = backend_.on_all_gradients(
-              call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
-              GradCallback(act, &on_input_gradients)))
+    if (act) {
+      if (auto reg = backend_.on_all_gradients(call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
+                                               GradCallback(act, &on_input_gradients)))
         reg->release();  // inert once the scope ends; lives as long as the graph
-      act->self = act;
-      {
-        std::lock_guard<SpinLock> lock(state_);
-        link_in_flight(*act);
-      }
-      token = reinterpret_cast<std::uintptr_t>(act.get()) | 1u;
     }
     if (selected) {
       if (auto h = hooks(); h && h->pre_fw) h->pre_fw(call.module, call.inputs);
@@ -346,12 +347,11 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   } catch (...) {
     std::shared_ptr<Activation> dropped;
     std::lock_guard<SpinLock> lock(state_);
-    if (token & 1u) {
-      auto* a = reinterpret_cast<Activation*>(token & ~std::uintptr_t{1});
-      unlink_in_flight(*a);
-      dropped = std::move(a->self);
+    if (act && act->self) {  // still ours (the scope may have ended meanwhile)
+      unlink_in_flight(*act);
+      dropped = std::move(act->self);
     }
-    sub_count(fqn, Phase::forward);
+    if (counts_[fqn].forward > 0) sub_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
     throw;
   }

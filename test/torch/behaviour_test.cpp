@@ -219,6 +219,9 @@ TEST_CASE("holder, tracked Sequential, call() and ForwardScope give identical ev
   CHECK(by_scope == by_holder);
   lt::nn::Sequential seq(plain);
   CHECK(run([&] { seq(x); }) == Strings{"fw enter Sequential", "fw enter Sequential.0", "fw exit Sequential.0", "fw exit Sequential"});
+  lt::nn::Sequential named({{"first", plain}, {"act", torch::nn::ReLU()}});
+  CHECK(run([&] { named(x); }) == Strings{"fw enter Sequential", "fw enter Sequential.first", "fw exit Sequential.first",
+                                          "fw enter Sequential.act", "fw exit Sequential.act", "fw exit Sequential"});
 }
 
 namespace {
