@@ -213,8 +213,8 @@ std::string Statistics::table(const TableOptions& options) const {
       std::stable_sort(shown.begin(), shown.end(), [&](auto* a, auto* b) { return key(a) > key(b); });
   }
   std::vector<std::vector<std::string>> cells;
-  cells.push_back({"module", "fw calls", "fw incl", "fw excl", "bw calls", "bw incl", "bw excl", "params", "param bytes",
-                   "output"});
+  cells.push_back({"module", "fw calls", "fw incl", "fw excl", "bw calls", "bw incl", "bw excl", "params", "frozen",
+                   "param bytes", "output"});
   for (const auto* r : shown) {
     std::string name = r->fqn;
     if (tree) {
@@ -226,18 +226,21 @@ std::string Statistics::table(const TableOptions& options) const {
     cells.push_back({name, std::to_string(r->fw_calls), time(r->fw_calls, r->fw_inclusive),
                      time(r->fw_calls, r->fw_exclusive), std::to_string(r->bw_calls), time(r->bw_calls, r->bw_inclusive),
                      time(r->bw_calls, r->bw_exclusive), format_count(r->params_trainable + r->params_frozen),
-                     format_bytes(r->bytes_trainable + r->bytes_frozen), r->output_shape});
+                     format_count(r->params_frozen), format_bytes(r->bytes_trainable + r->bytes_frozen), r->output_shape});
   }
   // Totals: calls and exclusive times over every module; parameters of the roots.
-  std::uint64_t fw_calls = 0, bw_calls = 0, params = 0, bytes = 0;
+  std::uint64_t fw_calls = 0, bw_calls = 0, params = 0, frozen = 0, bytes = 0;
   for (const auto& [fqn, r] : rows_) {
     fw_calls += r.fw_calls;
     bw_calls += r.bw_calls;
-    if (r.depth() == 1) params += r.params_trainable + r.params_frozen, bytes += r.bytes_trainable + r.bytes_frozen;
+    if (r.depth() != 1) continue;
+    params += r.params_trainable + r.params_frozen;
+    frozen += r.params_frozen;
+    bytes += r.bytes_trainable + r.bytes_frozen;
   }
   cells.push_back({"total", std::to_string(fw_calls), format_duration(total(Phase::forward)), "",
                    std::to_string(bw_calls), format_duration(total(Phase::backward)), "", format_count(params),
-                   format_bytes(bytes), ""});
+                   format_count(frozen), format_bytes(bytes), ""});
   std::vector<std::size_t> width(cells.front().size(), 0);
   for (const auto& row : cells)
     for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());

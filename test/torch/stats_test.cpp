@@ -32,7 +32,9 @@ TEST_CASE("LibTorch statistics: calls, parameters (trainable and frozen), output
   std::chrono::nanoseconds excl{};
   for (const auto* r : stats.rows()) excl += r->bw_exclusive;
   CHECK(excl == root->bw_inclusive);
-  CHECK(stats.table().find("net") != std::string::npos);
+  const auto table = stats.table();
+  CHECK(table.find("net") != std::string::npos);
+  CHECK(table.find("frozen") != std::string::npos);
 }
 
 TEST_CASE("a layer shared by two parents counts its parameters once") {
