@@ -168,6 +168,7 @@ class TrackerCore final : public ForwardObserver {
 
   std::uint32_t intern(std::string fqn);
   const ModuleInfo& info_for(ModuleRef module);  // names lazily; state lock held
+  const ModuleInfo& remember(ModuleRef module, std::string fqn);
   void name_subtree(ModuleRef module, std::uint32_t fqn);
   void add_count(std::uint32_t fqn, Phase phase);
   void sub_count(std::uint32_t fqn, Phase phase);

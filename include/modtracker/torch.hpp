@@ -37,12 +37,6 @@ class Tensors {
   [[nodiscard]] const at::Tensor& operator[](std::size_t i) const {
     return i < inline_.size() ? *inline_[i] : *spill_[i - inline_.size()];
   }
-  /// True if any tensor requires grad (what decides backward tracking).
-  [[nodiscard]] bool any_requires_grad() const {
-    for (std::size_t i = 0; i < n_; ++i)
-      if ((*this)[i].defined() && (*this)[i].requires_grad()) return true;
-    return false;
-  }
 
  private:
   std::array<const at::Tensor*, 6> inline_{};

@@ -231,18 +231,24 @@ void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_
   ++ring_size_;
 }
 
-// Names `module` and, below it, every child not named yet (first name wins).
-// State lock held; the backend calls here do not call back into the tracker.
+// Remembers `module` as `fqn`, with its liveness and the filter's verdict
+// (asked once per module here, or again by set_filter). State lock held; the
+// backend and filter calls here must not call back into the tracker.
+const TrackerCore::ModuleInfo& TrackerCore::remember(ModuleRef module, std::string fqn) {
+  auto weak = backend_.weak(module);
+  const bool weak_known = !weak.expired();
+  const auto id = intern(std::move(fqn));
+  const bool selected = !filter_ || filter_(names_[id], module);
+  return modules_.emplace(module.ptr, ModuleInfo{id, selected, weak_known, std::move(weak)}).first->second;
+}
+
+// Names every child below `module` not named yet (first name wins).
 void TrackerCore::name_subtree(ModuleRef module, std::uint32_t fqn) {
   backend_.for_each_child(module, [&](std::string_view name, ModuleRef child) {
     if (!child || modules_.contains(child.ptr)) return;
     std::string child_fqn = names_[fqn];
     child_fqn.append(".").append(name);
-    auto weak = backend_.weak(child);
-    const bool weak_known = !weak.expired();
-    const auto id = intern(std::move(child_fqn));
-    modules_.emplace(child.ptr, ModuleInfo{id, true, weak_known, std::move(weak)});
-    name_subtree(child, id);
+    name_subtree(child, remember(child, std::move(child_fqn)).fqn);
   });
 }
 
@@ -252,17 +258,10 @@ const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module) {
     modules_.erase(it);  // a new module at a freed module's address
     it = modules_.end();
   }
-  if (it == modules_.end()) {
-    auto weak = backend_.weak(module);
-    const bool weak_known = !weak.expired();
-    const auto id = intern(root_name_from_type(backend_.type_name(module)));
-    it = modules_.emplace(module.ptr, ModuleInfo{id, true, weak_known, std::move(weak)}).first;
-    name_subtree(module, id);
-    if (filter_) {
-      for (auto& [ptr, info] : modules_) info.selected = filter_(names_[info.fqn], ModuleRef{ptr});
-    }
-  }
-  return it->second;
+  if (it != modules_.end()) return it->second;
+  const auto& info = remember(module, root_name_from_type(backend_.type_name(module)));  // a new root
+  name_subtree(module, info.fqn);
+  return info;
 }
 
 void TrackerCore::close_stale_passes() {

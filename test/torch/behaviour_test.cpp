@@ -217,6 +217,12 @@ TEST_CASE("holder, tracked Sequential, call() and ForwardScope give identical ev
   CHECK(by_holder == Strings{"fw enter Linear", "fw exit Linear"});
   CHECK(by_call == by_holder);
   CHECK(by_scope == by_holder);
+  const auto by_void_scope = run([&] {  // a call whose output the hooks need not see
+    lt::ForwardScope s(*plain, x);
+    plain->forward(x);
+    s.finish();
+  });
+  CHECK(by_void_scope == by_holder);
   lt::nn::Sequential seq(plain);
   CHECK(run([&] { seq(x); }) == Strings{"fw enter Sequential", "fw enter Sequential.0", "fw exit Sequential.0", "fw exit Sequential"});
   lt::nn::Sequential named({{"first", plain}, {"act", torch::nn::ReLU()}});
