@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -68,6 +69,7 @@ struct TorchRow {
 
 // A Sequential of n Linear(d, d): plain LibTorch against the tracked drop-in.
 std::string only_mode;  // --mode: run one mode only (for profiling)
+int runs = 9;           // --runs: best of how many runs
 
 std::vector<TorchRow> torch_rows(int n, int d) {
   torch::manual_seed(0);
@@ -81,7 +83,6 @@ std::vector<TorchRow> torch_rows(int n, int d) {
   const auto x = torch::randn({4, d});
   lt::Tracker tracker(modtracker::TrackerOptions{.journal_capacity = std::size_t{1} << 20});
   const int reps = n >= 1000 ? 3 : 20;
-  const int runs = 9;
   auto drain = [&] {
     for ([[maybe_unused]] const auto& tr : tracker.transitions()) {
     }
@@ -156,6 +157,8 @@ int main(int argc, char** argv) {
       json = true;
     } else if (std::strcmp(argv[i], "--mode") == 0 && i + 1 < argc) {
       only_mode = argv[++i];
+    } else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
+      runs = std::atoi(argv[++i]);  // more runs: steadier minimum, or a longer profile
     } else if (std::strcmp(argv[i], "--torch-only") == 0) {
       core = false;
     } else if (std::strcmp(argv[i], "--case") == 0 && i + 1 < argc && std::sscanf(argv[i + 1], "%dx%d", &n, &d) == 2 &&
@@ -163,7 +166,7 @@ int main(int argc, char** argv) {
       cases = {{n, d}};  // one Sequential size only, e.g. --case 1000x8
       ++i;
     } else {
-      std::fprintf(stderr, "usage: modtracker-bench [--json] [--torch-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n");
+      std::fprintf(stderr, "usage: modtracker-bench [--json] [--torch-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw] [--runs N]\n");
       return 2;
     }
   }
@@ -172,10 +175,10 @@ int main(int argc, char** argv) {
   const double noop_hooks = core ? core_ns(true) : 0.0;
   std::vector<TorchRow> rows;
   for (auto [n, d] : cases) {
-    auto r = torch_rows(n, d);
-    rows.insert(rows.end(), r.begin(), r.end());
+    for (const auto& r : torch_rows(n, d))
+      if (only_mode.empty() || only_mode == r.mode) rows.push_back(r);
   }
-  const double stats_us = stats_overhead_us_per_activation(cases.front().first);
+  const double stats_us = only_mode.empty() ? stats_overhead_us_per_activation(cases.front().first) : 0.0;
   if (json) {
     std::printf("{\"stats\": {\"overhead_us_per_activation\": %.3f}, \"core\": {\"enter_exit_ns_no_hooks\": %.1f, \"enter_exit_ns_noop_hooks\": %.1f}, \"torch\": [",
                 stats_us, no_hooks, noop_hooks);
@@ -192,7 +195,7 @@ int main(int argc, char** argv) {
   std::printf("core (scripted backend, one module enter+exit)\n");
   std::printf("  no user hooks      %8.1f ns\n", no_hooks);
   std::printf("  four no-op hooks   %8.1f ns\n\n", noop_hooks);
-  std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of 9, alternating\n");
+  std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of %d, alternating\n", runs);
   std::printf("%8s %6s %10s %12s %12s %16s %7s\n", "modules", "width", "mode", "baseline_us", "tracked_us",
               "overhead_us/mod", "ratio");
   for (const auto& r : rows)

@@ -133,6 +133,9 @@ class ForwardObserver {
   /// After the forward; `output` is empty when the forward threw. Always
   /// called once for each pre_forward that returned.
   virtual void post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) = 0;
+  /// Children were added to `module` after it first ran: a tracker that
+  /// knows it names the new ones below it (first name still wins).
+  virtual void children_changed(ModuleRef module) { (void)module; }
 
  protected:
   ~ForwardObserver() = default;

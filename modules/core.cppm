@@ -133,6 +133,7 @@ class TrackerCore final : public ForwardObserver {
 
   std::uintptr_t pre_forward(const ForwardCall& call) override;
   void post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) override;
+  void children_changed(ModuleRef module) override;
 
   // Called by the gradient callbacks (through their Epoch).
   void backward_enter(const std::shared_ptr<Activation>& act, Payload grads);

@@ -55,6 +55,9 @@ class ForwardDispatcher {
 
   /// Installs `observer`; throws std::length_error past max_observers.
   [[nodiscard]] Registration add(ForwardObserver& observer);
+  /// Tells the observers that `module` has children it did not have when it
+  /// first ran (a backend that can notice calls this; see ForwardObserver).
+  void children_changed(ModuleRef module);
   /// No observer installed: callers can skip the frame entirely.
   [[nodiscard]] bool idle() const noexcept { return count_.load(std::memory_order_acquire) == 0; }
 

@@ -8,9 +8,11 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -222,36 +224,76 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     auto& d = backend().dispatcher();
     if (d.idle()) return torch::nn::SequentialImpl::forward<Return>(std::forward<Inputs>(inputs)...);
     TORCH_CHECK(!is_empty(), "Cannot call forward() on an empty Sequential");
+    const void* const* children = children_.get(*this, d);
     Tensors in;
     (flatten_into(inputs, in), ...);
     ForwardDispatcher::Call frame(d, module_ref(*this), Payload{&in});
     auto it = begin();
-    torch::nn::AnyValue value = child(d, *it, in, std::forward<Inputs>(inputs)...);
-    for (++it; it != end(); ++it) {
+    // The inputs are passed on as lvalues: the Sequential's post hooks still see them.
+    Tensors out;
+    torch::nn::AnyValue value = child(d, children[0], *it, in, out, inputs...);
+    for (std::size_t i = 1; ++it != end(); ++i) {
+      // The previous output is this child's input; it is moved into the call
+      // and freed inside it, so one reference keeps it for the post hooks.
+      const at::Tensor kept = out.empty() ? at::Tensor() : out[0];
       Tensors child_in;
-      flatten_value(value, child_in);
-      value = child(d, *it, child_in, std::move(value));
+      if (kept.defined()) child_in.push(kept);
+      value = child(d, children[i], *it, child_in, out, std::move(value));
     }
-    Return out = std::move(value).template get<Return>();
+    Return result = std::move(value).template get<Return>();
     Tensors outs;
-    flatten_into(out, outs);
+    flatten_into(result, outs);
     frame.finish(Payload{&outs});
-    return out;
+    return result;
   }
 
  private:
+  // Raw pointers of the children by index (AnyModule::ptr() copies a
+  // shared_ptr per call). A Sequential only grows, so the size says whether
+  // they are current; an older list stays valid for calls still using it.
+  class ChildPointers {
+   public:
+    ChildPointers() = default;
+    ChildPointers(const ChildPointers&) {}  // a copy (clone) starts empty
+    ChildPointers& operator=(const ChildPointers&) { return *this; }
+    const void* const* get(const torch::nn::SequentialImpl& seq, ForwardDispatcher& d) {
+      const auto* now = current_.load(std::memory_order_acquire);
+      if (now && now->size() == seq.size()) [[likely]] return now->data();
+      const void* const* data = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto fresh = std::make_unique<std::vector<const void*>>();
+        for (const auto& m : seq) fresh->push_back(static_cast<const void*>(m.ptr().get()));
+        current_.store(fresh.get(), std::memory_order_release);
+        all_.push_back(std::move(fresh));
+        data = all_.back()->data();
+      }
+      if (now) d.children_changed(module_ref(seq));  // grown since it last ran: name the new ones
+      return data;
+    }
+
+   private:
+    std::mutex mutex_;
+    std::vector<std::unique_ptr<std::vector<const void*>>> all_;
+    std::atomic<const std::vector<const void*>*> current_{nullptr};
+  };
+
+  // A child's output: a tensor, or nothing this layer can see into.
   static void flatten_value(torch::nn::AnyValue& v, Tensors& out) {
     if (const auto* t = v.try_get<at::Tensor>()) out.push(*t);
   }
   template <class... Args>
-  static torch::nn::AnyValue child(ForwardDispatcher& d, torch::nn::AnyModule& m, const Tensors& in, Args&&... args) {
-    ForwardDispatcher::Call frame(d, ModuleRef{static_cast<const void*>(m.ptr().get())}, Payload{&in});
-    torch::nn::AnyValue out = m.any_forward(std::forward<Args>(args)...);
-    Tensors outs;
-    flatten_value(out, outs);
-    frame.finish(Payload{&outs});
-    return out;
+  static torch::nn::AnyValue child(ForwardDispatcher& d, const void* module, torch::nn::AnyModule& m,
+                                   const Tensors& in, Tensors& out, Args&&... args) {
+    ForwardDispatcher::Call frame(d, ModuleRef{module}, Payload{&in});
+    torch::nn::AnyValue value = m.any_forward(std::forward<Args>(args)...);
+    out = Tensors();
+    flatten_value(value, out);  // points into value's holder, which moves with it
+    frame.finish(Payload{&out});
+    return value;
   }
+
+  ChildPointers children_;
 };
 
 /// Declares `Name` as a tracked holder of `NameImpl` (like TORCH_MODULE).

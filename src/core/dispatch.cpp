@@ -69,6 +69,12 @@ void ForwardDispatcher::remove(std::uint64_t generation) {
   }
 }
 
+void ForwardDispatcher::children_changed(ModuleRef module) {
+  std::shared_lock<detail::ReadMostlyLock> lock(mutex_);
+  InObserver guard;
+  for (std::uint32_t i = 0; i < used_; ++i) slots_[i].observer->children_changed(module);
+}
+
 bool ForwardDispatcher::installed(std::uint64_t generation) const noexcept {
   for (std::uint32_t i = 0; i < used_; ++i)
     if (slots_[i].generation == generation) return true;

@@ -264,6 +264,14 @@ const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module) {
   return info;
 }
 
+void TrackerCore::children_changed(ModuleRef module) {
+  if (!module) return;
+  std::lock_guard<SpinLock> lock(state_);
+  const auto it = modules_.find(module.ptr);
+  if (it == modules_.end() || (it->second.weak_known && it->second.weak.expired())) return;  // not named yet: its first call will
+  name_subtree(module, it->second.fqn);
+}
+
 void TrackerCore::close_stale_passes() {
   const auto me = std::this_thread::get_id();
   for (auto p = passes_.begin(); p != passes_.end();) {

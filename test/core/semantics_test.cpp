@@ -74,6 +74,22 @@ TEST_CASE("names: a module registered under two names keeps the first one naming
   CHECK(names == V{"Net", "Net.first"});
 }
 
+TEST_CASE("names: a child added after its parent ran is named by type, or below the parent once the backend says so") {
+  Backend b;
+  auto root = b.module("Net", {{"a", b.module("Linear")}});
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  b.call(*root, {b.value(false)});
+  auto late = root->add("late", b.module("ReLU"));
+  auto later = root->add("later", b.module("Tanh"));
+  b.call(*late, {b.value(false)});  // naming ran before it existed: a root, as in the reference
+  CHECK(t.known_fqn(*late) == "ReLU");
+  b.dispatcher().children_changed(ModuleRef{root.get()});  // what a tracked container does when it grows
+  CHECK(t.known_fqn(*late) == "ReLU");  // the first name wins
+  CHECK(t.known_fqn(*later) == "Net.later");
+  b.dispatcher().children_changed(ModuleRef{b.module("Unseen").get()});  // not named yet: nothing happens
+}
+
 TEST_CASE("parents: a module active twice stays until its last activation ends, the re-entry is reported") {
   Backend b;
   auto rec = b.module("Rec");

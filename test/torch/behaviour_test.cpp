@@ -230,6 +230,28 @@ TEST_CASE("holder, tracked Sequential, call() and ForwardScope give identical ev
                                           "fw enter Sequential.act", "fw exit Sequential.act", "fw exit Sequential"});
 }
 
+TEST_CASE("tracked Sequential: post hooks see each child's live inputs and output; children added later are tracked") {
+  lt::nn::Sequential seq(torch::nn::Linear(3, 4), torch::nn::ReLU());
+  lt::Tracker t;
+  std::vector<std::pair<std::int64_t, std::int64_t>> widths;  // (input, output) width per call
+  t.register_user_hooks(modtracker::no_hook,
+                        [&](torch::nn::Module&, const lt::Tensors& in, const lt::Tensors* out) {
+                          REQUIRE(in.size() == 1);
+                          REQUIRE((out && out->size() == 1));
+                          widths.emplace_back(in[0].size(1), (*out)[0].size(1));  // freed inputs would fail here (and under ASan)
+                        });
+  auto scope = t.track();
+  seq->forward(torch::randn({2, 3}));  // an rvalue input: the Sequential's own post hook still sees it
+  using W = std::vector<std::pair<std::int64_t, std::int64_t>>;
+  CHECK(widths == W{{3, 4}, {4, 4}, {3, 4}});
+  seq->push_back(torch::nn::Linear(4, 2));
+  widths.clear();
+  seq->forward(torch::randn({2, 3}));
+  CHECK(widths == W{{3, 4}, {4, 4}, {4, 2}, {3, 2}});
+  CHECK(transitions(t).back() == "fw exit Sequential");
+  CHECK(t.known_fqn(*seq->ptr(2)) == std::optional<std::string>("Sequential.2"));  // named below it, not as a root
+}
+
 namespace {
 struct Batch {
   torch::Tensor tokens, mask;
