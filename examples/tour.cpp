@@ -17,7 +17,7 @@ int main() {
       [&](torch::nn::Module& m, const lt::Tensors&) {                     // pre forward
         std::cout << "fw  " << *tracker.known_fqn(m) << '\n'; },
       modtracker::no_hook,                                                 // post forward: unused
-      [&](torch::nn::Module* m, const std::vector<at::Tensor>&) {          // pre backward
+      [&](torch::nn::Module* m, const lt::Tensors&) {                     // pre backward
         std::cout << "bw  " << (m ? *tracker.known_fqn(*m) : "(freed)") << '\n'; });
   auto scope = tracker.track();                // C++'s `with ModTracker():`
   bar(torch::randn({2, 10}, torch::requires_grad())).sum().backward();

@@ -114,7 +114,7 @@ class Backend final : public HookBackend {
   using module_type = torch::nn::Module;
   using inputs_type = Tensors;
   using output_type = Tensors;
-  using grads_type = std::vector<at::Tensor>;
+  using grads_type = Tensors;
 
   Backend();
   ~Backend() override;

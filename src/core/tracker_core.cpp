@@ -27,6 +27,7 @@ module;
 #include <vector>
 
 #include "clock.hpp"
+#include "pool.hpp"
 module modtracker;
 
 namespace modtracker {
@@ -297,7 +298,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   // backward is followed. Allocated here, filled and linked under the one lock.
   std::shared_ptr<Activation> act;
   if (!in_bw && backend_.grad_enabled()) {
-    act = std::make_shared<Activation>();
+    act = std::allocate_shared<Activation>(PoolAllocator<Activation>{});
     act->epoch = epoch_;
     act->module = backend_.weak(call.module);
     act->depth = call.depth;

@@ -11,25 +11,29 @@
 #include <array>
 #include <atomic>
 #include <mutex>
+#include <typeinfo>
 #include <unordered_map>
 
 import modtracker;
 #include "modtracker/torch.hpp"
+#include "../core/pool.hpp"
 
 namespace modtracker::libtorch {
 namespace {
 
 using torch::autograd::Node;
+using detail::PoolAllocator;
+using detail::SpinLock;
 
 // A vector whose first N elements live inline (no allocation for the usual
-// one or two hooks per node and tensors per call).
+// one to three registrations per node, tensors per call, events per gradient).
 template <class T, std::size_t N>
 class SmallVector {
  public:
   template <class... Args>
   void emplace_back(Args&&... args) {
     if (size_ < N) inline_[size_] = T{std::forward<Args>(args)...};
-    else spill_.emplace_back(std::forward<Args>(args)...);
+    else spill_.push_back(T{std::forward<Args>(args)...});
     ++size_;
   }
   T& operator[](std::size_t i) { return i < N ? inline_[i] : spill_[i - N]; }
@@ -50,37 +54,36 @@ class SmallVector {
 // One gradient registration (first-of-any or all-of) across its edges.
 struct Hook {
   GradOrder order;
-  bool all;
+  bool all = false;
   GradCallback fn;
   std::atomic<bool> removed{false};
-  // For `all`: the edges it waits on, to ask the exec info which will run.
-  SmallVector<std::pair<std::weak_ptr<Node>, bool>, 2> waits;  // (node, leaf)
-  // Per-pass state, guarded by state_mutex.
+  // All-of over several edges: the edges' nodes (leaf: its grad accumulator),
+  // to ask the exec info which of them this pass runs. Empty for one edge:
+  // its gradient arriving is all there is to wait for.
+  std::vector<std::pair<std::weak_ptr<Node>, bool>> waits;  // (node, leaf)
+  // Per-pass state, guarded by state_lock.
   std::uint64_t pass = 0;
   bool fired = false;
   std::size_t needed = 0, arrived = 0;
-  std::vector<at::Tensor> grads;
+  std::vector<at::Tensor> kept;  // all-of over several edges: gradients that came first
 };
 
 // A registration on one autograd edge: the edge's output number and its hook.
 struct Entry {
-  std::uint32_t output_nr;
+  std::uint32_t output_nr = 0;
   std::shared_ptr<Hook> hook;
 };
 
-// Registrations on the edges of one autograd node (or one leaf), kept in
-// GradOrder: one dispatcher per node, so that the events of every module that
-// shares a boundary tensor run in the nesting order, whatever the order in
-// which the modules registered.
+SpinLock state_lock;  // guards Dispatch entries, Hook pass state, leaves and passes
+
+// Registrations on the edges of one autograd node (or one leaf): one
+// dispatcher per node, which fires the events of every module sharing a
+// boundary tensor in GradOrder (nesting order), whatever the order in which
+// the modules registered. Entries are never erased while the node lives (a
+// removed one is skipped), so hooks fired outside the lock stay alive.
 struct Dispatch {
-  std::vector<Entry> entries;  // guarded by state_mutex
-  void add(std::uint32_t output_nr, const std::shared_ptr<Hook>& hook) {
-    const auto at = std::upper_bound(entries.begin(), entries.end(), hook, [](const auto& h, const Entry& e) {
-      return fires_before(h->order, e.hook->order);
-    });
-    entries.insert(at, Entry{output_nr, hook});
-  }
-  void fire(const torch::autograd::variable_list& grads);
+  SmallVector<Entry, 3> entries;  // guarded by state_lock
+  void fire(const at::Tensor* grads, std::size_t n);
 };
 
 // Non-leaf tensors: the dispatcher is a pre-hook of the tensor's grad_fn,
@@ -88,8 +91,15 @@ struct Dispatch {
 struct NodeHook final : torch::autograd::FunctionPreHook {
   Dispatch dispatch;
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
-    dispatch.fire(grads);
+    dispatch.fire(grads.data(), grads.size());
     return grads;
+  }
+  static void* operator new(std::size_t size) {
+    return size == sizeof(NodeHook) ? detail::BlockPool<sizeof(NodeHook)>::allocate() : ::operator new(size);
+  }
+  static void operator delete(void* p, std::size_t size) noexcept {
+    if (size == sizeof(NodeHook)) detail::BlockPool<sizeof(NodeHook)>::deallocate(p);
+    else ::operator delete(p);
   }
 };
 
@@ -98,7 +108,6 @@ struct NodeHook final : torch::autograd::FunctionPreHook {
 std::unordered_map<const void*, std::weak_ptr<Dispatch>> leaves;
 std::size_t leaf_inserts_since_sweep = 0;
 
-std::mutex state_mutex;  // guards leaves, passes and Hook/Dispatch state
 std::unordered_map<const void*, std::uint64_t> passes;  // exec-info address -> pass id
 std::uint64_t pass_counter = 0;
 std::atomic<std::uint64_t> passes_closed{0};  // invalidates the per-thread caches below
@@ -128,7 +137,7 @@ std::uint64_t current_pass_locked() {
   const auto id = ++pass_counter;
   passes.emplace(info, id);
   torch::autograd::Engine::get_default_engine().queue_callback([info] {
-    std::lock_guard<std::mutex> lock(state_mutex);
+    std::lock_guard<SpinLock> lock(state_lock);
     passes.erase(info);
     passes_closed.fetch_add(1, std::memory_order_release);
   });
@@ -141,106 +150,138 @@ std::uint64_t current_pass() {
   if (!info) return 0;
   const auto closed = passes_closed.load(std::memory_order_acquire);
   if (pass_cache.info == info && pass_cache.closed == closed) return pass_cache.id;
-  std::lock_guard<std::mutex> lock(state_mutex);
+  std::lock_guard<SpinLock> lock(state_lock);
   const auto id = current_pass_locked();
   pass_cache = PassCache{info, id, closed};
   return id;
 }
 
-void Dispatch::fire(const torch::autograd::variable_list& grads) {
-  SmallVector<std::pair<std::shared_ptr<Hook>, std::vector<at::Tensor>>, 4> run;
+// A hook whose condition this gradient completed, with what it hands on.
+struct Ready {
+  Hook* hook = nullptr;
+  const at::Tensor* grad = nullptr;  // one edge: the gradient itself
+  std::vector<at::Tensor> kept;      // several edges: all of their gradients
+};
+
+void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
   const auto pass = current_pass();
   if (pass == 0) return;
+  SmallVector<Ready, 4> run;
   {
-    std::lock_guard<std::mutex> lock(state_mutex);
-    const auto* info = torch::autograd::get_current_graph_task_exec_info();
-    std::erase_if(entries, [](const Entry& e) { return e.hook->removed.load(std::memory_order_relaxed); });
-    for (const auto& [output_nr, h] : entries) {  // in GradOrder
-      if (output_nr >= grads.size() || !grads[output_nr].defined()) continue;  // no gradient on this edge
-      const auto& grad = grads[output_nr];
-      if (h->pass != pass) {
-        h->pass = pass;
-        h->fired = false;
-        h->arrived = 0;
-        h->grads.clear();
-        if (h->all) {
-          h->needed = info->empty() ? h->waits.size() : 0;  // a plain backward(): every node runs
-          if (!info->empty())
-            for (std::size_t i = 0; i < h->waits.size(); ++i)
-              if (will_run(*info, h->waits[i].first.lock(), h->waits[i].second)) ++h->needed;
+    std::lock_guard<SpinLock> lock(state_lock);
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      const Entry& e = entries[i];
+      Hook& h = *e.hook;
+      if (h.removed.load(std::memory_order_relaxed)) continue;
+      if (e.output_nr >= n || !grads[e.output_nr].defined()) continue;  // no gradient on this edge
+      if (h.pass != pass) {
+        h.pass = pass;
+        h.fired = false;
+        h.arrived = 0;
+        h.kept.clear();
+        if (!h.waits.empty()) {
+          const auto* info = torch::autograd::get_current_graph_task_exec_info();
+          h.needed = 0;
+          for (const auto& [node, leaf] : h.waits)
+            if (will_run(*info, node.lock(), leaf)) ++h.needed;
         }
       }
-      if (h->fired) continue;
-      if (h->all) {
-        h->grads.push_back(grad);
-        if (++h->arrived < h->needed) continue;
-        h->fired = true;
-        run.emplace_back(h, std::move(h->grads));
-        h->grads.clear();
-      } else {
-        h->fired = true;
-        run.emplace_back(h, std::vector<at::Tensor>{grad});
+      if (h.fired) continue;
+      if (h.waits.empty()) {  // first-of-any, or all-of over one edge
+        h.fired = true;
+        run.emplace_back(&h, &grads[e.output_nr]);
+        continue;
       }
+      h.kept.push_back(grads[e.output_nr]);
+      if (++h.arrived < h.needed) continue;
+      h.fired = true;
+      run.emplace_back(&h, nullptr, std::move(h.kept));
+      h.kept.clear();
     }
   }
-  for (std::size_t i = 0; i < run.size(); ++i) run[i].first->fn(Payload{&run[i].second});  // outside the lock
+  // In GradOrder (a handful at most: insertion sort).
+  for (std::size_t i = 1; i < run.size(); ++i)
+    for (std::size_t j = i; j > 0 && fires_before(run[j].hook->order, run[j - 1].hook->order); --j)
+      std::swap(run[j], run[j - 1]);
+  for (std::size_t i = 0; i < run.size(); ++i) {  // outside the lock
+    Tensors view;
+    if (run[i].grad) view.push(*run[i].grad);
+    for (const auto& g : run[i].kept) view.push(g);
+    run[i].hook->fn(Payload{&view});
+  }
 }
 
 NodeHook* node_hook_of(Node& node) {
-  for (auto& pre : node.pre_hooks())
-    if (auto* mine = dynamic_cast<NodeHook*>(pre.get())) return mine;
+  const auto& hooks = node.pre_hooks();
+  for (auto it = hooks.rbegin(); it != hooks.rend(); ++it)  // ours is usually the last
+    if (typeid(**it) == typeid(NodeHook)) return static_cast<NodeHook*>(it->get());
   return nullptr;
 }
 
 std::optional<Registration> register_hook(Payload values, GradOrder order, GradCallback fn, bool all) {
   if (!values) return std::nullopt;
   const auto& tensors = *static_cast<const Tensors*>(values.ptr);
-  std::shared_ptr<Hook> hook;
-  std::vector<std::pair<const at::Tensor*, std::shared_ptr<Dispatch>>> fresh_leaves;
-  SmallVector<std::pair<const void*, std::uint32_t>, 8> seen;  // (node or leaf impl, output_nr)
+  struct Edge {
+    const at::Tensor* tensor = nullptr;
+    Node* node = nullptr;  // null: a leaf
+    const void* key = nullptr;  // node or leaf impl
+    std::uint32_t output_nr = 0;
+  };
+  SmallVector<Edge, 4> edges;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
     if (!t.defined() || !t.requires_grad()) continue;
-    const auto& grad_fn = t.grad_fn();
-    const auto output_nr = grad_fn ? static_cast<std::uint32_t>(t.output_nr()) : 0u;
-    const void* key = grad_fn ? static_cast<const void*>(grad_fn.get()) : t.unsafeGetTensorImpl();
-    if (seen.any_of([&](const auto& p) { return p.first == key && p.second == output_nr; })) continue;
-    seen.emplace_back(key, output_nr);
-    if (!hook) {
-      hook = std::make_shared<Hook>();
-      hook->order = order;
-      hook->all = all;
-      hook->fn = std::move(fn);
-    }
-    if (all) hook->waits.emplace_back(grad_fn ? grad_fn : torch::autograd::impl::grad_accumulator(t), !grad_fn);
-    std::lock_guard<std::mutex> lock(state_mutex);
-    if (grad_fn) {
-      auto* nh = node_hook_of(*grad_fn);
-      if (!nh) {
-        auto owned = std::make_unique<NodeHook>();
-        nh = owned.get();
-        grad_fn->add_pre_hook(std::move(owned));
-      }
-      nh->dispatch.add(output_nr, hook);
-      continue;
-    }
-    if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
-      std::erase_if(leaves, [](const auto& kv) { return kv.second.expired(); });
-      leaf_inserts_since_sweep = 0;
-    }
-    auto& slot = leaves[key];
-    auto d = slot.lock();
-    if (!d) {
-      d = std::make_shared<Dispatch>();
-      slot = d;
-      fresh_leaves.emplace_back(&t, d);
-    }
-    d->add(0, hook);
+    Node* node = t.grad_fn().get();
+    const auto output_nr = node ? static_cast<std::uint32_t>(t.output_nr()) : 0u;
+    const void* key = node ? static_cast<const void*>(node) : t.unsafeGetTensorImpl();
+    if (edges.any_of([&](const Edge& e) { return e.key == key && e.output_nr == output_nr; })) continue;
+    edges.emplace_back(&t, node, key, output_nr);
   }
-  if (!hook) return std::nullopt;
+  if (edges.size() == 0) return std::nullopt;
+  auto hook = std::allocate_shared<Hook>(PoolAllocator<Hook>{});
+  hook->order = order;
+  hook->all = all;
+  hook->fn = std::move(fn);
+  if (all && edges.size() > 1) {
+    hook->waits.reserve(edges.size());
+    for (std::size_t i = 0; i < edges.size(); ++i) {
+      const auto& t = *edges[i].tensor;
+      hook->waits.emplace_back(edges[i].node ? t.grad_fn() : torch::autograd::impl::grad_accumulator(t), !edges[i].node);
+    }
+  }
+  SmallVector<std::pair<const at::Tensor*, std::shared_ptr<Dispatch>>, 2> fresh_leaves;
+  {
+    std::lock_guard<SpinLock> lock(state_lock);
+    for (std::size_t i = 0; i < edges.size(); ++i) {
+      const Edge& e = edges[i];
+      if (e.node) {
+        auto* nh = node_hook_of(*e.node);
+        if (!nh) {
+          auto owned = std::make_unique<NodeHook>();
+          nh = owned.get();
+          e.node->add_pre_hook(std::move(owned));
+        }
+        nh->dispatch.entries.emplace_back(e.output_nr, hook);
+        continue;
+      }
+      if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
+        std::erase_if(leaves, [](const auto& kv) { return kv.second.expired(); });
+        leaf_inserts_since_sweep = 0;
+      }
+      auto& slot = leaves[e.key];
+      auto d = slot.lock();
+      if (!d) {
+        d = std::make_shared<Dispatch>();
+        slot = d;
+        fresh_leaves.emplace_back(e.tensor, d);
+      }
+      d->entries.emplace_back(0u, hook);
+    }
+  }
   // A leaf's tensor hook owns its dispatcher: it lives as long as the tensor.
-  for (auto& [leaf, d] : fresh_leaves)
-    leaf->register_hook([d = std::move(d)](const at::Tensor& grad) { d->fire({grad}); });
+  for (std::size_t i = 0; i < fresh_leaves.size(); ++i)
+    fresh_leaves[i].first->register_hook(
+        [d = std::move(fresh_leaves[i].second)](const at::Tensor& grad) { d->fire(&grad, 1); });
   return Registration(hook, [](void* h) { static_cast<Hook*>(h)->removed.store(true, std::memory_order_relaxed); });
 }
 

@@ -10,7 +10,7 @@ int main() {
   lt::Tracker tracker;
   int pre_bw = 0;
   tracker.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
-                              [&](torch::nn::Module*, const std::vector<at::Tensor>&) { ++pre_bw; });
+                              [&](torch::nn::Module*, const lt::Tensors&) { ++pre_bw; });
   auto scope = tracker.track();
   layer(torch::randn({3, 4}, torch::requires_grad())).sum().backward();
   const bool ok = tracker.known_fqn(*layer) == "Linear" && pre_bw == 1 && tracker.parents().size() == 1;

@@ -166,7 +166,7 @@ TEST_CASE("backward on another thread: is_bw there, and parents back to Global a
   (void)transitions(t);
   bool saw_bw = false;
   t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
-                        [&](torch::nn::Module*, const std::vector<at::Tensor>&) { saw_bw = t.is_bw(); });
+                        [&](torch::nn::Module*, const lt::Tensors&) { saw_bw = t.is_bw(); });
   std::thread worker([&] { y.backward(); });
   worker.join();
   CHECK(saw_bw);
@@ -287,7 +287,7 @@ TEST_CASE("a model freed in the middle of its backward: later hooks get no modul
   auto scope = t.track();
   auto y = lt::call(*bar, torch::randn({2, 10}, torch::requires_grad())).sum();
   t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
-                        [&](torch::nn::Module* m, const std::vector<at::Tensor>&) {
+                        [&](torch::nn::Module* m, const lt::Tensors&) {
                           seen.push_back(m ? "module" : "null");
                           bar.reset();  // the first backward hook frees the whole model
                         });
@@ -307,7 +307,7 @@ TEST_CASE("user hooks that throw: forward and backward report to the caller, the
   CHECK(parents(t) == "Global");
   t.clear_user_hooks();
   t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
-                        [](torch::nn::Module*, const std::vector<at::Tensor>&) { throw std::runtime_error("pre_bw hook"); });
+                        [](torch::nn::Module*, const lt::Tensors&) { throw std::runtime_error("pre_bw hook"); });
   auto y = bar(torch::randn({2, 10}, torch::requires_grad())).sum();
   CHECK_THROWS_WITH(y.backward(), doctest::Contains("pre_bw hook"));
   t.clear_user_hooks();

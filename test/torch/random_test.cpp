@@ -73,8 +73,8 @@ void run_program(std::uint64_t seed) {
   int pre_fw = 0, post_fw = 0, pre_bw = 0, post_bw = 0;
   t.register_user_hooks([&](torch::nn::Module&, const lt::Tensors&) { ++pre_fw; },
                         [&](torch::nn::Module&, const lt::Tensors&, const lt::Tensors*) { ++post_fw; },
-                        [&](torch::nn::Module*, const std::vector<at::Tensor>&) { ++pre_bw; },
-                        [&](torch::nn::Module*, const std::vector<at::Tensor>&) { ++post_bw; });
+                        [&](torch::nn::Module*, const lt::Tensors&) { ++pre_bw; },
+                        [&](torch::nn::Module*, const lt::Tensors&) { ++post_bw; });
   auto scope = t.track();
   const auto drain = [&] {
     std::vector<modtracker::Transition> ts;

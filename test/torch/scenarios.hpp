@@ -33,8 +33,8 @@ struct Recorder {
     tracker.register_user_hooks(
         [this](torch::nn::Module& m, const lt::Tensors&) { push("pre_fw", fqn_of(&m)); },
         [this](torch::nn::Module& m, const lt::Tensors&, const lt::Tensors*) { push("post_fw", fqn_of(&m)); },
-        [this](torch::nn::Module* m, const std::vector<at::Tensor>&) { push("pre_bw", fqn_of(m)); },
-        [this](torch::nn::Module* m, const std::vector<at::Tensor>&) { push("post_bw", fqn_of(m)); });
+        [this](torch::nn::Module* m, const lt::Tensors&) { push("pre_bw", fqn_of(m)); },
+        [this](torch::nn::Module* m, const lt::Tensors&) { push("post_bw", fqn_of(m)); });
   }
 };
 
