@@ -81,7 +81,7 @@ std::vector<TorchRow> torch_rows(int n, int d) {
     tracked->push_back(layer);  // same weights: same arithmetic
   }
   const auto x = torch::randn({4, d});
-  lt::Tracker tracker(modtracker::TrackerOptions{.journal_capacity = std::size_t{1} << 20});
+  lt::Tracker tracker;  // the default journal (65536 transitions) holds the reps between drains
   const int reps = n >= 1000 ? 3 : 20;
   auto drain = [&] {
     for ([[maybe_unused]] const auto& tr : tracker.transitions()) {

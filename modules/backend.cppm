@@ -112,6 +112,15 @@ class GradCallback {
   void operator()(Payload grads) const { fn_(context_.get(), grads); }
   explicit operator bool() const noexcept { return fn_ != nullptr; }
 
+  /// A non-owning form of this callback, for calling it after a lock is
+  /// released: valid while some GradCallback owning the same context lives.
+  struct Ref {
+    void* context = nullptr;
+    void (*fn)(void*, Payload) = nullptr;
+    void operator()(Payload grads) const { fn(context, grads); }
+  };
+  [[nodiscard]] Ref ref() const noexcept { return Ref{context_.get(), fn_}; }
+
  private:
   std::shared_ptr<void> context_;
   void (*fn_)(void*, Payload) = nullptr;
@@ -163,6 +172,20 @@ class HookBackend {
   /// Calls `fn` once per backward pass, when the gradients of all of
   /// `values` that this pass computes are done. Nothing when none requires grad.
   virtual std::optional<Registration> on_all_gradients(Payload values, GradOrder order, GradCallback fn) = 0;
+  /// The same two for a registration kept for good (the tracker's own, whose
+  /// callbacks turn inert when its scope ends): true when anything was
+  /// registered. The defaults register removably and drop the handle; a
+  /// backend may do without the handle's bookkeeping.
+  virtual bool keep_first_gradient(Payload values, GradOrder order, GradCallback fn) {
+    auto reg = on_first_gradient(values, order, std::move(fn));
+    if (reg) reg->release();
+    return reg.has_value();
+  }
+  virtual bool keep_all_gradients(Payload values, GradOrder order, GradCallback fn) {
+    auto reg = on_all_gradients(values, order, std::move(fn));
+    if (reg) reg->release();
+    return reg.has_value();
+  }
   /// Runs `fn` when the current backward pass ends; throws outside one.
   virtual void at_end_of_backward(std::function<void()> fn) = 0;
 

@@ -136,8 +136,8 @@ class TrackerCore final : public ForwardObserver {
   void children_changed(ModuleRef module) override;
 
   // Called by the gradient callbacks (through their Epoch).
-  void backward_enter(const std::shared_ptr<Activation>& act, Payload grads);
-  void backward_exit(const std::shared_ptr<Activation>& act, Payload grads);
+  void backward_enter(Activation& act, Payload grads);
+  void backward_exit(Activation& act, Payload grads);
   void finish_pass(std::uint64_t pass);
 
  private:
@@ -146,6 +146,7 @@ class TrackerCore final : public ForwardObserver {
     bool selected;
     bool weak_known;
     WeakModule weak;
+    std::uint64_t generation;  // which module at this address (addresses are reused)
   };
   struct Count {
     std::uint32_t forward = 0;
@@ -174,7 +175,9 @@ class TrackerCore final : public ForwardObserver {
   void add_count(std::uint32_t fqn, Phase phase);
   void sub_count(std::uint32_t fqn, Phase phase);
   void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth);
-  void exit_backward(const std::shared_ptr<Activation>& act, Payload grads);
+  void exit_backward(Activation& act, Payload grads);
+  void exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth);
+  [[nodiscard]] std::shared_ptr<const void> live_module(const Activation& act) const;
   void close_stale_passes();
   void link_in_flight(Activation& a) noexcept;
   void unlink_in_flight(Activation& a) noexcept;
@@ -191,7 +194,7 @@ class TrackerCore final : public ForwardObserver {
   std::vector<std::uint32_t> active_;  // fqn ids in parents, "Global" first
   std::vector<RawTransition> ring_;
   std::size_t ring_head_ = 0, ring_size_ = 0, ring_mask_ = 0;
-  std::uint64_t dropped_ = 0, dropped_reported_ = 0, sequence_ = 0, activations_ = 0;
+  std::uint64_t dropped_ = 0, dropped_reported_ = 0, sequence_ = 0, activations_ = 0, module_generation_ = 0;
   std::vector<OpenPass> passes_;
   Activation* in_flight_ = nullptr;  // activations between pre_ and post_forward
   ErasedFilter filter_;

@@ -127,6 +127,8 @@ class Backend final : public HookBackend {
   [[nodiscard]] std::uint64_t backward_pass() const override;
   std::optional<Registration> on_first_gradient(Payload values, GradOrder order, GradCallback fn) override;
   std::optional<Registration> on_all_gradients(Payload values, GradOrder order, GradCallback fn) override;
+  bool keep_first_gradient(Payload values, GradOrder order, GradCallback fn) override;
+  bool keep_all_gradients(Payload values, GradOrder order, GradCallback fn) override;
   void at_end_of_backward(std::function<void()> fn) override;
   [[nodiscard]] std::string type_name(ModuleRef module) const override;
   void for_each_child(ModuleRef module, const std::function<void(std::string_view, ModuleRef)>& fn) const override;

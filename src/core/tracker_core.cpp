@@ -62,7 +62,8 @@ struct Epoch {
 struct Activation : std::enable_shared_from_this<Activation> {
   std::shared_ptr<Epoch> epoch;
   std::shared_ptr<Activation> self;  // keeps it alive from pre_forward to post_forward
-  WeakModule module;
+  const void* module;                // with module_generation: see live_module()
+  std::uint64_t module_generation;
   std::uint32_t fqn;
   std::uint32_t depth;
   std::uint64_t sequence;      // activations started before this one
@@ -106,11 +107,11 @@ void with_core(Activation& act, F&& f) {
 }
 void on_output_gradient(void* context, Payload grads) {
   auto& act = *static_cast<Activation*>(context);
-  with_core(act, [&](TrackerCore& c) { c.backward_enter(act.shared_from_this(), grads); });
+  with_core(act, [&](TrackerCore& c) { c.backward_enter(act, grads); });
 }
 void on_input_gradients(void* context, Payload grads) {
   auto& act = *static_cast<Activation*>(context);
-  with_core(act, [&](TrackerCore& c) { c.backward_exit(act.shared_from_this(), grads); });
+  with_core(act, [&](TrackerCore& c) { c.backward_exit(act, grads); });
 }
 
 void default_sink(const Diagnostic& d) {
@@ -240,7 +241,8 @@ const TrackerCore::ModuleInfo& TrackerCore::remember(ModuleRef module, std::stri
   const bool weak_known = !weak.expired();
   const auto id = intern(std::move(fqn));
   const bool selected = !filter_ || filter_(names_[id], module);
-  return modules_.emplace(module.ptr, ModuleInfo{id, selected, weak_known, std::move(weak)}).first->second;
+  return modules_.emplace(module.ptr, ModuleInfo{id, selected, weak_known, std::move(weak), ++module_generation_})
+      .first->second;
 }
 
 // Names every child below `module` not named yet (first name wins).
@@ -300,7 +302,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   if (!in_bw && backend_.grad_enabled()) {
     act = std::allocate_shared<Activation>(PoolAllocator<Activation>{});
     act->epoch = epoch_;
-    act->module = backend_.weak(call.module);
+    act->module = call.module.ptr;
     act->depth = call.depth;
     act->end_sequence = ~std::uint64_t{0};
     act->thread = thread_index();
@@ -328,6 +330,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     if (act) {
       act->fqn = fqn;
       act->selected = selected;
+      act->module_generation = info.generation;
       act->sequence = activations_++;
       act->self = act;  // until post_forward, or until the scope ends
       link_in_flight(*act);
@@ -345,9 +348,9 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act ? reinterpret_cast<std::uintptr_t>(act.get()) | 1u : plain_token(fqn, selected);
   try {
     if (act) {
-      if (auto reg = backend_.on_all_gradients(call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
-                                               GradCallback(act, &on_input_gradients)))
-        reg->release();  // inert once the scope ends; lives as long as the graph
+      // Kept for good: inert once the scope ends; lives as long as the graph.
+      backend_.keep_all_gradients(call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
+                                  GradCallback(act, &on_input_gradients));
     }
     if (selected) {
       if (auto h = hooks(); h && h->pre_fw) h->pre_fw(call.module, call.inputs);
@@ -366,16 +369,34 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   return token;
 }
 
+// Forward exit under the state lock: count - 1 and the journal.
+void TrackerCore::exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth) {
+  if (fqn >= counts_.size() || counts_[fqn].forward == 0 || fqn == global_id)
+    throw std::logic_error("modtracker: forward exit without a matching enter");
+  sub_count(fqn, Phase::forward);
+  if (selected) record(Phase::forward, Kind::exit, fqn, depth);
+}
+
 void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) {
+  const auto h = hooks();  // null in the common case: then one lock does all
+  const bool post_hook = h && h->post_fw;
   std::shared_ptr<Activation> act;
   std::uint32_t fqn;
   bool selected;
+  bool exited = false;
   if (token & 1u) {
     auto* a = reinterpret_cast<Activation*>(token & ~std::uintptr_t{1});
     {
       std::lock_guard<SpinLock> lock(state_);
       act = std::move(a->self);
-      if (act) unlink_in_flight(*a);
+      if (act) {
+        unlink_in_flight(*a);
+        if (!post_hook || !act->selected) {
+          exit_forward_locked(act->fqn, act->selected, call.depth);
+          act->end_sequence = activations_;
+          exited = true;
+        }
+      }
     }
     if (!act) throw std::logic_error("modtracker: post_forward without a matching pre_forward");
     fqn = act->fqn;
@@ -384,70 +405,75 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
     fqn = static_cast<std::uint32_t>(token >> 2);
     selected = (token & 2u) != 0;
   }
-  std::exception_ptr hook_error;
-  if (selected) {
-    try {
-      if (auto h = hooks(); h && h->post_fw) h->post_fw(call.module, call.inputs, output);
-    } catch (...) {
-      hook_error = std::current_exception();
+  if (!exited) {
+    std::exception_ptr hook_error;
+    if (selected && post_hook) {
+      try {
+        h->post_fw(call.module, call.inputs, output);
+      } catch (...) {
+        hook_error = std::current_exception();
+      }
     }
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      exit_forward_locked(fqn, selected, call.depth);
+      if (act) act->end_sequence = activations_;
+    }
+    if (hook_error) std::rethrow_exception(hook_error);
   }
-  {
-    std::lock_guard<SpinLock> lock(state_);
-    if (fqn >= counts_.size() || counts_[fqn].forward == 0 || fqn == global_id)
-      throw std::logic_error("modtracker: forward exit without a matching enter");
-    sub_count(fqn, Phase::forward);
-    if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
-    if (act) act->end_sequence = activations_;
-  }
-  if (hook_error) std::rethrow_exception(hook_error);
-  if (act && output) {
-    if (auto reg = backend_.on_first_gradient(
-            output, GradOrder{Kind::enter, act->depth, act->sequence},
-            GradCallback(act, &on_output_gradient)))
-      reg->release();
-  }
+  if (act && output)
+    backend_.keep_first_gradient(output, GradOrder{Kind::enter, act->depth, act->sequence},
+                                 GradCallback(act, &on_output_gradient));
 }
 
-void TrackerCore::backward_enter(const std::shared_ptr<Activation>& act, Payload grads) {
+// The module of an activation if it still exists: the one named at its
+// address then (a later module at a reused address is not it).
+std::shared_ptr<const void> TrackerCore::live_module(const Activation& act) const {
+  std::lock_guard<SpinLock> lock(state_);
+  const auto it = modules_.find(act.module);
+  if (it == modules_.end() || it->second.generation != act.module_generation) return nullptr;
+  return it->second.weak.lock();
+}
+
+void TrackerCore::backward_enter(Activation& act, Payload grads) {
   const auto pass = backend_.backward_pass();
   if (pass == 0) return;  // a gradient outside any backward pass: nothing to enter
   bool first_of_pass = false;
   {
     std::lock_guard<SpinLock> lock(state_);
-    if (act->entered_pass == pass) return;  // "first gradient of any": once per pass
+    if (act.entered_pass == pass) return;  // "first gradient of any": once per pass
     auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });
     if (p == passes_.end()) {
       passes_.push_back(OpenPass{pass, std::this_thread::get_id(), {}});
       p = std::prev(passes_.end());
       first_of_pass = true;
     }
-    act->entered_pass = pass;
-    p->open.push_back(act);
-    add_count(act->fqn, Phase::backward);
-    if (act->selected) record(Phase::backward, Kind::enter, act->fqn, act->depth);
+    act.entered_pass = pass;
+    p->open.push_back(act.shared_from_this());
+    add_count(act.fqn, Phase::backward);
+    if (act.selected) record(Phase::backward, Kind::enter, act.fqn, act.depth);
   }
   if (first_of_pass) {
-    backend_.at_end_of_backward([epoch = act->epoch, pass] {
+    backend_.at_end_of_backward([epoch = act.epoch, pass] {
       std::lock_guard<std::recursive_mutex> guard(epoch->mutex);
       if (epoch->core) epoch->core->finish_pass(pass);
     });
   }
-  if (act->selected) {
+  if (act.selected) {
     if (auto h = hooks(); h && h->pre_bw) {
-      const auto module = act->module.lock();
+      const auto module = live_module(act);
       h->pre_bw(ModuleRef{module.get()}, grads);
     }
   }
 }
 
-void TrackerCore::backward_exit(const std::shared_ptr<Activation>& act, Payload grads) {
+void TrackerCore::backward_exit(Activation& act, Payload grads) {
   const auto pass = backend_.backward_pass();
   std::vector<std::shared_ptr<Activation>> inner;  // still in backward, but ran inside `act`
   {
     std::lock_guard<SpinLock> lock(state_);
-    if (pass == 0 || act->entered_pass != pass || act->exited_pass == pass) return;  // never entered
-    act->exited_pass = pass;
+    if (pass == 0 || act.entered_pass != pass || act.exited_pass == pass) return;  // never entered
+    act.exited_pass = pass;
     // Modules whose exits wait for the end of the pass (their inputs get no
     // gradient in it) leave first, latest first, so backward stays nested.
     // They entered after `act`: search the open stack from its top (exits are
@@ -455,28 +481,29 @@ void TrackerCore::backward_exit(const std::shared_ptr<Activation>& act, Payload 
     const auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });
     if (p != passes_.end()) {
       auto& open = p->open;
-      const auto at = std::find(open.rbegin(), open.rend(), act);
+      const auto at = std::find_if(open.rbegin(), open.rend(), [&](const auto& a) { return a.get() == &act; });
       if (at != open.rend()) {
         const auto index = static_cast<std::size_t>(std::distance(at, open.rend())) - 1;
         for (auto j = open.size(); j-- > index + 1;) {
-          if (!act->encloses(*open[j])) continue;
+          if (!act.encloses(*open[j])) continue;
           open[j]->exited_pass = pass;
           inner.push_back(open[j]);
         }
-        std::erase_if(open, [&](const auto& a) { return a->exited_pass == pass; });
+        if (inner.empty() && index + 1 == open.size()) open.pop_back();  // the usual case: it is on top
+        else std::erase_if(open, [&](const auto& a) { return a->exited_pass == pass; });
       }
     }
   }
-  for (const auto& a : inner) exit_backward(a, Payload{});
+  for (const auto& a : inner) exit_backward(*a, Payload{});
   exit_backward(act, grads);
 }
 
-void TrackerCore::exit_backward(const std::shared_ptr<Activation>& act, Payload grads) {
+void TrackerCore::exit_backward(Activation& act, Payload grads) {
   std::exception_ptr hook_error;
-  if (act->selected) {
+  if (act.selected) {
     try {
       if (auto h = hooks(); h && h->post_bw) {
-        const auto module = act->module.lock();
+        const auto module = live_module(act);
         h->post_bw(ModuleRef{module.get()}, grads);
       }
     } catch (...) {
@@ -485,9 +512,9 @@ void TrackerCore::exit_backward(const std::shared_ptr<Activation>& act, Payload 
   }
   {
     std::lock_guard<SpinLock> lock(state_);
-    if (counts_[act->fqn].backward > 0) {  // stop() may have cleared it meanwhile
-      sub_count(act->fqn, Phase::backward);
-      if (act->selected) record(Phase::backward, Kind::exit, act->fqn, act->depth);
+    if (counts_[act.fqn].backward > 0) {  // stop() may have cleared it meanwhile
+      sub_count(act.fqn, Phase::backward);
+      if (act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth);
     }
   }
   if (hook_error) std::rethrow_exception(hook_error);
@@ -510,7 +537,7 @@ void TrackerCore::finish_pass(std::uint64_t pass) {
       (*a)->exited_pass = pass;
     }
     try {
-      exit_backward(*a, Payload{});
+      exit_backward(**a, Payload{});
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
     }

@@ -51,7 +51,8 @@ class SmallVector {
   std::size_t size_ = 0;
 };
 
-// One gradient registration (first-of-any or all-of) across its edges.
+// A removable registration, or one over several edges: its state is shared
+// by its entries on those edges.
 struct Hook {
   GradOrder order;
   bool all = false;
@@ -68,9 +69,14 @@ struct Hook {
   std::vector<at::Tensor> kept;  // all-of over several edges: gradients that came first
 };
 
-// A registration on one autograd edge: the edge's output number and its hook.
+// A registration on one autograd edge. A kept registration on one edge (a
+// tracker's module boundary, the common case) lives entirely here, with no
+// Hook object; the others share a Hook.
 struct Entry {
   std::uint32_t output_nr = 0;
+  std::uint64_t pass = 0;  // own state, when hook is empty: the pass it last fired in
+  GradOrder order;
+  GradCallback fn;
   std::shared_ptr<Hook> hook;
 };
 
@@ -156,9 +162,11 @@ std::uint64_t current_pass() {
   return id;
 }
 
-// A hook whose condition this gradient completed, with what it hands on.
+// A registration whose condition this gradient completed, with what it
+// hands on. The callback is borrowed: its entry outlives the firing.
 struct Ready {
-  Hook* hook = nullptr;
+  GradOrder order;
+  GradCallback::Ref fn;
   const at::Tensor* grad = nullptr;  // one edge: the gradient itself
   std::vector<at::Tensor> kept;      // several edges: all of their gradients
 };
@@ -170,10 +178,16 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
   {
     std::lock_guard<SpinLock> lock(state_lock);
     for (std::size_t i = 0; i < entries.size(); ++i) {
-      const Entry& e = entries[i];
+      Entry& e = entries[i];
+      if (e.output_nr >= n || !grads[e.output_nr].defined()) continue;  // no gradient on this edge
+      if (!e.hook) {  // kept, one edge: fires once per pass
+        if (e.pass == pass) continue;
+        e.pass = pass;
+        run.emplace_back(e.order, e.fn.ref(), &grads[e.output_nr]);
+        continue;
+      }
       Hook& h = *e.hook;
       if (h.removed.load(std::memory_order_relaxed)) continue;
-      if (e.output_nr >= n || !grads[e.output_nr].defined()) continue;  // no gradient on this edge
       if (h.pass != pass) {
         h.pass = pass;
         h.fired = false;
@@ -189,25 +203,25 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
       if (h.fired) continue;
       if (h.waits.empty()) {  // first-of-any, or all-of over one edge
         h.fired = true;
-        run.emplace_back(&h, &grads[e.output_nr]);
+        run.emplace_back(h.order, h.fn.ref(), &grads[e.output_nr]);
         continue;
       }
       h.kept.push_back(grads[e.output_nr]);
       if (++h.arrived < h.needed) continue;
       h.fired = true;
-      run.emplace_back(&h, nullptr, std::move(h.kept));
+      run.emplace_back(h.order, h.fn.ref(), nullptr, std::move(h.kept));
       h.kept.clear();
     }
   }
   // In GradOrder (a handful at most: insertion sort).
   for (std::size_t i = 1; i < run.size(); ++i)
-    for (std::size_t j = i; j > 0 && fires_before(run[j].hook->order, run[j - 1].hook->order); --j)
+    for (std::size_t j = i; j > 0 && fires_before(run[j].order, run[j - 1].order); --j)
       std::swap(run[j], run[j - 1]);
   for (std::size_t i = 0; i < run.size(); ++i) {  // outside the lock
     Tensors view;
     if (run[i].grad) view.push(*run[i].grad);
     for (const auto& g : run[i].kept) view.push(g);
-    run[i].hook->fn(Payload{&view});
+    run[i].fn(Payload{&view});
   }
 }
 
@@ -218,7 +232,9 @@ NodeHook* node_hook_of(Node& node) {
   return nullptr;
 }
 
-std::optional<Registration> register_hook(Payload values, GradOrder order, GradCallback fn, bool all) {
+// Registers `fn` on the edges of `values` that require grad. Kept (`keep`)
+// registrations get no handle, and on one edge no Hook object either.
+std::optional<Registration> register_hook(Payload values, GradOrder order, GradCallback fn, bool all, bool keep) {
   if (!values) return std::nullopt;
   const auto& tensors = *static_cast<const Tensors*>(values.ptr);
   struct Edge {
@@ -238,10 +254,13 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
     edges.emplace_back(&t, node, key, output_nr);
   }
   if (edges.size() == 0) return std::nullopt;
-  auto hook = std::allocate_shared<Hook>(PoolAllocator<Hook>{});
-  hook->order = order;
-  hook->all = all;
-  hook->fn = std::move(fn);
+  std::shared_ptr<Hook> hook;
+  if (!keep || edges.size() > 1) {
+    hook = std::allocate_shared<Hook>(PoolAllocator<Hook>{});
+    hook->order = order;
+    hook->all = all;
+    hook->fn = std::move(fn);
+  }
   if (all && edges.size() > 1) {
     hook->waits.reserve(edges.size());
     for (std::size_t i = 0; i < edges.size(); ++i) {
@@ -261,7 +280,8 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
           nh = owned.get();
           e.node->add_pre_hook(std::move(owned));
         }
-        nh->dispatch.entries.emplace_back(e.output_nr, hook);
+        if (hook) nh->dispatch.entries.emplace_back(e.output_nr, 0u, order, GradCallback{}, hook);
+        else nh->dispatch.entries.emplace_back(e.output_nr, 0u, order, std::move(fn), nullptr);
         continue;
       }
       if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
@@ -275,13 +295,15 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
         slot = d;
         fresh_leaves.emplace_back(e.tensor, d);
       }
-      d->entries.emplace_back(0u, hook);
+      if (hook) d->entries.emplace_back(0u, 0u, order, GradCallback{}, hook);
+      else d->entries.emplace_back(0u, 0u, order, std::move(fn), nullptr);
     }
   }
   // A leaf's tensor hook owns its dispatcher: it lives as long as the tensor.
   for (std::size_t i = 0; i < fresh_leaves.size(); ++i)
     fresh_leaves[i].first->register_hook(
         [d = std::move(fresh_leaves[i].second)](const at::Tensor& grad) { d->fire(&grad, 1); });
+  if (keep) return Registration{};
   return Registration(hook, [](void* h) { static_cast<Hook*>(h)->removed.store(true, std::memory_order_relaxed); });
 }
 
@@ -309,11 +331,19 @@ bool Backend::in_backward() const { return torch::autograd::get_current_graph_ta
 std::uint64_t Backend::backward_pass() const { return current_pass(); }
 
 std::optional<Registration> Backend::on_first_gradient(Payload values, GradOrder order, GradCallback fn) {
-  return register_hook(values, order, std::move(fn), false);
+  return register_hook(values, order, std::move(fn), false, false);
+}
+
+bool Backend::keep_first_gradient(Payload values, GradOrder order, GradCallback fn) {
+  return register_hook(values, order, std::move(fn), false, true).has_value();
+}
+
+bool Backend::keep_all_gradients(Payload values, GradOrder order, GradCallback fn) {
+  return register_hook(values, order, std::move(fn), true, true).has_value();
 }
 
 std::optional<Registration> Backend::on_all_gradients(Payload values, GradOrder order, GradCallback fn) {
-  return register_hook(values, order, std::move(fn), true);
+  return register_hook(values, order, std::move(fn), true, false);
 }
 
 void Backend::at_end_of_backward(std::function<void()> fn) {
