@@ -181,6 +181,7 @@ class TrackerCore final : public ForwardObserver {
   void close_stale_passes();
   void link_in_flight(Activation& a) noexcept;
   void unlink_in_flight(Activation& a) noexcept;
+  [[nodiscard]] bool in_flight(const Activation& a) const noexcept;
   void diagnose(Diagnostic d);
   std::shared_ptr<const ErasedHooks> hooks() const;
 

@@ -189,6 +189,12 @@ void TrackerCore::link_in_flight(Activation& a) noexcept {
   in_flight_ = &a;
 }
 
+bool TrackerCore::in_flight(const Activation& a) const noexcept {
+  for (const Activation* p = in_flight_; p; p = p->flight_next)  // as long as the nesting is deep
+    if (p == &a) return true;
+  return false;
+}
+
 void TrackerCore::unlink_in_flight(Activation& a) noexcept {
   (a.flight_prev ? a.flight_prev->flight_next : in_flight_) = a.flight_next;
   if (a.flight_next) a.flight_next->flight_prev = a.flight_prev;
@@ -312,6 +318,12 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   bool reentered;
   bool stale = false;
   std::string_view name;  // read under the lock: names_ may grow meanwhile
+  // Once linked, the activation belongs to the in-flight list (a scope ending
+  // meanwhile frees it); this call reaches it through `raw` and its exit
+  // callback, which owns a reference until the backend takes it.
+  Activation* raw = nullptr;
+  GradCallback exit_cb;
+  GradOrder exit_order;
   {
     std::lock_guard<SpinLock> lock(state_);
     if (!in_bw && !passes_.empty()) {
@@ -332,8 +344,11 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act->selected = selected;
       act->module_generation = info.generation;
       act->sequence = activations_++;
-      act->self = act;  // until post_forward, or until the scope ends
-      link_in_flight(*act);
+      raw = act.get();
+      exit_order = GradOrder{Kind::exit, act->depth, act->sequence};
+      exit_cb = GradCallback(act, &on_input_gradients);
+      act->self = std::move(act);  // until post_forward, or until the scope ends
+      link_in_flight(*raw);
     }
   }
   if (stale)
@@ -344,23 +359,19 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     diagnose({Diagnostic::Code::reentrant_forward, std::string(name),
               "module '" + std::string(name) +
                   "' entered while already active; the module hierarchy may be wrong"});
-  const std::uintptr_t token =
-      act ? reinterpret_cast<std::uintptr_t>(act.get()) | 1u : plain_token(fqn, selected);
+  const std::uintptr_t token = raw ? reinterpret_cast<std::uintptr_t>(raw) | 1u : plain_token(fqn, selected);
   try {
-    if (act) {
-      // Kept for good: inert once the scope ends; lives as long as the graph.
-      backend_.keep_all_gradients(call.inputs, GradOrder{Kind::exit, act->depth, act->sequence},
-                                  GradCallback(act, &on_input_gradients));
-    }
+    // Kept for good: inert once the scope ends; lives as long as the graph.
+    if (raw) backend_.keep_all_gradients(call.inputs, exit_order, std::move(exit_cb));
     if (selected) {
       if (auto h = hooks(); h && h->pre_fw) h->pre_fw(call.module, call.inputs);
     }
   } catch (...) {
     std::shared_ptr<Activation> dropped;
     std::lock_guard<SpinLock> lock(state_);
-    if (act && act->self) {  // still ours (the scope may have ended meanwhile)
-      unlink_in_flight(*act);
-      dropped = std::move(act->self);
+    if (raw && in_flight(*raw)) {  // still ours (the scope may have ended and freed it)
+      unlink_in_flight(*raw);
+      dropped = std::move(raw->self);
     }
     if (counts_[fqn].forward > 0) sub_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
@@ -421,9 +432,10 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
     }
     if (hook_error) std::rethrow_exception(hook_error);
   }
-  if (act && output)
-    backend_.keep_first_gradient(output, GradOrder{Kind::enter, act->depth, act->sequence},
-                                 GradCallback(act, &on_output_gradient));
+  if (act && output) {
+    const GradOrder order{Kind::enter, act->depth, act->sequence};
+    backend_.keep_first_gradient(output, order, GradCallback(std::move(act), &on_output_gradient));
+  }
 }
 
 // The module of an activation if it still exists: the one named at its
