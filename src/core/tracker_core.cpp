@@ -54,9 +54,45 @@ namespace detail {
 /// Lifetime link between gradient callbacks and a tracking scope: the
 /// callbacks hold it, the scope's end clears `core` so they do nothing.
 struct Epoch {
-  std::recursive_mutex mutex;
-  TrackerCore* core;
+  std::atomic<TrackerCore*> core;
+  std::atomic<std::uint32_t> running{0};  // callbacks inside it now, on any thread
 };
+
+namespace {
+// The callbacks this thread is running, innermost first: a scope ending inside
+// one of its own callbacks must not wait for itself.
+struct EpochFrame {
+  const Epoch* epoch;
+  EpochFrame* outer;
+};
+[[gnu::tls_model("initial-exec")]] thread_local EpochFrame* epoch_frames = nullptr;
+
+/// Runs `f(core)` if the epoch's scope is still open; the scope's end waits
+/// for it (a count, not a lock: two atomic operations, reentrant).
+template <class F>
+void with_epoch(Epoch& epoch, F&& f) {
+  epoch.running.fetch_add(1, std::memory_order_seq_cst);
+  struct Leave {
+    Epoch& e;
+    EpochFrame frame;
+    ~Leave() {
+      epoch_frames = frame.outer;
+      e.running.fetch_sub(1, std::memory_order_release);
+    }
+  } leave{epoch, EpochFrame{&epoch, epoch_frames}};
+  epoch_frames = &leave.frame;
+  if (auto* core = epoch.core.load(std::memory_order_seq_cst)) f(*core);
+}
+
+/// Closes the epoch: no callback starts using its core after this returns,
+/// and those running (on other threads) have finished.
+void close_epoch(Epoch& epoch) {
+  epoch.core.store(nullptr, std::memory_order_seq_cst);
+  std::uint32_t mine = 0;
+  for (const EpochFrame* f = epoch_frames; f; f = f->outer) mine += f->epoch == &epoch ? 1u : 0u;
+  while (epoch.running.load(std::memory_order_seq_cst) > mine) std::this_thread::yield();
+}
+}  // namespace
 
 /// One forward call of a module whose backward the tracker follows.
 struct Activation : std::enable_shared_from_this<Activation> {
@@ -102,8 +138,7 @@ std::uintptr_t plain_token(std::uint32_t fqn, bool selected) noexcept {
 // The gradient callbacks: the Activation is their context (no allocation).
 template <class F>
 void with_core(Activation& act, F&& f) {
-  std::lock_guard<std::recursive_mutex> guard(act.epoch->mutex);
-  if (auto* core = act.epoch->core) f(*core);
+  with_epoch(*act.epoch, std::forward<F>(f));
 }
 void on_output_gradient(void* context, Payload grads) {
   auto& act = *static_cast<Activation*>(context);
@@ -160,8 +195,7 @@ void TrackerCore::stop() {
   if (!epoch_) throw std::logic_error("modtracker: this tracker is not tracking");
   observer_.remove();
   {
-    std::lock_guard<std::recursive_mutex> guard(epoch_->mutex);  // waits for gradient callbacks running now
-    epoch_->core = nullptr;
+    close_epoch(*epoch_);  // waits for gradient callbacks running now
   }
   epoch_.reset();
   // Calls still running will never report their end to this scope: forget
@@ -467,8 +501,7 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
   }
   if (first_of_pass) {
     backend_.at_end_of_backward([epoch = act.epoch, pass] {
-      std::lock_guard<std::recursive_mutex> guard(epoch->mutex);
-      if (epoch->core) epoch->core->finish_pass(pass);
+      with_epoch(*epoch, [&](TrackerCore& core) { core.finish_pass(pass); });
     });
   }
   if (act.selected) {

@@ -181,6 +181,28 @@ TEST_CASE("a tracking scope cannot be ended from inside one of its own hooks") {
   CHECK_NOTHROW(b.call(*lin, {b.value(false)}));
 }
 
+TEST_CASE("a scope may end inside one of its backward hooks: it does not wait for itself, later events do nothing") {
+  Backend b;
+  auto lin = b.module("Linear");
+  ScriptedTracker t(b);
+  auto scope = std::make_unique<ScriptedTracker::Scope>(t.track());
+  int pre_bw = 0, post_bw = 0;
+  t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
+                        [&](Module*, const Values&) {
+                          ++pre_bw;
+                          scope->end();  // would deadlock if the end waited for this very callback
+                        },
+                        [&](Module*, const Values&) { ++post_bw; });
+  const auto x = b.value(true);
+  const auto y = b.call(*lin, {x}, [&](const Values& in) { return Values{b.op(in)}; });
+  b.backward({y[0], x});
+  CHECK(pre_bw == 1);
+  CHECK(post_bw == 0);  // the exit came after the scope ended
+  CHECK_FALSE(t.tracking());
+  auto again = t.track();
+  CHECK(join(t.parents()) == "Global");
+}
+
 TEST_CASE("the scope may end inside a module's forward: the pending exit is skipped, not misapplied") {
   Backend b;
   auto lin = b.module("Linear");
