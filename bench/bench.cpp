@@ -70,6 +70,7 @@ struct TorchRow {
 // A Sequential of n Linear(d, d): plain LibTorch against the tracked drop-in.
 std::string only_mode;  // --mode: run one mode only (for profiling)
 int runs = 9;           // --runs: best of how many runs
+int reps_option = 0;    // --reps: calls per run (default: 20, 3 at 1000 modules)
 
 std::vector<TorchRow> torch_rows(int n, int d) {
   torch::manual_seed(0);
@@ -82,7 +83,7 @@ std::vector<TorchRow> torch_rows(int n, int d) {
   }
   const auto x = torch::randn({4, d});
   lt::Tracker tracker;  // the default journal (65536 transitions) holds the reps between drains
-  const int reps = n >= 1000 ? 3 : 20;
+  const int reps = reps_option > 0 ? reps_option : n >= 1000 ? 3 : 20;
   auto drain = [&] {
     for ([[maybe_unused]] const auto& tr : tracker.transitions()) {
     }
@@ -159,6 +160,8 @@ int main(int argc, char** argv) {
       only_mode = argv[++i];
     } else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
       runs = std::atoi(argv[++i]);  // more runs: steadier minimum, or a longer profile
+    } else if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
+      reps_option = std::atoi(argv[++i]);
     } else if (std::strcmp(argv[i], "--torch-only") == 0) {
       core = false;
     } else if (std::strcmp(argv[i], "--case") == 0 && i + 1 < argc && std::sscanf(argv[i + 1], "%dx%d", &n, &d) == 2 &&
@@ -166,7 +169,7 @@ int main(int argc, char** argv) {
       cases = {{n, d}};  // one Sequential size only, e.g. --case 1000x8
       ++i;
     } else {
-      std::fprintf(stderr, "usage: modtracker-bench [--json] [--torch-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw] [--runs N]\n");
+      std::fprintf(stderr, "usage: modtracker-bench [--json] [--torch-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw] [--runs N] [--reps N]\n");
       return 2;
     }
   }

@@ -4,6 +4,7 @@
 module;
 #include <array>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -103,6 +104,63 @@ class SpinLock {
   std::atomic_flag flag_;
 };
 
+/// Module address -> value, for the lookup on every module call: open
+/// addressing in one flat array of (address, index) pairs, so a lookup is one
+/// probe into a few kilobytes (std::unordered_map costs two dependent cache
+/// misses per lookup once a model has a thousand modules). Values live in a
+/// deque (stable references); nothing is ever erased: a new module at a freed
+/// module's address takes over its entry (assign).
+template <class V>
+class AddressMap {
+ public:
+  [[nodiscard]] V* find(const void* key) noexcept {
+    if (slots_.empty()) return nullptr;
+    for (std::size_t i = home(key);; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.key == key) return &values_[s.index].second;
+      if (!s.key) return nullptr;
+    }
+  }
+  [[nodiscard]] const V* find(const void* key) const noexcept { return const_cast<AddressMap*>(this)->find(key); }
+  /// Sets the value of `key` (inserting it if absent); returns it.
+  V& assign(const void* key, V value) {
+    if (V* v = find(key)) return *v = std::move(value);
+    if ((values_.size() + 1) * 2 > slots_.size()) grow();
+    values_.emplace_back(key, std::move(value));
+    place(key, static_cast<std::uint32_t>(values_.size() - 1));
+    return values_.back().second;
+  }
+  /// (key, value) pairs, in insertion order.
+  [[nodiscard]] auto& entries() noexcept { return values_; }
+  [[nodiscard]] const auto& entries() const noexcept { return values_; }
+
+ private:
+  struct Slot {
+    const void* key = nullptr;
+    std::uint32_t index = 0;
+  };
+  [[nodiscard]] std::size_t home(const void* key) const noexcept {
+    const auto h = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(key)) * 0x9E3779B97F4A7C15ull;
+    return static_cast<std::size_t>(h >> shift_);
+  }
+  void place(const void* key, std::uint32_t index) noexcept {
+    std::size_t i = home(key);
+    while (slots_[i].key) i = (i + 1) & mask_;
+    slots_[i] = Slot{key, index};
+  }
+  void grow() {
+    const std::size_t size = slots_.empty() ? 64 : slots_.size() * 2;
+    slots_.assign(size, Slot{});
+    mask_ = size - 1;
+    shift_ = 64 - static_cast<unsigned>(std::countr_zero(size));
+    for (std::size_t i = 0; i < values_.size(); ++i) place(values_[i].first, static_cast<std::uint32_t>(i));
+  }
+  std::vector<Slot> slots_;
+  std::size_t mask_ = 0;
+  unsigned shift_ = 64;
+  std::deque<std::pair<const void*, V>> values_;
+};
+
 struct Activation;
 struct Epoch;
 
@@ -170,6 +228,7 @@ class TrackerCore final : public ForwardObserver {
 
   std::uint32_t intern(std::string fqn);
   const ModuleInfo& info_for(ModuleRef module);  // names lazily; state lock held
+  [[nodiscard]] const ModuleInfo* named(ModuleRef module) const noexcept;  // its info if named (and not a freed one's)
   const ModuleInfo& remember(ModuleRef module, std::string fqn);
   void name_subtree(ModuleRef module, std::uint32_t fqn);
   void add_count(std::uint32_t fqn, Phase phase);
@@ -190,7 +249,7 @@ class TrackerCore final : public ForwardObserver {
   mutable SpinLock state_;  // guards everything below except hooks_/sink_
   std::deque<std::string> names_;  // interned fqns; stable addresses
   std::unordered_map<std::string_view, std::uint32_t> ids_;
-  std::unordered_map<const void*, ModuleInfo> modules_;
+  AddressMap<ModuleInfo> modules_;
   std::vector<Count> counts_;
   std::vector<std::uint32_t> active_;  // fqn ids in parents, "Global" first
   std::vector<RawTransition> ring_;

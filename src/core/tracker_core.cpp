@@ -281,14 +281,19 @@ const TrackerCore::ModuleInfo& TrackerCore::remember(ModuleRef module, std::stri
   const bool weak_known = !weak.expired();
   const auto id = intern(std::move(fqn));
   const bool selected = !filter_ || filter_(names_[id], module);
-  return modules_.emplace(module.ptr, ModuleInfo{id, selected, weak_known, std::move(weak), ++module_generation_})
-      .first->second;
+  return modules_.assign(module.ptr, ModuleInfo{id, selected, weak_known, std::move(weak), ++module_generation_});
+}
+
+const TrackerCore::ModuleInfo* TrackerCore::named(ModuleRef module) const noexcept {
+  const auto* info = modules_.find(module.ptr);
+  if (info && info->weak_known && info->weak.expired()) return nullptr;  // a freed module's address
+  return info;
 }
 
 // Names every child below `module` not named yet (first name wins).
 void TrackerCore::name_subtree(ModuleRef module, std::uint32_t fqn) {
   backend_.for_each_child(module, [&](std::string_view name, ModuleRef child) {
-    if (!child || modules_.contains(child.ptr)) return;
+    if (!child || named(child)) return;
     std::string child_fqn = names_[fqn];
     child_fqn.append(".").append(name);
     name_subtree(child, remember(child, std::move(child_fqn)).fqn);
@@ -296,13 +301,9 @@ void TrackerCore::name_subtree(ModuleRef module, std::uint32_t fqn) {
 }
 
 const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module) {
-  auto it = modules_.find(module.ptr);
-  if (it != modules_.end() && it->second.weak_known && it->second.weak.expired()) {
-    modules_.erase(it);  // a new module at a freed module's address
-    it = modules_.end();
-  }
-  if (it != modules_.end()) return it->second;
-  const auto& info = remember(module, root_name_from_type(backend_.type_name(module)));  // a new root
+  if (const auto* info = named(module)) return *info;
+  // A new root (or a new module at a freed one's address, which takes over its entry).
+  const auto& info = remember(module, root_name_from_type(backend_.type_name(module)));
   name_subtree(module, info.fqn);
   return info;
 }
@@ -310,9 +311,7 @@ const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module) {
 void TrackerCore::children_changed(ModuleRef module) {
   if (!module) return;
   std::lock_guard<SpinLock> lock(state_);
-  const auto it = modules_.find(module.ptr);
-  if (it == modules_.end() || (it->second.weak_known && it->second.weak.expired())) return;  // not named yet: its first call will
-  name_subtree(module, it->second.fqn);
+  if (const auto* info = named(module)) name_subtree(module, info->fqn);  // else its first call names it
 }
 
 void TrackerCore::close_stale_passes() {
@@ -476,9 +475,9 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
 // address then (a later module at a reused address is not it).
 std::shared_ptr<const void> TrackerCore::live_module(const Activation& act) const {
   std::lock_guard<SpinLock> lock(state_);
-  const auto it = modules_.find(act.module);
-  if (it == modules_.end() || it->second.generation != act.module_generation) return nullptr;
-  return it->second.weak.lock();
+  const auto* info = modules_.find(act.module);
+  if (!info || info->generation != act.module_generation) return nullptr;
+  return info->weak.lock();
 }
 
 void TrackerCore::backward_enter(Activation& act, Payload grads) {
@@ -604,9 +603,9 @@ Parents TrackerCore::parents() const {
 std::optional<std::string> TrackerCore::known_fqn(ModuleRef module) const {
   if (!module) return std::nullopt;
   std::lock_guard<SpinLock> lock(state_);
-  const auto it = modules_.find(module.ptr);
-  if (it == modules_.end() || (it->second.weak_known && it->second.weak.expired())) return std::nullopt;
-  return names_[it->second.fqn];
+  const auto* info = named(module);
+  if (!info) return std::nullopt;
+  return names_[info->fqn];
 }
 
 void TrackerCore::set_hooks(ErasedHooks hooks, const std::array<bool, 4>& given) {
@@ -650,12 +649,12 @@ void TrackerCore::set_filter(ErasedFilter filter) {
     std::vector<std::pair<const void*, std::string>> known;
     {
       std::lock_guard<SpinLock> lock(state_);
-      for (const auto& [ptr, info] : modules_) known.emplace_back(ptr, names_[info.fqn]);
+      for (const auto& [ptr, info] : modules_.entries()) known.emplace_back(ptr, names_[info.fqn]);
     }
     for (const auto& [ptr, fqn] : known) verdicts[ptr] = filter(fqn, ModuleRef{ptr});
   }
   std::lock_guard<SpinLock> lock(state_);
-  for (auto& [ptr, info] : modules_) {
+  for (auto& [ptr, info] : modules_.entries()) {
     const auto v = verdicts.find(ptr);
     info.selected = v == verdicts.end() ? !filter || filter(names_[info.fqn], ModuleRef{ptr}) : v->second;
   }

@@ -240,3 +240,19 @@ TEST_CASE("no heap allocation per enter/exit in steady state") {
   CHECK(t.dropped_transitions() == 0);
 }
 #endif
+
+TEST_CASE("AddressMap: finds what it holds across growth, assign replaces in place, never loses an entry") {
+  modtracker::detail::AddressMap<int> map;
+  std::vector<int> objects(5000);
+  CHECK(map.find(&objects[0]) == nullptr);
+  for (int i = 0; i < 5000; ++i) map.assign(&objects[i], i);
+  bool all_found = true;
+  for (int i = 0; i < 5000; ++i) all_found = all_found && map.find(&objects[i]) && *map.find(&objects[i]) == i;
+  CHECK(all_found);
+  int outside = 0;
+  CHECK(map.find(&outside) == nullptr);
+  CHECK(map.assign(&objects[7], -7) == -7);  // a new value at a known address
+  CHECK(*map.find(&objects[7]) == -7);
+  CHECK(map.entries().size() == 5000);
+  CHECK(map.entries()[7].second == -7);
+}
