@@ -131,6 +131,10 @@ struct ForwardCall {
   ModuleRef module;
   Payload inputs;
   std::uint32_t depth = 0;  ///< tracked calls already running on this thread
+  /// Set by an observer's pre_forward when it will read the inputs again
+  /// after the forward (a post hook): a caller whose inputs do not outlive
+  /// the forward by themselves then keeps them.
+  mutable bool inputs_after = false;
 };
 
 /// What a tracker installs into a backend to see forward calls.

@@ -72,6 +72,8 @@ class ForwardDispatcher {
     ~Call();
     /// Runs the post hooks with the forward's output (rethrows a hook's exception).
     void finish(Payload output);
+    /// Will an observer read the inputs after the forward (ForwardCall::inputs_after)?
+    [[nodiscard]] bool inputs_after() const noexcept { return call_.inputs_after; }
 
    private:
     void post(Payload output, bool forward_threw);

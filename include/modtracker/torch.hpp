@@ -29,21 +29,39 @@ namespace modtracker::libtorch {
 /// forward hooks see; valid during the hook only).
 class Tensors {
  public:
+  Tensors() = default;
+  /// Tensors found on first use, by `find(source, *this)`: a call whose
+  /// observers never look pays nothing (`source` must outlive every use).
+  Tensors(const void* source, void (*find)(const void* source, Tensors& out)) noexcept
+      : source_(source), find_(find) {}
+
   void push(const at::Tensor& t) {
     if (n_ < inline_.size()) inline_[n_] = &t;
     else spill_.push_back(&t);
     ++n_;
   }
-  [[nodiscard]] std::size_t size() const noexcept { return n_; }
-  [[nodiscard]] bool empty() const noexcept { return n_ == 0; }
+  [[nodiscard]] std::size_t size() const {
+    resolve();
+    return n_;
+  }
+  [[nodiscard]] bool empty() const { return size() == 0; }
   [[nodiscard]] const at::Tensor& operator[](std::size_t i) const {
+    resolve();
     return i < inline_.size() ? *inline_[i] : *spill_[i - inline_.size()];
   }
 
  private:
+  void resolve() const {
+    if (find_) [[unlikely]] {
+      const auto find = std::exchange(find_, nullptr);
+      find(source_, const_cast<Tensors&>(*this));  // Tensors are never const objects, only const views
+    }
+  }
   std::array<const at::Tensor*, 6> inline_{};
   std::vector<const at::Tensor*> spill_;
   std::size_t n_ = 0;
+  const void* source_ = nullptr;
+  mutable void (*find_)(const void*, Tensors&) = nullptr;
 };
 
 /// Customization point: how to find the tensors in a value of type T.
@@ -232,17 +250,37 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     ForwardDispatcher::Call frame(d, module_ref(*this), Payload{&in});
     auto it = begin();
     // The inputs are passed on as lvalues: the Sequential's post hooks still see them.
-    Tensors out;
-    torch::nn::AnyValue value = child(d, children[0], *it, in, out, inputs...);
-    for (std::size_t i = 1; ++it != end(); ++i) {
-      // The previous output is this child's input; it is moved into the call
-      // and freed inside it, so one reference keeps it for the post hooks.
-      const at::Tensor kept = out.empty() ? at::Tensor() : out[0];
-      Tensors child_in;
-      if (kept.defined()) child_in.push(kept);
-      value = child(d, children[i], *it, child_in, out, std::move(value));
+    std::optional<torch::nn::AnyValue> value;
+    {
+      ForwardDispatcher::Call child(d, ModuleRef{children[0]}, Payload{&in});
+      value.emplace(it->any_forward(inputs...));
+      const Tensors out(&*value, &tensor_in);  // found only if an observer looks
+      child.finish(Payload{&out});
     }
-    Return result = std::move(value).template get<Return>();
+    for (std::size_t i = 1; ++it != end(); ++i) {
+      // This child's input is the previous output, which the call consumes.
+      Tensors child_in(&*value, &tensor_in);
+      ForwardDispatcher::Call child(d, ModuleRef{children[i]}, Payload{&child_in});
+      at::Tensor kept;  // for observers that look at the inputs after the forward
+      if (child.inputs_after()) {
+        if (!child_in.empty()) kept = child_in[0];
+        child_in = Tensors();
+        if (kept.defined()) child_in.push(kept);
+      }
+      struct Forget {  // the value child_in may point into dies inside the call
+        Tensors& in;
+        const at::Tensor& kept;
+        void operator()() const {
+          if (!kept.defined()) in = Tensors();
+        }
+        ~Forget() { (*this)(); }  // also before a throwing call's post hooks
+      } forget{child_in, kept};
+      value.emplace(it->any_forward(std::move(*value)));
+      forget();
+      const Tensors out(&*value, &tensor_in);
+      child.finish(Payload{&out});
+    }
+    Return result = std::move(*value).template get<Return>();
     Tensors outs;
     flatten_into(result, outs);
     frame.finish(Payload{&outs});
@@ -280,19 +318,10 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     std::atomic<const std::vector<const void*>*> current_{nullptr};
   };
 
-  // A child's output: a tensor, or nothing this layer can see into.
-  static void flatten_value(torch::nn::AnyValue& v, Tensors& out) {
+  // The tensor in a child's output (an AnyValue), if it holds one.
+  static void tensor_in(const void* value, Tensors& out) {
+    auto& v = *const_cast<torch::nn::AnyValue*>(static_cast<const torch::nn::AnyValue*>(value));
     if (const auto* t = v.try_get<at::Tensor>()) out.push(*t);
-  }
-  template <class... Args>
-  static torch::nn::AnyValue child(ForwardDispatcher& d, const void* module, torch::nn::AnyModule& m,
-                                   const Tensors& in, Tensors& out, Args&&... args) {
-    ForwardDispatcher::Call frame(d, ModuleRef{module}, Payload{&in});
-    torch::nn::AnyValue value = m.any_forward(std::forward<Args>(args)...);
-    out = Tensors();
-    flatten_value(value, out);  // points into value's holder, which moves with it
-    frame.finish(Payload{&out});
-    return value;
   }
 
   ChildPointers children_;

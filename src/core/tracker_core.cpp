@@ -397,7 +397,10 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     // Kept for good: inert once the scope ends; lives as long as the graph.
     if (raw) backend_.keep_all_gradients(call.inputs, exit_order, std::move(exit_cb));
     if (selected) {
-      if (auto h = hooks(); h && h->pre_fw) h->pre_fw(call.module, call.inputs);
+      if (auto h = hooks()) {
+        if (h->post_fw) call.inputs_after = true;
+        if (h->pre_fw) h->pre_fw(call.module, call.inputs);
+      }
     }
   } catch (...) {
     std::shared_ptr<Activation> dropped;

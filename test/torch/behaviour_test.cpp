@@ -253,6 +253,31 @@ TEST_CASE("tracked Sequential: post hooks see each child's live inputs and outpu
 }
 
 namespace {
+struct FailingImpl : torch::nn::Module {
+  torch::Tensor forward(const torch::Tensor&) { throw std::runtime_error("failing layer"); }
+};
+TORCH_MODULE(Failing);
+}  // namespace
+
+TEST_CASE("tracked Sequential: a child that throws still gives post hooks its inputs, and no output") {
+  lt::nn::Sequential seq(torch::nn::Linear(3, 4), Failing());
+  lt::Tracker t;
+  std::vector<std::string> seen;
+  t.register_user_hooks(modtracker::no_hook, [&](torch::nn::Module& m, const lt::Tensors& in, const lt::Tensors* out) {
+    seen.push_back(*t.known_fqn(m) + (out ? " out" : " threw") + " in=" + std::to_string(in.size()) + " width=" +
+                   std::to_string(in.empty() ? 0 : in[0].size(1)));
+  });
+  auto scope = t.track();
+  CHECK_THROWS_WITH(seq->forward(torch::randn({2, 3}, torch::requires_grad())), doctest::Contains("failing layer"));
+  CHECK(seen == std::vector<std::string>{"Sequential.0 out in=1 width=3", "Sequential.1 threw in=1 width=4",
+                                         "Sequential threw in=1 width=3"});
+  CHECK(parents(t) == "Global");
+  t.clear_user_hooks();  // without post hooks the inputs are not kept: nothing is read after the call
+  CHECK_THROWS(seq->forward(torch::randn({2, 3})));
+  CHECK(parents(t) == "Global");
+}
+
+namespace {
 struct Batch {
   torch::Tensor tokens, mask;
 };
