@@ -260,8 +260,8 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     for (std::size_t i = 1; ++it != end(); ++i) {
       // This child's input is the previous output, which the call consumes.
       Tensors child_in(&*value, &tensor_in);
+      at::Tensor kept;  // for observers that look at the inputs after the forward (outlives the call)
       ForwardDispatcher::Call child(d, ModuleRef{children[i]}, Payload{&child_in});
-      at::Tensor kept;  // for observers that look at the inputs after the forward
       if (child.inputs_after()) {
         if (!child_in.empty()) kept = child_in[0];
         child_in = Tensors();
