@@ -61,6 +61,9 @@ class Backend final : public HookBackend {
   /// A module owned by the caller and known to this backend.
   std::shared_ptr<Module> module(std::string type_name,
                                  std::initializer_list<std::pair<std::string, std::shared_ptr<Module>>> children = {});
+  /// Makes a module allocated elsewhere (any way: own storage, a custom
+  /// deleter) known to this backend; returns it.
+  std::shared_ptr<Module> adopt(std::shared_ptr<Module> module);
 
   /// A fresh leaf value.
   Value value(bool requires_grad);

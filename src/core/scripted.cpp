@@ -37,9 +37,14 @@ std::shared_ptr<Module> Backend::module(std::string type_name,
                                         std::initializer_list<std::pair<std::string, std::shared_ptr<Module>>> children) {
   auto m = std::make_shared<Module>(std::move(type_name));
   for (const auto& [name, child] : children) m->add(name, child);
+  return adopt(std::move(m));
+}
+
+std::shared_ptr<Module> Backend::adopt(std::shared_ptr<Module> module) {
+  if (!module) throw std::invalid_argument("modtracker.scripted: adopt of a null module");
   std::erase_if(modules_, [](const auto& kv) { return kv.second.expired(); });
-  modules_[m.get()] = m;
-  return m;
+  modules_[module.get()] = module;
+  return module;
 }
 
 Value Backend::value(bool requires_grad) { return Value{next_value_++, requires_grad}; }

@@ -123,6 +123,22 @@ namespace {
 
 constexpr std::uint32_t global_id = 0;
 
+// Does a weak reference keep the module's storage allocated? With
+// std::make_shared (how LibTorch's holders and register_module make modules)
+// the object lives inside the control block, which is freed only when the
+// last weak reference goes: while we hold one, no other module can get that
+// address. libstdc++ marks such control blocks with an internal tag that
+// std::get_deleter answers to; elsewhere we say no (and check every call).
+bool storage_pinned(const WeakModule& weak) {
+#if defined(__GLIBCXX__)
+  const auto strong = weak.lock();
+  return strong && std::get_deleter<std::_Sp_make_shared_tag>(strong) != nullptr;
+#else
+  (void)weak;
+  return false;
+#endif
+}
+
 std::uint32_t thread_index() noexcept {
   static std::atomic<std::uint32_t> next{0};
   [[gnu::tls_model("initial-exec")]] static thread_local std::uint32_t index = ~0u;  // no init guard
@@ -279,14 +295,17 @@ void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_
 const TrackerCore::ModuleInfo& TrackerCore::remember(ModuleRef module, std::string fqn) {
   auto weak = backend_.weak(module);
   const bool weak_known = !weak.expired();
+  const bool pinned = weak_known && storage_pinned(weak);
   const auto id = intern(std::move(fqn));
   const bool selected = !filter_ || filter_(names_[id], module);
-  return modules_.assign(module.ptr, ModuleInfo{id, selected, weak_known, std::move(weak), ++module_generation_});
+  return modules_.assign(module.ptr, ModuleInfo{id, selected, weak_known, pinned, std::move(weak), ++module_generation_});
 }
 
 const TrackerCore::ModuleInfo* TrackerCore::named(ModuleRef module) const noexcept {
   const auto* info = modules_.find(module.ptr);
-  if (info && info->weak_known && info->weak.expired()) return nullptr;  // a freed module's address
+  // A freed module's address? Only asked where the address can be reused:
+  // reading a cold control block on every call costs a cache miss.
+  if (info && info->weak_known && !info->pinned && info->weak.expired()) return nullptr;
   return info;
 }
 

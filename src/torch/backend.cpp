@@ -88,7 +88,7 @@ SpinLock state_lock;  // guards Dispatch entries, Hook pass state, leaves and pa
 // the modules registered. Entries are never erased while the node lives (a
 // removed one is skipped), so hooks fired outside the lock stay alive.
 struct Dispatch {
-  SmallVector<Entry, 3> entries;  // guarded by state_lock
+  SmallVector<Entry, 2> entries;  // guarded by state_lock; two inline: a module boundary in a chain
   void fire(const at::Tensor* grads, std::size_t n);
 };
 

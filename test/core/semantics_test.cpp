@@ -1,4 +1,6 @@
 // SEMANTICS.md on the scripted backend: one test per rule.
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -88,6 +90,40 @@ TEST_CASE("names: a child added after its parent ran is named by type, or below 
   CHECK(t.known_fqn(*late) == "ReLU");  // the first name wins
   CHECK(t.known_fqn(*later) == "Net.later");
   b.dispatcher().children_changed(ModuleRef{b.module("Unseen").get()});  // not named yet: nothing happens
+}
+
+TEST_CASE("names: a new module at a freed module's address is named afresh; make_shared storage is never reused") {
+  Backend b;
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  // Storage of our own, so that the second module surely lands where the first was.
+  alignas(Module) static unsigned char storage[sizeof(Module)];
+  auto place = [&](const char* type) {
+    return b.adopt(std::shared_ptr<Module>(new (storage) Module(type), [](Module* m) { m->~Module(); }));
+  };
+  auto first = place("FirstImpl");
+  b.call(*first, {b.value(false)});
+  CHECK(t.known_fqn(*first) == "First");
+  first.reset();
+  auto second = place("SecondImpl");
+  REQUIRE(static_cast<const void*>(second.get()) == static_cast<const void*>(storage));
+  CHECK_FALSE(t.known_fqn(*second));  // not the freed one's name
+  b.call(*second, {b.value(false)});
+  CHECK(t.known_fqn(*second) == "Second");
+  CHECK(transitions(t) == V{"fw enter First", "fw exit First", "fw enter Second", "fw exit Second"});
+  // With make_shared the tracker's weak reference keeps the storage: no later
+  // module can take a tracked module's address (so no check is needed there).
+  auto shared = b.module("Linear");
+  b.call(*shared, {b.value(false)});
+  const void* freed = shared.get();
+  shared.reset();
+  bool reused = false;
+  std::vector<std::shared_ptr<Module>> later;
+  for (int i = 0; i < 200; ++i) {
+    later.push_back(b.module("Linear"));
+    reused = reused || later.back().get() == freed;
+  }
+  CHECK_FALSE(reused);
 }
 
 TEST_CASE("parents: a module active twice stays until its last activation ends, the re-entry is reported") {
