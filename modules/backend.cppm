@@ -126,6 +126,17 @@ class GradCallback {
   void (*fn_)(void*, Payload) = nullptr;
 };
 
+/// A call site that holds its module (a holder, a container) can say cheaply
+/// which module it is: `same(owner, known)` tells whether `known` refers to
+/// the module it holds, by comparing control blocks (no reference count, no
+/// cold memory touched). Without it, the tracker asks `known` whether it has
+/// expired to tell a module from a freed one at the same address.
+struct ModuleOwner {
+  const void* owner = nullptr;
+  bool (*same)(const void* owner, const WeakModule& known) noexcept = nullptr;
+  explicit operator bool() const noexcept { return same != nullptr; }
+};
+
 /// One module call as a backend reports it to the trackers.
 struct ForwardCall {
   ModuleRef module;
@@ -135,6 +146,7 @@ struct ForwardCall {
   /// after the forward (a post hook): a caller whose inputs do not outlive
   /// the forward by themselves then keeps them.
   mutable bool inputs_after = false;
+  ModuleOwner owner;  ///< optional: see ModuleOwner
 };
 
 /// What a tracker installs into a backend to see forward calls.

@@ -228,8 +228,9 @@ class TrackerCore final : public ForwardObserver {
   };
 
   std::uint32_t intern(std::string fqn);
-  const ModuleInfo& info_for(ModuleRef module);  // names lazily; state lock held
-  [[nodiscard]] const ModuleInfo* named(ModuleRef module) const noexcept;  // its info if named (and not a freed one's)
+  const ModuleInfo& info_for(ModuleRef module, ModuleOwner owner = {});  // names lazily; state lock held
+  // Its info if named (and not a freed module's at the same address).
+  [[nodiscard]] const ModuleInfo* named(ModuleRef module, ModuleOwner owner = {}) const noexcept;
   const ModuleInfo& remember(ModuleRef module, std::string fqn);
   void name_subtree(ModuleRef module, std::uint32_t fqn);
   void add_count(std::uint32_t fqn, Phase phase);

@@ -66,7 +66,7 @@ class ForwardDispatcher {
   /// reports a forward that threw.
   class Call {
    public:
-    Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs);
+    Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner = {});
     Call(const Call&) = delete;
     Call& operator=(const Call&) = delete;
     ~Call();

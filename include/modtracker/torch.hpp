@@ -198,14 +198,24 @@ class ForwardScope {
   std::optional<ForwardDispatcher::Call> call_;
 };
 
-/// Calls module.forward(args...) as a tracked module call.
+namespace detail {
+/// The ModuleOwner of a call site holding its module through `p` (a
+/// std::shared_ptr that outlives the call).
+template <class P>
+ModuleOwner owner_of(const P& p) noexcept {
+  return ModuleOwner{&p, [](const void* site, const WeakModule& known) noexcept {
+                       const auto& held = *static_cast<const P*>(site);
+                       return !held.owner_before(known) && !known.owner_before(held);
+                     }};
+}
+
 template <class M, class... Args>
-decltype(auto) call(M& module, Args&&... args) {
+decltype(auto) call_as(M& module, ModuleOwner owner, Args&&... args) {
   auto& d = backend().dispatcher();
   if (d.idle()) return module.forward(std::forward<Args>(args)...);
   Tensors in;
   (flatten_into(args, in), ...);
-  ForwardDispatcher::Call frame(d, module_ref(module), Payload{&in});
+  ForwardDispatcher::Call frame(d, module_ref(module), Payload{&in}, owner);
   using R = decltype(module.forward(std::forward<Args>(args)...));
   if constexpr (std::is_void_v<R>) {
     module.forward(std::forward<Args>(args)...);
@@ -219,6 +229,13 @@ decltype(auto) call(M& module, Args&&... args) {
     return out;
   }
 }
+}  // namespace detail
+
+/// Calls module.forward(args...) as a tracked module call.
+template <class M, class... Args>
+decltype(auto) call(M& module, Args&&... args) {
+  return detail::call_as(module, ModuleOwner{}, std::forward<Args>(args)...);
+}
 
 /// A drop-in torch::nn::ModuleHolder whose operator() is a tracked call.
 template <class Impl>
@@ -230,7 +247,8 @@ class Holder : public torch::nn::ModuleHolder<Impl> {
 
   template <class... Args>
   decltype(auto) operator()(Args&&... args) {
-    return libtorch::call(*this->get(), std::forward<Args>(args)...);
+    // The holder's shared_ptr says which module this is (see ModuleOwner).
+    return detail::call_as(*this->get(), detail::owner_of(this->ptr()), std::forward<Args>(args)...);
   }
 };
 
@@ -244,7 +262,7 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     auto& d = backend().dispatcher();
     if (d.idle()) return torch::nn::SequentialImpl::forward<Return>(std::forward<Inputs>(inputs)...);
     TORCH_CHECK(!is_empty(), "Cannot call forward() on an empty Sequential");
-    const void* const* children = children_.get(*this, d);
+    const std::shared_ptr<torch::nn::Module>* children = children_.get(*this, d);
     Tensors in;
     (flatten_into(inputs, in), ...);
     ForwardDispatcher::Call frame(d, module_ref(*this), Payload{&in});
@@ -252,7 +270,7 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     // The inputs are passed on as lvalues: the Sequential's post hooks still see them.
     std::optional<torch::nn::AnyValue> value;
     {
-      ForwardDispatcher::Call child(d, ModuleRef{children[0]}, Payload{&in});
+      ForwardDispatcher::Call child(d, module_ref(*children[0]), Payload{&in}, detail::owner_of(children[0]));
       value.emplace(it->any_forward(inputs...));
       const Tensors out(&*value, &tensor_in);  // found only if an observer looks
       child.finish(Payload{&out});
@@ -261,7 +279,7 @@ class SequentialImpl : public torch::nn::SequentialImpl {
       // This child's input is the previous output, which the call consumes.
       Tensors child_in(&*value, &tensor_in);
       at::Tensor kept;  // for observers that look at the inputs after the forward (outlives the call)
-      ForwardDispatcher::Call child(d, ModuleRef{children[i]}, Payload{&child_in});
+      ForwardDispatcher::Call child(d, module_ref(*children[i]), Payload{&child_in}, detail::owner_of(children[i]));
       if (child.inputs_after()) {
         if (!child_in.empty()) kept = child_in[0];
         child_in = Tensors();
@@ -288,22 +306,23 @@ class SequentialImpl : public torch::nn::SequentialImpl {
   }
 
  private:
-  // Raw pointers of the children by index (AnyModule::ptr() copies a
-  // shared_ptr per call). A Sequential only grows, so the size says whether
-  // they are current; an older list stays valid for calls still using it.
+  // The children by index (AnyModule::ptr() copies a shared_ptr per call). A
+  // Sequential only grows, so the size says whether they are current; an
+  // older list stays valid for calls still using it.
   class ChildPointers {
    public:
     ChildPointers() = default;
     ChildPointers(const ChildPointers&) {}  // a copy (clone) starts empty
     ChildPointers& operator=(const ChildPointers&) { return *this; }
-    const void* const* get(const torch::nn::SequentialImpl& seq, ForwardDispatcher& d) {
+    using Children = std::vector<std::shared_ptr<torch::nn::Module>>;
+    const std::shared_ptr<torch::nn::Module>* get(const torch::nn::SequentialImpl& seq, ForwardDispatcher& d) {
       const auto* now = current_.load(std::memory_order_acquire);
       if (now && now->size() == seq.size()) [[likely]] return now->data();
-      const void* const* data = nullptr;
+      const std::shared_ptr<torch::nn::Module>* data = nullptr;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        auto fresh = std::make_unique<std::vector<const void*>>();
-        for (const auto& m : seq) fresh->push_back(static_cast<const void*>(m.ptr().get()));
+        auto fresh = std::make_unique<Children>();
+        for (const auto& m : seq) fresh->push_back(m.ptr());
         current_.store(fresh.get(), std::memory_order_release);
         all_.push_back(std::move(fresh));
         data = all_.back()->data();
@@ -314,8 +333,8 @@ class SequentialImpl : public torch::nn::SequentialImpl {
 
    private:
     std::mutex mutex_;
-    std::vector<std::unique_ptr<std::vector<const void*>>> all_;
-    std::atomic<const std::vector<const void*>*> current_{nullptr};
+    std::vector<std::unique_ptr<Children>> all_;
+    std::atomic<const Children*> current_{nullptr};
   };
 
   // The tensor in a child's output (an AnyValue), if it holds one.

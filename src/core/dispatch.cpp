@@ -81,8 +81,8 @@ bool ForwardDispatcher::installed(std::uint64_t generation) const noexcept {
   return false;
 }
 
-ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs)
-    : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread} {
+ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner)
+    : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, false, owner} {
   if (!module) throw std::invalid_argument("modtracker: forward call of a null module");
   {
     std::shared_lock<detail::ReadMostlyLock> lock(dispatcher.mutex_);

@@ -301,11 +301,13 @@ const TrackerCore::ModuleInfo& TrackerCore::remember(ModuleRef module, std::stri
   return modules_.assign(module.ptr, ModuleInfo{id, selected, weak_known, pinned, std::move(weak), ++module_generation_});
 }
 
-const TrackerCore::ModuleInfo* TrackerCore::named(ModuleRef module) const noexcept {
+const TrackerCore::ModuleInfo* TrackerCore::named(ModuleRef module, ModuleOwner owner) const noexcept {
   const auto* info = modules_.find(module.ptr);
-  // A freed module's address? Only asked where the address can be reused:
-  // reading a cold control block on every call costs a cache miss.
-  if (info && info->weak_known && !info->pinned && info->weak.expired()) return nullptr;
+  if (!info || !info->weak_known || info->pinned) return info;
+  // A freed module's address? Asked where the address can be reused: by the
+  // call site's owner when it has one (pointer compares), else by the weak
+  // reference (its control block is cold memory: a cache miss per call).
+  if (owner ? !owner.same(owner.owner, info->weak) : info->weak.expired()) return nullptr;
   return info;
 }
 
@@ -319,8 +321,8 @@ void TrackerCore::name_subtree(ModuleRef module, std::uint32_t fqn) {
   });
 }
 
-const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module) {
-  if (const auto* info = named(module)) return *info;
+const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module, ModuleOwner owner) {
+  if (const auto* info = named(module, owner)) return *info;
   // A new root (or a new module at a freed one's address, which takes over its entry).
   const auto& info = remember(module, root_name_from_type(backend_.type_name(module)));
   name_subtree(module, info.fqn);
@@ -383,7 +385,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       close_stale_passes();
       stale = passes_.size() != before;
     }
-    const auto& info = info_for(call.module);
+    const auto& info = info_for(call.module, call.owner);
     fqn = info.fqn;
     selected = info.selected;
     const auto& c = counts_[fqn];

@@ -22,8 +22,8 @@ namespace modtracker::libtorch {
 namespace {
 
 using torch::autograd::Node;
-using detail::PoolAllocator;
-using detail::SpinLock;
+using modtracker::detail::PoolAllocator;
+using modtracker::detail::SpinLock;
 
 // A vector whose first N elements live inline (no allocation for the usual
 // one to three registrations per node, tensors per call, events per gradient).
@@ -101,10 +101,10 @@ struct NodeHook final : torch::autograd::FunctionPreHook {
     return grads;
   }
   static void* operator new(std::size_t size) {
-    return size == sizeof(NodeHook) ? detail::BlockPool<sizeof(NodeHook)>::allocate() : ::operator new(size);
+    return size == sizeof(NodeHook) ? modtracker::detail::BlockPool<sizeof(NodeHook)>::allocate() : ::operator new(size);
   }
   static void operator delete(void* p, std::size_t size) noexcept {
-    if (size == sizeof(NodeHook)) detail::BlockPool<sizeof(NodeHook)>::deallocate(p);
+    if (size == sizeof(NodeHook)) modtracker::detail::BlockPool<sizeof(NodeHook)>::deallocate(p);
     else ::operator delete(p);
   }
 };

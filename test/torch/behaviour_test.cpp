@@ -252,6 +252,31 @@ TEST_CASE("tracked Sequential: post hooks see each child's live inputs and outpu
   CHECK(t.known_fqn(*seq->ptr(2)) == std::optional<std::string>("Sequential.2"));  // named below it, not as a root
 }
 
+TEST_CASE("a new module at a freed module's address is named afresh, through holders and Sequential alike") {
+  // Storage of our own, so that the second module surely lands where the first was.
+  alignas(std::max_align_t) static unsigned char storage[std::max(sizeof(torch::nn::LinearImpl), sizeof(torch::nn::TanhImpl))];
+  auto place = [](auto* module) {
+    using M = std::remove_pointer_t<decltype(module)>;
+    return std::shared_ptr<M>(module, [](M* m) { m->~M(); });
+  };
+  lt::Tracker t;
+  auto scope = t.track();
+  const auto x = torch::randn({2, 3});
+  {
+    lt::nn::Linear lin(place(new (storage) torch::nn::LinearImpl(3, 3)));
+    lin(x);
+    CHECK(t.known_fqn(*lin) == std::optional<std::string>("Linear"));
+  }
+  lt::nn::Tanh tanh(place(new (storage) torch::nn::TanhImpl()));
+  REQUIRE(static_cast<const void*>(tanh.get()) == static_cast<const void*>(storage));
+  tanh(x);  // the holder says which module it holds: not the freed Linear
+  CHECK(t.known_fqn(*tanh) == std::optional<std::string>("Tanh"));
+  lt::nn::Sequential seq(tanh);
+  seq->forward(x);
+  CHECK(transitions(t) == Strings{"fw enter Linear", "fw exit Linear", "fw enter Tanh", "fw exit Tanh",
+                                  "fw enter Sequential", "fw enter Tanh", "fw exit Tanh", "fw exit Sequential"});
+}
+
 namespace {
 struct FailingImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor&) { throw std::runtime_error("failing layer"); }
