@@ -237,6 +237,7 @@ class TrackerCore final : public ForwardObserver {
   void sub_count(std::uint32_t fqn, Phase phase);
   void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth);
   void exit_backward(Activation& act, Payload grads);
+  void exit_backward_locked(const Activation& act);
   void exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth);
   [[nodiscard]] std::shared_ptr<const void> live_module(const Activation& act) const;
   void close_stale_passes();

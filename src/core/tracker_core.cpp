@@ -537,6 +537,8 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
 
 void TrackerCore::backward_exit(Activation& act, Payload grads) {
   const auto pass = backend_.backward_pass();
+  const auto h = hooks();
+  const bool post_hook = act.selected && h && h->post_bw;
   std::vector<std::shared_ptr<Activation>> inner;  // still in backward, but ran inside `act`
   {
     std::lock_guard<SpinLock> lock(state_);
@@ -561,9 +563,19 @@ void TrackerCore::backward_exit(Activation& act, Payload grads) {
         else std::erase_if(open, [&](const auto& a) { return a->exited_pass == pass; });
       }
     }
+    if (inner.empty() && !post_hook) {  // the usual case: no hook to run first, exit under this lock
+      exit_backward_locked(act);
+      return;
+    }
   }
   for (const auto& a : inner) exit_backward(*a, Payload{});
   exit_backward(act, grads);
+}
+
+void TrackerCore::exit_backward_locked(const Activation& act) {
+  if (counts_[act.fqn].backward == 0) return;  // stop() may have cleared it meanwhile
+  sub_count(act.fqn, Phase::backward);
+  if (act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth);
 }
 
 void TrackerCore::exit_backward(Activation& act, Payload grads) {
@@ -580,10 +592,7 @@ void TrackerCore::exit_backward(Activation& act, Payload grads) {
   }
   {
     std::lock_guard<SpinLock> lock(state_);
-    if (counts_[act.fqn].backward > 0) {  // stop() may have cleared it meanwhile
-      sub_count(act.fqn, Phase::backward);
-      if (act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth);
-    }
+    exit_backward_locked(act);
   }
   if (hook_error) std::rethrow_exception(hook_error);
 }
