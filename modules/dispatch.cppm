@@ -84,7 +84,7 @@ class ForwardDispatcher {
       std::uint64_t generation;
       std::uintptr_t token;
     };
-    std::array<Seen, max_observers> seen_{};
+    std::array<Seen, max_observers> seen_;  // the first n_seen_ are set (no clearing per call)
     std::uint32_t n_seen_ = 0;
     bool finished_ = false;
   };
