@@ -1,10 +1,19 @@
-// Shared by the randomized suites: the backward/forward nesting invariant.
+// Shared by the randomized suites: the backward/forward nesting invariant,
+// and their settings from the environment.
 // Include after <doctest/doctest.h> and after importing modtracker.
 #pragma once
+#include <cstdint>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
+
+/// A number from the environment (seeds, program counts), or `fallback`.
+inline std::uint64_t env_or(const char* name, std::uint64_t fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoull(v, nullptr, 10) : fallback;
+}
 
 /// Transitions of one phase must nest: every exit closes the innermost open activation of that phase.
 inline void check_nesting(const std::vector<modtracker::Transition>& ts, modtracker::Phase phase, const std::string& what) {

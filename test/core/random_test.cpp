@@ -5,7 +5,6 @@
 // contract's invariants checked after every forward and backward.
 // MODTRACKER_RANDOM_SEED / MODTRACKER_RANDOM_PROGRAMS choose seed and count.
 #include <cstdlib>
-#include <map>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -19,11 +18,6 @@
 using namespace support;
 
 namespace {
-
-std::uint64_t env_or(const char* name, std::uint64_t fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::strtoull(v, nullptr, 10) : fallback;
-}
 
 struct Boom : std::runtime_error {
   Boom() : std::runtime_error("boom") {}
@@ -164,7 +158,6 @@ void run_program(std::uint64_t seed) {
       check_nesting(bw, Phase::forward, after);
     }
   }
-  std::map<std::pair<Phase, Kind>, int> counts;
   REQUIRE(pre_fw == post_fw);
   REQUIRE(pre_bw == post_bw);
 }
