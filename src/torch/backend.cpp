@@ -1,5 +1,5 @@
 // The LibTorch hook backend: gradient hooks with one dispatcher per autograd
-// edge (so events that share a tensor run in GradOrder), the engine's exec
+// node (so events that share a tensor run in GradOrder), the engine's exec
 // info for "will this pass compute it", and queue_callback for pass ends.
 #include <torch/torch.h>
 #include <torch/csrc/autograd/engine.h>
@@ -54,8 +54,6 @@ class SmallVector {
 // A removable registration, or one over several edges: its state is shared
 // by its entries on those edges.
 struct Hook {
-  GradOrder order;
-  bool all = false;
   GradCallback fn;
   std::atomic<bool> removed{false};
   // All-of over several edges: the edges' nodes (leaf: its grad accumulator),
@@ -71,12 +69,12 @@ struct Hook {
 
 // A registration on one autograd edge. A kept registration on one edge (a
 // tracker's module boundary, the common case) lives entirely here, with no
-// Hook object; the others share a Hook.
+// Hook object; the others share a Hook (which holds their callback and state).
 struct Entry {
   std::uint32_t output_nr = 0;
-  std::uint64_t pass = 0;  // own state, when hook is empty: the pass it last fired in
   GradOrder order;
-  GradCallback fn;
+  std::uint64_t pass = 0;  // own state, when hook is empty: the pass it last fired in
+  GradCallback fn;         // own callback, when hook is empty
   std::shared_ptr<Hook> hook;
 };
 
@@ -100,13 +98,9 @@ struct NodeHook final : torch::autograd::FunctionPreHook {
     dispatch.fire(grads.data(), grads.size());
     return grads;
   }
-  static void* operator new(std::size_t size) {
-    return size == sizeof(NodeHook) ? modtracker::detail::BlockPool<sizeof(NodeHook)>::allocate() : ::operator new(size);
-  }
-  static void operator delete(void* p, std::size_t size) noexcept {
-    if (size == sizeof(NodeHook)) modtracker::detail::BlockPool<sizeof(NodeHook)>::deallocate(p);
-    else ::operator delete(p);
-  }
+  // From the free lists (the class is final: every one has this size).
+  static void* operator new(std::size_t) { return modtracker::detail::BlockPool<sizeof(NodeHook)>::allocate(); }
+  static void operator delete(void* p) noexcept { modtracker::detail::BlockPool<sizeof(NodeHook)>::deallocate(p); }
 };
 
 // Leaf tensors have no grad_fn: one tensor hook per leaf, found through a
@@ -186,7 +180,7 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
         run.emplace_back(e.order, e.fn.ref(), &grads[e.output_nr]);
         continue;
       }
-      Hook& h = *e.hook;
+      Hook& h = *e.hook;  // its entries all carry the same order
       if (h.removed.load(std::memory_order_relaxed)) continue;
       if (h.pass != pass) {
         h.pass = pass;
@@ -203,13 +197,13 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
       if (h.fired) continue;
       if (h.waits.empty()) {  // first-of-any, or all-of over one edge
         h.fired = true;
-        run.emplace_back(h.order, h.fn.ref(), &grads[e.output_nr]);
+        run.emplace_back(e.order, h.fn.ref(), &grads[e.output_nr]);
         continue;
       }
       h.kept.push_back(grads[e.output_nr]);
       if (++h.arrived < h.needed) continue;
       h.fired = true;
-      run.emplace_back(h.order, h.fn.ref(), nullptr, std::move(h.kept));
+      run.emplace_back(e.order, h.fn.ref(), nullptr, std::move(h.kept));
       h.kept.clear();
     }
   }
@@ -257,8 +251,6 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
   std::shared_ptr<Hook> hook;
   if (!keep || edges.size() > 1) {
     hook = std::allocate_shared<Hook>(PoolAllocator<Hook>{});
-    hook->order = order;
-    hook->all = all;
     hook->fn = std::move(fn);
   }
   if (all && edges.size() > 1) {
@@ -273,6 +265,8 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
     std::lock_guard<SpinLock> lock(state_lock);
     for (std::size_t i = 0; i < edges.size(); ++i) {
       const Edge& e = edges[i];
+      Dispatch* d = nullptr;
+      std::shared_ptr<Dispatch> leaf;  // a leaf's dispatcher, held while we add to it
       if (e.node) {
         auto* nh = node_hook_of(*e.node);
         if (!nh) {
@@ -280,23 +274,23 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
           nh = owned.get();
           e.node->add_pre_hook(std::move(owned));
         }
-        if (hook) nh->dispatch.entries.emplace_back(e.output_nr, 0u, order, GradCallback{}, hook);
-        else nh->dispatch.entries.emplace_back(e.output_nr, 0u, order, std::move(fn), nullptr);
-        continue;
+        d = &nh->dispatch;
+      } else {
+        if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
+          std::erase_if(leaves, [](const auto& kv) { return kv.second.expired(); });
+          leaf_inserts_since_sweep = 0;
+        }
+        auto& slot = leaves[e.key];
+        leaf = slot.lock();
+        if (!leaf) {
+          leaf = std::make_shared<Dispatch>();
+          slot = leaf;
+          fresh_leaves.emplace_back(e.tensor, leaf);
+        }
+        d = leaf.get();
       }
-      if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
-        std::erase_if(leaves, [](const auto& kv) { return kv.second.expired(); });
-        leaf_inserts_since_sweep = 0;
-      }
-      auto& slot = leaves[e.key];
-      auto d = slot.lock();
-      if (!d) {
-        d = std::make_shared<Dispatch>();
-        slot = d;
-        fresh_leaves.emplace_back(e.tensor, d);
-      }
-      if (hook) d->entries.emplace_back(0u, 0u, order, GradCallback{}, hook);
-      else d->entries.emplace_back(0u, 0u, order, std::move(fn), nullptr);
+      if (hook) d->entries.emplace_back(e.output_nr, order, 0u, GradCallback{}, hook);
+      else d->entries.emplace_back(e.output_nr, order, 0u, std::move(fn), nullptr);  // one edge: moved once
     }
   }
   // A leaf's tensor hook owns its dispatcher: it lives as long as the tensor.

@@ -370,3 +370,43 @@ TEST_CASE("user hooks that throw: forward and backward report to the caller, the
   bar(torch::randn({2, 10}, torch::requires_grad())).sum().backward();
   CHECK(parents(t) == "Global");
 }
+
+TEST_CASE("backend registrations: first-of-any and all-of fire once per pass in GradOrder, remove() stops them") {
+  auto& b = lt::backend();
+  const auto leaf = torch::randn({2, 2}, torch::requires_grad());
+  const auto mid = leaf * 2;   // a non-leaf edge
+  const auto out = mid + leaf;  // leaf reaches out twice
+  std::vector<std::string> fired;
+  auto on = [&](const char* what) {
+    return modtracker::GradCallback([&fired, what](modtracker::Payload p) {
+      const auto& grads = *static_cast<const lt::Tensors*>(p.ptr);
+      fired.push_back(std::string(what) + ":" + std::to_string(grads.size()));
+    });
+  };
+  using modtracker::GradOrder;
+  using modtracker::Kind;
+  lt::Tensors outs;
+  outs.push(out);
+  lt::Tensors ins;
+  ins.push(mid);
+  ins.push(leaf);
+  // Registered against GradOrder: the inner (deeper) entry first, the outer one second.
+  auto inner = b.on_first_gradient(modtracker::Payload{&outs}, GradOrder{Kind::enter, 1, 1}, on("inner enter"));
+  auto outer = b.on_first_gradient(modtracker::Payload{&outs}, GradOrder{Kind::enter, 0, 0}, on("outer enter"));
+  auto all = b.on_all_gradients(modtracker::Payload{&ins}, GradOrder{Kind::exit, 1, 1}, on("all inputs"));
+  REQUIRE(inner);
+  REQUIRE(outer);
+  REQUIRE(all);
+  out.sum().backward({}, /*retain_graph=*/true);
+  CHECK(fired == std::vector<std::string>{"outer enter:1", "inner enter:1", "all inputs:2"});
+  fired.clear();
+  outer->remove();
+  CHECK_THROWS_AS(outer->remove(), std::logic_error);
+  out.sum().backward({}, /*retain_graph=*/true);  // another pass: fires again, without the removed one
+  CHECK(fired == std::vector<std::string>{"inner enter:1", "all inputs:2"});
+  const auto constant = torch::ones({2});  // requires no grad: nothing to register
+  lt::Tensors none;
+  none.push(constant);
+  CHECK_FALSE(b.on_first_gradient(modtracker::Payload{&none}, GradOrder{}, on("never")));
+  CHECK_FALSE(b.keep_all_gradients(modtracker::Payload{&none}, GradOrder{}, on("never")));
+}
