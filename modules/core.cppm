@@ -203,7 +203,6 @@ class TrackerCore final : public ForwardObserver {
     std::uint32_t fqn;
     bool selected;
     bool weak_known;
-    bool pinned;  // our weak reference keeps its storage: its address cannot be reused
     WeakModule weak;
     std::uint64_t generation;  // which module at this address (addresses are reused)
   };

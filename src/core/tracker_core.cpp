@@ -123,22 +123,6 @@ namespace {
 
 constexpr std::uint32_t global_id = 0;
 
-// Does a weak reference keep the module's storage allocated? With
-// std::make_shared (how LibTorch's holders and register_module make modules)
-// the object lives inside the control block, which is freed only when the
-// last weak reference goes: while we hold one, no other module can get that
-// address. libstdc++ marks such control blocks with an internal tag that
-// std::get_deleter answers to; elsewhere we say no (and check every call).
-bool storage_pinned(const WeakModule& weak) {
-#if defined(__GLIBCXX__)
-  const auto strong = weak.lock();
-  return strong && std::get_deleter<std::_Sp_make_shared_tag>(strong) != nullptr;
-#else
-  (void)weak;
-  return false;
-#endif
-}
-
 std::uint32_t thread_index() noexcept {
   static std::atomic<std::uint32_t> next{0};
   [[gnu::tls_model("initial-exec")]] static thread_local std::uint32_t index = ~0u;  // no init guard
@@ -152,17 +136,13 @@ std::uintptr_t plain_token(std::uint32_t fqn, bool selected) noexcept {
 }
 
 // The gradient callbacks: the Activation is their context (no allocation).
-template <class F>
-void with_core(Activation& act, F&& f) {
-  with_epoch(*act.epoch, std::forward<F>(f));
-}
 void on_output_gradient(void* context, Payload grads) {
   auto& act = *static_cast<Activation*>(context);
-  with_core(act, [&](TrackerCore& c) { c.backward_enter(act, grads); });
+  with_epoch(*act.epoch, [&](TrackerCore& c) { c.backward_enter(act, grads); });
 }
 void on_input_gradients(void* context, Payload grads) {
   auto& act = *static_cast<Activation*>(context);
-  with_core(act, [&](TrackerCore& c) { c.backward_exit(act, grads); });
+  with_epoch(*act.epoch, [&](TrackerCore& c) { c.backward_exit(act, grads); });
 }
 
 void default_sink(const Diagnostic& d) {
@@ -210,9 +190,7 @@ void TrackerCore::start() {
 void TrackerCore::stop() {
   if (!epoch_) throw std::logic_error("modtracker: this tracker is not tracking");
   observer_.remove();
-  {
-    close_epoch(*epoch_);  // waits for gradient callbacks running now
-  }
+  close_epoch(*epoch_);  // waits for gradient callbacks running now
   epoch_.reset();
   // Calls still running will never report their end to this scope: forget
   // them, and every count but Global's.
@@ -295,15 +273,14 @@ void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_
 const TrackerCore::ModuleInfo& TrackerCore::remember(ModuleRef module, std::string fqn) {
   auto weak = backend_.weak(module);
   const bool weak_known = !weak.expired();
-  const bool pinned = weak_known && storage_pinned(weak);
   const auto id = intern(std::move(fqn));
   const bool selected = !filter_ || filter_(names_[id], module);
-  return modules_.assign(module.ptr, ModuleInfo{id, selected, weak_known, pinned, std::move(weak), ++module_generation_});
+  return modules_.assign(module.ptr, ModuleInfo{id, selected, weak_known, std::move(weak), ++module_generation_});
 }
 
 const TrackerCore::ModuleInfo* TrackerCore::named(ModuleRef module, ModuleOwner owner) const noexcept {
   const auto* info = modules_.find(module.ptr);
-  if (!info || !info->weak_known || info->pinned) return info;
+  if (!info || !info->weak_known) return info;
   // A freed module's address? Asked where the address can be reused: by the
   // call site's owner when it has one (pointer compares), else by the weak
   // reference (its control block is cold memory: a cache miss per call).
@@ -346,8 +323,7 @@ void TrackerCore::close_stale_passes() {
       auto& act = **a;
       if (act.exited_pass == p->id) continue;
       act.exited_pass = p->id;
-      sub_count(act.fqn, Phase::backward);
-      if (act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth);
+      exit_backward_locked(act);
     }
     p = passes_.erase(p);
   }
