@@ -25,8 +25,8 @@ import modtracker;
 
 namespace modtracker::libtorch {
 
-/// The tensors found in a forward's inputs or output, by reference (what
-/// forward hooks see; valid during the hook only).
+/// Tensors by reference: a forward's inputs or output, or the gradients a
+/// backward hook gets (what hooks see; valid during the hook only).
 class Tensors {
  public:
   Tensors() = default;

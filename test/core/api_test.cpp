@@ -165,6 +165,10 @@ TEST_CASE("GradCallback: from a context and a function, or from any callable") {
   GradCallback from_context(counter, [](void* c, Payload) { ++*static_cast<int*>(c); });
   from_context(Payload{});
   CHECK(*counter == 1);
+  const auto borrowed = from_context.ref();  // calls the same function on the same context, owning nothing
+  counter.reset();  // from_context still owns it
+  borrowed(Payload{});
+  CHECK(*static_cast<int*>(borrowed.context) == 2);
   CHECK_FALSE(GradCallback{});
 }
 
