@@ -156,7 +156,9 @@ int main(int argc, char** argv) {
     int n = 0, d = 0;
     if (std::strcmp(argv[i], "--json") == 0) {
       json = true;
-    } else if (std::strcmp(argv[i], "--mode") == 0 && i + 1 < argc) {
+    } else if (std::strcmp(argv[i], "--mode") == 0 && i + 1 < argc &&
+               (std::strcmp(argv[i + 1], "fw_nograd") == 0 || std::strcmp(argv[i + 1], "fw_grad") == 0 ||
+                std::strcmp(argv[i + 1], "fwbw") == 0)) {
       only_mode = argv[++i];
     } else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
       runs = std::atoi(argv[++i]);  // more runs: steadier minimum, or a longer profile
