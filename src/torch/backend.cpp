@@ -129,29 +129,49 @@ bool will_run(const std::unordered_map<Node*, torch::autograd::GraphTask::ExecIn
   return it != info.end() && it->second.needed_;
 }
 
-// The current pass's id; opens one (and queues its close) on first sight.
-std::uint64_t current_pass_locked() {
-  const auto* info = torch::autograd::get_current_graph_task_exec_info();
-  if (!info) return 0;
-  if (auto it = passes.find(info); it != passes.end()) return it->second;
-  const auto id = ++pass_counter;
-  passes.emplace(info, id);
-  torch::autograd::Engine::get_default_engine().queue_callback([info] {
+// Closes a pass: when the engine runs the end-of-pass callbacks, or, for a
+// backward that threw (LibTorch runs none then), when the graph task frees
+// them. Either way the exec info's address is forgotten before it can be
+// reused by a later graph task.
+struct PassCloser {
+  const void* info;
+  std::uint64_t id;
+  std::atomic<bool> done{false};
+  PassCloser(const void* i, std::uint64_t n) : info(i), id(n) {}
+  PassCloser(const PassCloser&) = delete;
+  PassCloser& operator=(const PassCloser&) = delete;
+  void close() noexcept {
+    if (done.exchange(true)) return;
     std::lock_guard<SpinLock> lock(state_lock);
-    passes.erase(info);
+    if (const auto it = passes.find(info); it != passes.end() && it->second == id) passes.erase(it);
     passes_closed.fetch_add(1, std::memory_order_release);
-  });
-  return id;
-}
+  }
+  ~PassCloser() { close(); }
+};
 
-// The current pass's id through this thread's cache (the lock only on a miss).
+// The current pass's id through this thread's cache (the lock only on a
+// miss); opens the pass, and queues its close, on first sight.
 std::uint64_t current_pass() {
   const auto* info = torch::autograd::get_current_graph_task_exec_info();
   if (!info) return 0;
   const auto closed = passes_closed.load(std::memory_order_acquire);
   if (pass_cache.info == info && pass_cache.closed == closed) return pass_cache.id;
-  std::lock_guard<SpinLock> lock(state_lock);
-  const auto id = current_pass_locked();
+  std::uint64_t id = 0;
+  bool opened = false;
+  {
+    std::lock_guard<SpinLock> lock(state_lock);
+    if (const auto it = passes.find(info); it != passes.end()) {
+      id = it->second;
+    } else {
+      id = ++pass_counter;
+      passes.emplace(info, id);
+      opened = true;
+    }
+  }
+  if (opened) {  // outside the lock: the closer's destructor takes it
+    auto closer = std::make_shared<PassCloser>(info, id);
+    torch::autograd::Engine::get_default_engine().queue_callback([closer] { closer->close(); });
+  }
   pass_cache = PassCache{info, id, closed};
   return id;
 }
@@ -222,7 +242,7 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
 NodeHook* node_hook_of(Node& node) {
   const auto& hooks = node.pre_hooks();
   for (auto it = hooks.rbegin(); it != hooks.rend(); ++it)  // ours is usually the last
-    if (typeid(**it) == typeid(NodeHook)) return static_cast<NodeHook*>(it->get());
+    if (const auto& hook = **it; typeid(hook) == typeid(NodeHook)) return static_cast<NodeHook*>(it->get());
   return nullptr;
 }
 

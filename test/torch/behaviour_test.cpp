@@ -410,3 +410,36 @@ TEST_CASE("backend registrations: first-of-any and all-of fire once per pass in 
   CHECK_FALSE(b.on_first_gradient(modtracker::Payload{&none}, GradOrder{}, on("never")));
   CHECK_FALSE(b.keep_all_gradients(modtracker::Payload{&none}, GradOrder{}, on("never")));
 }
+
+TEST_CASE("after a backward that threw, every later pass is a pass of its own (no stale pass identity)") {
+  auto& b = lt::backend();
+  using modtracker::GradOrder;
+  int fired = 0;
+  auto count = [&] { return modtracker::GradCallback([&fired](modtracker::Payload) { ++fired; }); };
+  {
+    // LibTorch runs no end-of-pass callbacks for a backward that throws.
+    const auto x = torch::randn({2, 2}, torch::requires_grad());
+    const auto mid = x * 2;
+    const auto y = mid * 3;
+    lt::Tensors ys;
+    ys.push(y);
+    REQUIRE(b.keep_first_gradient(modtracker::Payload{&ys}, GradOrder{}, count()));
+    mid.register_hook([](const at::Tensor&) -> at::Tensor { throw std::runtime_error("boom"); });
+    CHECK_THROWS_WITH(y.sum().backward(), doctest::Contains("boom"));
+    CHECK(fired == 1);
+  }
+  // New graphs (their graph tasks often at the dead one's address), each run twice.
+  int twice = 0;
+  for (int i = 0; i < 20; ++i) {
+    fired = 0;
+    const auto x = torch::randn({2, 2}, torch::requires_grad());
+    const auto y = x * 2;
+    lt::Tensors ys;
+    ys.push(y);
+    REQUIRE(b.keep_first_gradient(modtracker::Payload{&ys}, GradOrder{}, count()));
+    y.sum().backward({}, /*retain_graph=*/true);
+    y.sum().backward();
+    twice += fired == 2;
+  }
+  CHECK(twice == 20);
+}
