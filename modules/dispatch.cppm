@@ -5,44 +5,15 @@ module;
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <exception>
-#include <thread>
 export module modtracker:dispatch;
 import :backend;
-
-namespace modtracker::detail {
-
-/// A reader/writer spin lock for a registry read on every module call and
-/// written when a tracking scope starts or ends: readers cost one atomic
-/// increment and decrement; a writer waits for readers to leave.
-class ReadMostlyLock {
- public:
-  void lock_shared() noexcept {
-    for (;;) {
-      readers_.fetch_add(1, std::memory_order_seq_cst);
-      if (!writer_.load(std::memory_order_seq_cst)) return;
-      readers_.fetch_sub(1, std::memory_order_release);
-      while (writer_.load(std::memory_order_relaxed)) std::this_thread::yield();
-    }
-  }
-  void unlock_shared() noexcept { readers_.fetch_sub(1, std::memory_order_release); }
-  void lock() noexcept {
-    while (writer_.exchange(true, std::memory_order_seq_cst)) std::this_thread::yield();
-    while (readers_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
-  }
-  void unlock() noexcept { writer_.store(false, std::memory_order_release); }
-
- private:
-  std::atomic<std::uint32_t> readers_{0};
-  std::atomic<bool> writer_{false};
-};
-
-}  // namespace modtracker::detail
 
 export namespace modtracker {
 
 /// Registry of the forward observers (trackers) active on one backend.
-/// Thread-safe; removing an observer waits for calls into it to finish.
+/// Thread-safe; installing or removing an observer waits for observer calls
+/// running on other threads to finish. Calls read the registry through a
+/// per-thread count (no shared atomic per call, see dispatch.cpp).
 class ForwardDispatcher {
  public:
   /// How many trackers can observe one backend at once.
@@ -97,7 +68,6 @@ class ForwardDispatcher {
   void remove(std::uint64_t generation);
   [[nodiscard]] bool installed(std::uint64_t generation) const noexcept;
 
-  mutable detail::ReadMostlyLock mutex_;
   std::array<Slot, max_observers> slots_{};  // in installation order, compact
   std::uint32_t used_ = 0;
   std::uint64_t next_generation_ = 1;

@@ -5,10 +5,16 @@ module;
 #include <exception>
 #include <functional>
 #include <mutex>
-#include <shared_mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
+#if defined(__linux__)
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 module modtracker;
 
 namespace modtracker {
@@ -31,22 +37,160 @@ void Registration::reset() noexcept {
 }
 
 namespace {
-// Observer calls running on this thread: removing an observer from inside
-// one would wait for itself.
-// initial-exec: no __tls_get_addr call on the hot path (we are PIC).
-[[gnu::tls_model("initial-exec")]] thread_local int observer_calls_on_thread = 0;
+
+// --- Who is inside an observer call -----------------------------------------
+// Every module call reads the observer registry twice (pre and post hooks),
+// and the registry changes only when a tracking scope starts or ends. So a
+// reader only marks its own thread's slot, and the rare writer does the
+// expensive part: it raises a flag, makes every thread's slot visible with
+// membarrier(2) (one IPI round, about a microsecond), and waits until no
+// other thread is inside an observer call. Where membarrier is missing (or
+// under ThreadSanitizer, which cannot see it) readers publish their slot with
+// a sequentially consistent store instead: the same protocol, one atomic
+// exchange per read.
+//
+// A thread already inside an observer call enters again without looking at
+// the flag (a hook may call tracked modules): the writer waits for it anyway.
+// The writer skips its own thread's slot, so a scope may start inside a hook.
+
+struct alignas(64) ReaderSlot {
+  std::atomic<std::uint32_t> depth{0};  // observer calls running on the owning thread
+  std::atomic<bool> owned{false};
+  ReaderSlot* next = nullptr;  // registry list; slots are reused, never freed
+};
+
+std::mutex registry_mutex;  // guards the slot list; held by writers throughout
+ReaderSlot* slots_head = nullptr;
+alignas(64) std::atomic<bool> writer_waiting{false};
+
+#if defined(__SANITIZE_THREAD__)
+#define MODTRACKER_NO_MEMBARRIER 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MODTRACKER_NO_MEMBARRIER 1
+#endif
+#endif
+
+// membarrier(2), registered for this process: true when readers may publish
+// with a plain store. Set during static initialization (before it, readers
+// use the atomic form, which is always correct).
+bool register_membarrier() noexcept {
+#if defined(MODTRACKER_NO_MEMBARRIER) || !defined(__linux__)
+  return false;
+#else
+  const long supported = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  if (supported < 0 || !(supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED)) return false;
+  return syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+#endif
+}
+std::atomic<bool> plain_readers{register_membarrier()};
+
+// Makes every thread's earlier stores visible to this one, and this thread's
+// earlier stores visible to every thread (a full fence on each CPU running a
+// thread of this process).
+void heavy_fence() noexcept {
+#if !defined(MODTRACKER_NO_MEMBARRIER) && defined(__linux__)
+  if (plain_readers.load(std::memory_order_relaxed)) {
+    syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+    return;
+  }
+#endif
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+[[gnu::tls_model("initial-exec")]] thread_local ReaderSlot* my_slot = nullptr;
+[[gnu::tls_model("initial-exec")]] thread_local bool thread_exiting = false;
 [[gnu::tls_model("initial-exec")]] thread_local std::uint32_t call_depth_on_thread = 0;
 
-struct InObserver {
-  InObserver() noexcept { ++observer_calls_on_thread; }
-  ~InObserver() { --observer_calls_on_thread; }
+// This thread's slot, taken from the registry on first use and handed back
+// when the thread exits.
+[[gnu::noinline]] ReaderSlot& claim_slot() {
+  ReaderSlot* slot = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    for (auto* s = slots_head; s && !slot; s = s->next)
+      if (!s->owned.load(std::memory_order_relaxed)) slot = s;
+    if (!slot) {
+      slot = new ReaderSlot;  // kept for the process: a writer may be reading the list
+      slot->next = slots_head;
+      slots_head = slot;
+    }
+    slot->owned.store(true, std::memory_order_relaxed);
+  }
+  my_slot = slot;
+  if (!thread_exiting) {  // a call from a later thread_local destructor keeps its slot
+    struct Release {
+      ~Release() {
+        thread_exiting = true;
+        if (auto* s = std::exchange(my_slot, nullptr)) {
+          std::lock_guard<std::mutex> lock(registry_mutex);
+          s->owned.store(false, std::memory_order_relaxed);
+        }
+      }
+    };
+    static thread_local Release release;
+    (void)release;
+  }
+  return *slot;
+}
+
+/// An observer call on this thread: between construction and destruction a
+/// registry writer on another thread waits.
+class ReadSection {
+ public:
+  ReadSection() noexcept(false) : slot_(my_slot ? *my_slot : claim_slot()) {
+    const auto depth = slot_.depth.load(std::memory_order_relaxed);
+    if (depth > 0) {  // nested: the writer already waits for this thread
+      slot_.depth.store(depth + 1, std::memory_order_relaxed);
+      return;
+    }
+    for (;;) {
+      if (plain_readers.load(std::memory_order_relaxed)) {
+        slot_.depth.store(1, std::memory_order_relaxed);
+        std::atomic_signal_fence(std::memory_order_seq_cst);  // the writer's membarrier orders the CPU
+      } else {
+        slot_.depth.store(1, std::memory_order_seq_cst);
+      }
+      if (!writer_waiting.load(std::memory_order_seq_cst)) return;
+      slot_.depth.store(0, std::memory_order_release);
+      while (writer_waiting.load(std::memory_order_relaxed)) std::this_thread::yield();
+    }
+  }
+  ReadSection(const ReadSection&) = delete;
+  ReadSection& operator=(const ReadSection&) = delete;
+  ~ReadSection() { slot_.depth.store(slot_.depth.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
+
+ private:
+  ReaderSlot& slot_;
 };
+
+bool in_observer_call() noexcept { return my_slot && my_slot->depth.load(std::memory_order_relaxed) > 0; }
+
+/// Exclusive access to every dispatcher's registry: waits until no other
+/// thread is inside an observer call, and keeps new ones out meanwhile.
+class WriteSection {
+ public:
+  WriteSection() : lock_(registry_mutex) {
+    writer_waiting.store(true, std::memory_order_seq_cst);
+    heavy_fence();
+    for (auto* s = slots_head; s; s = s->next)
+      if (s != my_slot)
+        while (s->depth.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  }
+  WriteSection(const WriteSection&) = delete;
+  WriteSection& operator=(const WriteSection&) = delete;
+  ~WriteSection() { writer_waiting.store(false, std::memory_order_release); }
+
+ private:
+  std::lock_guard<std::mutex> lock_;
+};
+
 }  // namespace
 
 ForwardDispatcher::~ForwardDispatcher() = default;
 
 Registration ForwardDispatcher::add(ForwardObserver& observer) {
-  std::unique_lock<detail::ReadMostlyLock> lock(mutex_);
+  WriteSection lock;  // from inside a hook too: the writer does not wait for its own thread
   if (used_ == max_observers)
     throw std::length_error("modtracker: at most " + std::to_string(max_observers) +
                             " trackers can observe one backend at once");
@@ -57,9 +201,9 @@ Registration ForwardDispatcher::add(ForwardObserver& observer) {
 }
 
 void ForwardDispatcher::remove(std::uint64_t generation) {
-  if (observer_calls_on_thread > 0)
+  if (in_observer_call())  // the observer may be running further up this thread's stack
     throw std::logic_error("modtracker: a tracking scope cannot end inside one of its own hooks");
-  std::unique_lock<detail::ReadMostlyLock> lock(mutex_);  // waits for observer calls on other threads
+  WriteSection lock;  // waits for observer calls on other threads
   for (std::uint32_t i = 0; i < used_; ++i) {
     if (slots_[i].generation != generation) continue;
     for (std::uint32_t j = i + 1; j < used_; ++j) slots_[j - 1] = slots_[j];
@@ -70,8 +214,7 @@ void ForwardDispatcher::remove(std::uint64_t generation) {
 }
 
 void ForwardDispatcher::children_changed(ModuleRef module) {
-  std::shared_lock<detail::ReadMostlyLock> lock(mutex_);
-  InObserver guard;
+  ReadSection section;
   for (std::uint32_t i = 0; i < used_; ++i) slots_[i].observer->children_changed(module);
 }
 
@@ -85,8 +228,7 @@ ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, P
     : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, false, owner} {
   if (!module) throw std::invalid_argument("modtracker: forward call of a null module");
   {
-    std::shared_lock<detail::ReadMostlyLock> lock(dispatcher.mutex_);
-    InObserver guard;
+    std::optional<ReadSection> section(std::in_place);
     try {
       for (std::uint32_t i = 0; i < dispatcher.used_; ++i) {
         const Slot slot = dispatcher.slots_[i];
@@ -94,7 +236,7 @@ ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, P
         seen_[n_seen_++] = Seen{slot.observer, slot.generation, token};
       }
     } catch (...) {
-      lock.unlock();
+      section.reset();
       post(Payload{}, true);  // the observers that did enter see a failed forward
       finished_ = true;
       throw;
@@ -121,8 +263,7 @@ void ForwardDispatcher::Call::finish(Payload output) {
 
 void ForwardDispatcher::Call::post(Payload output, bool forward_threw) {
   std::exception_ptr first_error;
-  std::shared_lock<detail::ReadMostlyLock> lock(dispatcher_->mutex_);
-  InObserver guard;
+  ReadSection section;
   for (auto i = n_seen_; i-- > 0;) {
     const Seen& s = seen_[i];
     if (!dispatcher_->installed(s.generation)) continue;  // its scope ended meanwhile

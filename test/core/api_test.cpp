@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <ranges>
 #include <stdexcept>
 #include <string>
@@ -183,6 +184,27 @@ TEST_CASE("a tracking scope cannot be ended from inside one of its own hooks") {
   CHECK(join(t.parents()) == "Global");
   t.clear_user_hooks();
   CHECK_NOTHROW(b.call(*lin, {b.value(false)}));
+}
+
+TEST_CASE("a tracker may start inside another tracker's hook: it sees the calls from then on") {
+  Backend b;
+  auto outer = b.module("Outer");
+  auto inner = b.module("Inner");
+  ScriptedTracker t(b), late(b);
+  std::optional<ScriptedTracker::Scope> late_scope;
+  t.register_user_hooks([&](Module& m, const Values&) {
+    if (&m == outer.get() && !late_scope) late_scope.emplace(late.track());
+  });
+  auto scope = t.track();
+  b.call(*outer, {b.value(false)}, [&](const Values& v) { return b.call(*inner, v, [](const Values& x) { return x; }); });
+  CHECK(late.tracking());
+  std::vector<std::string> seen;
+  for (const auto& tr : late.transitions()) seen.push_back(std::string(tr.kind == Kind::enter ? "+" : "-") + std::string(tr.fqn));
+  // It started inside Outer's pre hooks, so it saw Outer's enter too (the
+  // dispatcher runs the observers present when it reaches them) and its exit.
+  CHECK(seen == std::vector<std::string>{"+Outer", "+Inner", "-Inner", "-Outer"});
+  CHECK(join(late.parents()) == "Global");
+  late_scope.reset();
 }
 
 TEST_CASE("a scope may end inside one of its backward hooks: it does not wait for itself, later events do nothing") {

@@ -69,3 +69,65 @@ TEST_CASE("threads: a scope ended on one thread while others call modules") {
   auto again = t.track();
   CHECK(join(t.parents()) == "Global");
 }
+
+TEST_CASE("threads: once a scope has ended, none of its hooks runs or is running, while others call modules") {
+  Backend b;
+  b.set_grad_mode(false);
+  auto leaf = b.module("Leaf");
+  ScriptedTracker t(b);
+  t.set_diagnostics([](const Diagnostic&) {});
+  std::atomic<int> inside{0}, calls{0};
+  t.register_user_hooks([&](Module&, const Values&) {
+    inside.fetch_add(1);
+    calls.fetch_add(1);
+    std::this_thread::yield();
+    inside.fetch_sub(1);
+  });
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> pool;
+  for (int i = 0; i < 2; ++i)
+    pool.emplace_back([&] {
+      const Values x{b.value(false)};
+      while (!stop.load()) b.call(*leaf, x, [](const Values& in) { return in; });
+    });
+  int quiet_rounds = 0;
+  for (int round = 0; round < 200; ++round) {
+    auto scope = t.track();
+    while (calls.load() == 0) std::this_thread::yield();  // the hooks do run meanwhile
+    scope.end();
+    CHECK(inside.load() == 0);  // end() waited for the hooks running on other threads
+    calls.store(0);
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    quiet_rounds += calls.load() == 0;  // and no hook started after it
+  }
+  stop = true;
+  for (auto& th : pool) th.join();
+  CHECK(quiet_rounds == 200);
+}
+
+TEST_CASE("threads: a hook that calls tracked modules does not block a scope starting on another thread") {
+  Backend b;
+  b.set_grad_mode(false);
+  auto outer = b.module("Outer");
+  auto inner = b.module("Inner");
+  ScriptedTracker t(b), late(b);
+  std::atomic<int> stage{0};
+  t.register_user_hooks([&](Module& m, const Values& in) {
+    if (&m != outer.get()) return;
+    stage = 1;  // the other thread now starts `late`, which waits for this hook
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    b.call(*inner, in, [](const Values& v) { return v; });  // a nested observer call must not wait for it
+  });
+  auto scope = t.track();
+  std::thread starter([&] {
+    while (stage.load() == 0) std::this_thread::yield();
+    auto s = late.track();
+    stage = 2;
+  });
+  b.call(*outer, {b.value(false)}, [](const Values& v) { return v; });
+  starter.join();
+  CHECK(stage.load() == 2);
+  std::vector<std::string> seen;
+  for (const auto& tr : t.transitions()) seen.push_back(std::string(tr.kind == Kind::enter ? "+" : "-") + std::string(tr.fqn));
+  CHECK(seen == std::vector<std::string>{"+Outer", "+Inner", "-Inner", "-Outer"});
+}
