@@ -105,19 +105,20 @@ class SpinLock {
 };
 
 /// Module address -> value, for the lookup on every module call: open
-/// addressing in one flat array of (address, index) pairs, so a lookup is one
-/// probe into a few kilobytes (std::unordered_map costs two dependent cache
-/// misses per lookup once a model has a thousand modules). Values live in a
-/// deque (stable references); nothing is ever erased: a new module at a freed
-/// module's address takes over its entry (assign).
+/// addressing in one flat array of (address, value) slots, so a lookup is one
+/// probe that finds the value in the same cache line (std::unordered_map
+/// costs two dependent cache misses per lookup once a model has a thousand
+/// modules). Nothing is ever erased: a new module at a freed module's address
+/// takes over its entry (assign). Growth moves the values: a reference is
+/// valid until the next assign.
 template <class V>
 class AddressMap {
  public:
   [[nodiscard]] V* find(const void* key) noexcept {
     if (slots_.empty()) return nullptr;
     for (std::size_t i = home(key);; i = (i + 1) & mask_) {
-      const Slot& s = slots_[i];
-      if (s.key == key) return &values_[s.index].second;
+      Slot& s = slots_[i];
+      if (s.key == key) return &s.value;
       if (!s.key) return nullptr;
     }
   }
@@ -125,40 +126,46 @@ class AddressMap {
   /// Sets the value of `key` (inserting it if absent); returns it.
   V& assign(const void* key, V value) {
     if (V* v = find(key)) return *v = std::move(value);
-    if ((values_.size() + 1) * 2 > slots_.size()) grow();
-    values_.emplace_back(key, std::move(value));
-    place(key, static_cast<std::uint32_t>(values_.size() - 1));
-    return values_.back().second;
+    if ((size_ + 1) * 2 > slots_.size()) grow();
+    ++size_;
+    return place(key, std::move(value));
   }
-  /// (key, value) pairs, in insertion order.
-  [[nodiscard]] auto& entries() noexcept { return values_; }
-  [[nodiscard]] const auto& entries() const noexcept { return values_; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  /// Calls f(key, value) for every entry.
+  template <class F>
+  void for_each(F&& f) {
+    for (auto& s : slots_)
+      if (s.key) f(s.key, s.value);
+  }
 
  private:
   struct Slot {
     const void* key = nullptr;
-    std::uint32_t index = 0;
+    V value{};
   };
   [[nodiscard]] std::size_t home(const void* key) const noexcept {
     const auto h = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(key)) * 0x9E3779B97F4A7C15ull;
     return static_cast<std::size_t>(h >> shift_);
   }
-  void place(const void* key, std::uint32_t index) noexcept {
+  V& place(const void* key, V value) {
     std::size_t i = home(key);
     while (slots_[i].key) i = (i + 1) & mask_;
-    slots_[i] = Slot{key, index};
+    slots_[i].key = key;
+    slots_[i].value = std::move(value);
+    return slots_[i].value;
   }
   void grow() {
     const std::size_t size = slots_.empty() ? 64 : slots_.size() * 2;
-    slots_.assign(size, Slot{});
+    std::vector<Slot> old(size);
+    old.swap(slots_);
     mask_ = size - 1;
     shift_ = 64 - static_cast<unsigned>(std::countr_zero(size));
-    for (std::size_t i = 0; i < values_.size(); ++i) place(values_[i].first, static_cast<std::uint32_t>(i));
+    for (auto& s : old)
+      if (s.key) place(s.key, std::move(s.value));
   }
   std::vector<Slot> slots_;
-  std::size_t mask_ = 0;
+  std::size_t mask_ = 0, size_ = 0;
   unsigned shift_ = 64;
-  std::deque<std::pair<const void*, V>> values_;
 };
 
 struct Activation;
@@ -227,7 +234,8 @@ class TrackerCore final : public ForwardObserver {
   };
 
   std::uint32_t intern(std::string fqn);
-  const ModuleInfo& info_for(ModuleRef module, ModuleOwner owner = {});  // names lazily; state lock held
+  // Names lazily (state lock held); the reference is valid until the next naming.
+  const ModuleInfo& info_for(ModuleRef module, ModuleOwner owner = {});
   // Its info if named (and not a freed module's at the same address).
   [[nodiscard]] const ModuleInfo* named(ModuleRef module, ModuleOwner owner = {}) const noexcept;
   const ModuleInfo& remember(ModuleRef module, std::string fqn);

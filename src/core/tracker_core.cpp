@@ -301,9 +301,8 @@ void TrackerCore::name_subtree(ModuleRef module, std::uint32_t fqn) {
 const TrackerCore::ModuleInfo& TrackerCore::info_for(ModuleRef module, ModuleOwner owner) {
   if (const auto* info = named(module, owner)) return *info;
   // A new root (or a new module at a freed one's address, which takes over its entry).
-  const auto& info = remember(module, root_name_from_type(backend_.type_name(module)));
-  name_subtree(module, info.fqn);
-  return info;
+  name_subtree(module, remember(module, root_name_from_type(backend_.type_name(module))).fqn);
+  return *modules_.find(module.ptr);  // naming the subtree may have moved it
 }
 
 void TrackerCore::children_changed(ModuleRef module) {
@@ -658,15 +657,15 @@ void TrackerCore::set_filter(ErasedFilter filter) {
     std::vector<std::pair<const void*, std::string>> known;
     {
       std::lock_guard<SpinLock> lock(state_);
-      for (const auto& [ptr, info] : modules_.entries()) known.emplace_back(ptr, names_[info.fqn]);
+      modules_.for_each([&](const void* ptr, const ModuleInfo& info) { known.emplace_back(ptr, names_[info.fqn]); });
     }
     for (const auto& [ptr, fqn] : known) verdicts[ptr] = filter(fqn, ModuleRef{ptr});
   }
   std::lock_guard<SpinLock> lock(state_);
-  for (auto& [ptr, info] : modules_.entries()) {
+  modules_.for_each([&](const void* ptr, ModuleInfo& info) {
     const auto v = verdicts.find(ptr);
     info.selected = v == verdicts.end() ? !filter || filter(names_[info.fqn], ModuleRef{ptr}) : v->second;
-  }
+  });
   filter_ = std::move(filter);
 }
 

@@ -279,6 +279,16 @@ TEST_CASE("AddressMap: finds what it holds across growth, assign replaces in pla
   CHECK(map.find(&outside) == nullptr);
   CHECK(map.assign(&objects[7], -7) == -7);  // a new value at a known address
   CHECK(*map.find(&objects[7]) == -7);
-  CHECK(map.entries().size() == 5000);
-  CHECK(map.entries()[7].second == -7);
+  CHECK(map.size() == 5000);
+  long sum = 0;
+  std::size_t visited = 0;
+  bool keys_given = true;
+  map.for_each([&](const void* key, int& v) {
+    sum += v;
+    ++visited;
+    keys_given = keys_given && key == &objects[static_cast<std::size_t>(v < 0 ? -v : v)];
+  });
+  CHECK(visited == 5000);
+  CHECK(keys_given);
+  CHECK(sum == 4999L * 5000 / 2 - 7 - 7);
 }
