@@ -8,6 +8,37 @@ module;
 export module modtracker:dispatch;
 import :backend;
 
+namespace modtracker::detail {
+
+struct ReaderSlot;
+
+/// A stretch in which this thread uses tracker state that a scope's start or
+/// end changes or frees (observer calls, gradient callbacks): a WriteSection
+/// on another thread waits until it ends. Costs a few plain instructions;
+/// reentrant. See dispatch.cpp for the protocol.
+class ReadSection {
+ public:
+  ReadSection();
+  ~ReadSection();
+  ReadSection(const ReadSection&) = delete;
+  ReadSection& operator=(const ReadSection&) = delete;
+
+ private:
+  ReaderSlot& slot_;
+};
+
+/// Exclusive: waits until no other thread is inside a ReadSection, and keeps
+/// new ones out until it ends. Rare and slow (a membarrier, microseconds).
+class WriteSection {
+ public:
+  WriteSection();
+  ~WriteSection();
+  WriteSection(const WriteSection&) = delete;
+  WriteSection& operator=(const WriteSection&) = delete;
+};
+
+}  // namespace modtracker::detail
+
 export namespace modtracker {
 
 /// Registry of the forward observers (trackers) active on one backend.

@@ -36,28 +36,36 @@ void Registration::reset() noexcept {
   }
 }
 
+namespace detail {
+struct alignas(64) ReaderSlot {
+  std::atomic<std::uint32_t> depth{0};  // read sections running on the owning thread
+  std::atomic<bool> owned{false};
+  ReaderSlot* next = nullptr;  // registry list; slots are reused, never freed
+};
+
+}  // namespace detail
+
 namespace {
 
-// --- Who is inside an observer call -----------------------------------------
+using detail::ReaderSlot;
+using detail::ReadSection;
+using detail::WriteSection;
+
+// --- Read and write sections --------------------------------------------------
 // Every module call reads the observer registry twice (pre and post hooks),
-// and the registry changes only when a tracking scope starts or ends. So a
-// reader only marks its own thread's slot, and the rare writer does the
+// and every gradient callback reads its tracker's epoch; both change only
+// when a tracking scope starts or ends. So a reader (ReadSection) only marks
+// its own thread's slot, and the rare writer (WriteSection) does the
 // expensive part: it raises a flag, makes every thread's slot visible with
 // membarrier(2) (one IPI round, about a microsecond), and waits until no
-// other thread is inside an observer call. Where membarrier is missing (or
+// other thread is inside a read section. Where membarrier is missing (or
 // under ThreadSanitizer, which cannot see it) readers publish their slot with
 // a sequentially consistent store instead: the same protocol, one atomic
 // exchange per read.
 //
-// A thread already inside an observer call enters again without looking at
+// A thread already inside a read section enters again without looking at
 // the flag (a hook may call tracked modules): the writer waits for it anyway.
 // The writer skips its own thread's slot, so a scope may start inside a hook.
-
-struct alignas(64) ReaderSlot {
-  std::atomic<std::uint32_t> depth{0};  // observer calls running on the owning thread
-  std::atomic<bool> owned{false};
-  ReaderSlot* next = nullptr;  // registry list; slots are reused, never freed
-};
 
 std::mutex registry_mutex;  // guards the slot list; held by writers throughout
 ReaderSlot* slots_head = nullptr;
@@ -134,58 +142,60 @@ void heavy_fence() noexcept {
   return *slot;
 }
 
-/// An observer call on this thread: between construction and destruction a
-/// registry writer on another thread waits.
-class ReadSection {
- public:
-  ReadSection() noexcept(false) : slot_(my_slot ? *my_slot : claim_slot()) {
-    const auto depth = slot_.depth.load(std::memory_order_relaxed);
-    if (depth > 0) {  // nested: the writer already waits for this thread
-      slot_.depth.store(depth + 1, std::memory_order_relaxed);
-      return;
-    }
-    for (;;) {
-      if (plain_readers.load(std::memory_order_relaxed)) {
-        slot_.depth.store(1, std::memory_order_relaxed);
-        std::atomic_signal_fence(std::memory_order_seq_cst);  // the writer's membarrier orders the CPU
-      } else {
-        slot_.depth.store(1, std::memory_order_seq_cst);
-      }
-      if (!writer_waiting.load(std::memory_order_seq_cst)) return;
-      slot_.depth.store(0, std::memory_order_release);
-      while (writer_waiting.load(std::memory_order_relaxed)) std::this_thread::yield();
-    }
-  }
-  ReadSection(const ReadSection&) = delete;
-  ReadSection& operator=(const ReadSection&) = delete;
-  ~ReadSection() { slot_.depth.store(slot_.depth.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
+// Forward observer calls running on this thread: a scope cannot end inside
+// one (the observer may be running further up this thread's stack).
+[[gnu::tls_model("initial-exec")]] thread_local std::uint32_t observer_calls_on_thread = 0;
 
- private:
-  ReaderSlot& slot_;
-};
-
-bool in_observer_call() noexcept { return my_slot && my_slot->depth.load(std::memory_order_relaxed) > 0; }
-
-/// Exclusive access to every dispatcher's registry: waits until no other
-/// thread is inside an observer call, and keeps new ones out meanwhile.
-class WriteSection {
- public:
-  WriteSection() : lock_(registry_mutex) {
-    writer_waiting.store(true, std::memory_order_seq_cst);
-    heavy_fence();
-    for (auto* s = slots_head; s; s = s->next)
-      if (s != my_slot)
-        while (s->depth.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-  }
-  WriteSection(const WriteSection&) = delete;
-  WriteSection& operator=(const WriteSection&) = delete;
-  ~WriteSection() { writer_waiting.store(false, std::memory_order_release); }
-
- private:
-  std::lock_guard<std::mutex> lock_;
+struct InObserver {
+  ReadSection section;
+  InObserver() { ++observer_calls_on_thread; }
+  ~InObserver() { --observer_calls_on_thread; }
+  InObserver(const InObserver&) = delete;
+  InObserver& operator=(const InObserver&) = delete;
 };
 
 }  // namespace
+
+namespace detail {
+
+ReadSection::ReadSection() : slot_(my_slot ? *my_slot : claim_slot()) {
+  const auto depth = slot_.depth.load(std::memory_order_relaxed);
+  if (depth > 0) {  // nested: a writer already waits for this thread
+    slot_.depth.store(depth + 1, std::memory_order_relaxed);
+    return;
+  }
+  for (;;) {
+    if (plain_readers.load(std::memory_order_relaxed)) {
+      slot_.depth.store(1, std::memory_order_relaxed);
+      std::atomic_signal_fence(std::memory_order_seq_cst);  // the writer's membarrier orders the CPU
+    } else {
+      slot_.depth.store(1, std::memory_order_seq_cst);
+    }
+    if (!writer_waiting.load(std::memory_order_seq_cst)) return;
+    slot_.depth.store(0, std::memory_order_release);
+    while (writer_waiting.load(std::memory_order_relaxed)) std::this_thread::yield();
+  }
+}
+
+ReadSection::~ReadSection() {
+  slot_.depth.store(slot_.depth.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+}
+
+WriteSection::WriteSection() {
+  registry_mutex.lock();
+  writer_waiting.store(true, std::memory_order_seq_cst);
+  heavy_fence();
+  for (auto* s = slots_head; s; s = s->next)
+    if (s != my_slot)
+      while (s->depth.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+}
+
+WriteSection::~WriteSection() {
+  writer_waiting.store(false, std::memory_order_release);
+  registry_mutex.unlock();
+}
+
+}  // namespace detail
 
 ForwardDispatcher::~ForwardDispatcher() = default;
 
@@ -201,7 +211,7 @@ Registration ForwardDispatcher::add(ForwardObserver& observer) {
 }
 
 void ForwardDispatcher::remove(std::uint64_t generation) {
-  if (in_observer_call())  // the observer may be running further up this thread's stack
+  if (observer_calls_on_thread > 0)  // the observer may be running further up this thread's stack
     throw std::logic_error("modtracker: a tracking scope cannot end inside one of its own hooks");
   WriteSection lock;  // waits for observer calls on other threads
   for (std::uint32_t i = 0; i < used_; ++i) {
@@ -214,7 +224,7 @@ void ForwardDispatcher::remove(std::uint64_t generation) {
 }
 
 void ForwardDispatcher::children_changed(ModuleRef module) {
-  ReadSection section;
+  InObserver guard;
   for (std::uint32_t i = 0; i < used_; ++i) slots_[i].observer->children_changed(module);
 }
 
@@ -228,7 +238,7 @@ ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, P
     : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, false, owner} {
   if (!module) throw std::invalid_argument("modtracker: forward call of a null module");
   {
-    std::optional<ReadSection> section(std::in_place);
+    std::optional<InObserver> guard(std::in_place);
     try {
       for (std::uint32_t i = 0; i < dispatcher.used_; ++i) {
         const Slot slot = dispatcher.slots_[i];
@@ -236,7 +246,7 @@ ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, P
         seen_[n_seen_++] = Seen{slot.observer, slot.generation, token};
       }
     } catch (...) {
-      section.reset();
+      guard.reset();
       post(Payload{}, true);  // the observers that did enter see a failed forward
       finished_ = true;
       throw;
@@ -263,7 +273,7 @@ void ForwardDispatcher::Call::finish(Payload output) {
 
 void ForwardDispatcher::Call::post(Payload output, bool forward_threw) {
   std::exception_ptr first_error;
-  ReadSection section;
+  InObserver guard;
   for (auto i = n_seen_; i-- > 0;) {
     const Seen& s = seen_[i];
     if (!dispatcher_->installed(s.generation)) continue;  // its scope ended meanwhile

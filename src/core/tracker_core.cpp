@@ -55,42 +55,23 @@ namespace detail {
 /// callbacks hold it, the scope's end clears `core` so they do nothing.
 struct Epoch {
   std::atomic<TrackerCore*> core;
-  std::atomic<std::uint32_t> running{0};  // callbacks inside it now, on any thread
 };
 
 namespace {
-// The callbacks this thread is running, innermost first: a scope ending inside
-// one of its own callbacks must not wait for itself.
-struct EpochFrame {
-  const Epoch* epoch;
-  EpochFrame* outer;
-};
-[[gnu::tls_model("initial-exec")]] thread_local EpochFrame* epoch_frames = nullptr;
-
-/// Runs `f(core)` if the epoch's scope is still open; the scope's end waits
-/// for it (a count, not a lock: two atomic operations, reentrant).
+/// Runs `f(core)` if the epoch's scope is still open, inside a ReadSection:
+/// the scope's end waits for it (a per-thread mark, no shared atomic).
 template <class F>
 void with_epoch(Epoch& epoch, F&& f) {
-  epoch.running.fetch_add(1, std::memory_order_seq_cst);
-  struct Leave {
-    Epoch& e;
-    EpochFrame frame;
-    ~Leave() {
-      epoch_frames = frame.outer;
-      e.running.fetch_sub(1, std::memory_order_release);
-    }
-  } leave{epoch, EpochFrame{&epoch, epoch_frames}};
-  epoch_frames = &leave.frame;
+  ReadSection section;
   if (auto* core = epoch.core.load(std::memory_order_seq_cst)) f(*core);
 }
 
 /// Closes the epoch: no callback starts using its core after this returns,
-/// and those running (on other threads) have finished.
+/// and those running on other threads have finished (one on this thread, a
+/// scope ending inside its own callback, does not wait for itself).
 void close_epoch(Epoch& epoch) {
   epoch.core.store(nullptr, std::memory_order_seq_cst);
-  std::uint32_t mine = 0;
-  for (const EpochFrame* f = epoch_frames; f; f = f->outer) mine += f->epoch == &epoch ? 1u : 0u;
-  while (epoch.running.load(std::memory_order_seq_cst) > mine) std::this_thread::yield();
+  WriteSection wait;
 }
 }  // namespace
 
@@ -330,11 +311,18 @@ void TrackerCore::close_stale_passes() {
 
 std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   if (!call.module) throw std::invalid_argument("modtracker: pre_forward of a null module");
-  const bool in_bw = backend_.in_backward();
   // With grad on (and outside backward) the call gets an Activation: its
   // backward is followed. Allocated here, filled and linked under the one lock.
+  // With grad off, whether backward runs is asked only if something depends
+  // on it (a no-grad forward pays for no engine lookup).
+  const bool grad = backend_.grad_enabled();
+  int in_bw_known = grad ? static_cast<int>(backend_.in_backward()) : -1;
+  const auto in_bw = [&] {
+    if (in_bw_known < 0) in_bw_known = static_cast<int>(backend_.in_backward());
+    return in_bw_known != 0;
+  };
   std::shared_ptr<Activation> act;
-  if (!in_bw && backend_.grad_enabled()) {
+  if (grad && !in_bw()) {
     act = std::allocate_shared<Activation>(PoolAllocator<Activation>{});
     act->epoch = epoch_;
     act->module = call.module.ptr;
@@ -355,7 +343,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   GradOrder exit_order;
   {
     std::lock_guard<SpinLock> lock(state_);
-    if (!in_bw && !passes_.empty()) {
+    if (!passes_.empty() && !in_bw()) {
       const auto before = passes_.size();
       close_stale_passes();
       stale = passes_.size() != before;
@@ -364,7 +352,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     fqn = info.fqn;
     selected = info.selected;
     const auto& c = counts_[fqn];
-    reentered = !in_bw && c.forward + c.backward > 0;
+    reentered = c.forward + c.backward > 0 && !in_bw();
     add_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::enter, fqn, call.depth);
     name = names_[fqn];

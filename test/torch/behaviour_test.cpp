@@ -1,6 +1,8 @@
 // LibTorch behaviour beyond the reference scenarios: shared and repeated
 // modules, recursion, partial requires_grad, retained graphs, scope and
 // lifetime edges, threads, and the three interception styles.
+#include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "scenarios.hpp"
@@ -442,4 +444,29 @@ TEST_CASE("after a backward that threw, every later pass is a pass of its own (n
     twice += fired == 2;
   }
   CHECK(twice == 20);
+}
+
+TEST_CASE("a scope ended while another thread runs its backward hooks waits for the running one; later ones do nothing") {
+  Bar bar;
+  lt::Tracker t;
+  std::atomic<int> calls{0};
+  std::atomic<bool> first_started{false}, first_done{false};
+  t.register_user_hooks(modtracker::no_hook, modtracker::no_hook, [&](torch::nn::Module*, const lt::Tensors&) {
+    if (calls.fetch_add(1) == 0) {
+      first_started = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      first_done = true;
+    }
+  });
+  auto scope = std::make_unique<lt::Tracker::Scope>(t.track());
+  auto y = bar(torch::randn({2, 10}, torch::requires_grad())).sum();
+  std::thread backward([&] { y.backward(); });
+  while (!first_started.load()) std::this_thread::yield();
+  scope.reset();  // Bar's hook is running on the other thread: the end waits for it
+  CHECK(first_done.load());
+  const int at_end = calls.load();
+  backward.join();
+  CHECK(at_end == 1);
+  CHECK(calls.load() == 1);  // Bar.foo's entry came after the end: not reported
+  CHECK(parents(t) == "Global");
 }
