@@ -10,6 +10,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstddef>
+#include <memory>
+#include <new>
 #include <mutex>
 #include <typeinfo>
 #include <unordered_map>
@@ -26,17 +29,24 @@ using modtracker::detail::PoolAllocator;
 using modtracker::detail::SpinLock;
 
 // A vector whose first N elements live inline (no allocation for the usual
-// one to three registrations per node, tensors per call, events per gradient).
+// one to three registrations per node, tensors per call, events per
+// gradient). The inline storage is raw: nothing is built or zeroed up front.
 template <class T, std::size_t N>
 class SmallVector {
  public:
+  SmallVector() = default;
+  SmallVector(const SmallVector&) = delete;
+  SmallVector& operator=(const SmallVector&) = delete;
+  ~SmallVector() {
+    for (std::size_t i = 0; i < std::min(size_, N); ++i) std::destroy_at(slot(i));
+  }
   template <class... Args>
   void emplace_back(Args&&... args) {
-    if (size_ < N) inline_[size_] = T{std::forward<Args>(args)...};
+    if (size_ < N) ::new (static_cast<void*>(slot(size_))) T{std::forward<Args>(args)...};
     else spill_.push_back(T{std::forward<Args>(args)...});
     ++size_;
   }
-  T& operator[](std::size_t i) { return i < N ? inline_[i] : spill_[i - N]; }
+  T& operator[](std::size_t i) { return i < N ? *slot(i) : spill_[i - N]; }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   template <class F>
   bool any_of(F&& f) {
@@ -46,7 +56,8 @@ class SmallVector {
   }
 
  private:
-  std::array<T, N> inline_{};
+  T* slot(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(inline_ + i * sizeof(T))); }
+  alignas(T) std::byte inline_[N * sizeof(T)];
   std::vector<T> spill_;
   std::size_t size_ = 0;
 };
@@ -120,6 +131,9 @@ struct PassCache {
   std::uint64_t closed = 0;
 };
 [[gnu::tls_model("initial-exec")]] thread_local PassCache pass_cache;
+// The pass whose callbacks this thread is running (Dispatch::fire), so that
+// they learn it without asking the engine again; 0 outside them.
+[[gnu::tls_model("initial-exec")]] thread_local std::uint64_t firing_pass = 0;
 
 bool will_run(const std::unordered_map<Node*, torch::autograd::GraphTask::ExecInfo>& info,
               const std::shared_ptr<Node>& node, bool leaf) {
@@ -231,6 +245,11 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
   for (std::size_t i = 1; i < run.size(); ++i)
     for (std::size_t j = i; j > 0 && fires_before(run[j].order, run[j - 1].order); --j)
       std::swap(run[j], run[j - 1]);
+  struct Firing {  // what backward_pass() answers meanwhile, also when a callback throws
+    std::uint64_t outer = std::exchange(firing_pass, 0);
+    explicit Firing(std::uint64_t p) { firing_pass = p; }
+    ~Firing() { firing_pass = outer; }
+  } firing(pass);
   for (std::size_t i = 0; i < run.size(); ++i) {  // outside the lock
     Tensors view;
     if (run[i].grad) view.push(*run[i].grad);
@@ -342,7 +361,7 @@ bool Backend::grad_enabled() const { return at::GradMode::is_enabled(); }
 
 bool Backend::in_backward() const { return torch::autograd::get_current_graph_task_exec_info() != nullptr; }
 
-std::uint64_t Backend::backward_pass() const { return current_pass(); }
+std::uint64_t Backend::backward_pass() const { return firing_pass != 0 ? firing_pass : current_pass(); }
 
 std::optional<Registration> Backend::on_first_gradient(Payload values, GradOrder order, GradCallback fn) {
   return register_hook(values, order, std::move(fn), false, false);
