@@ -218,14 +218,15 @@ class TrackerCore final : public ForwardObserver {
     std::uint32_t backward = 0;
     std::uint32_t active_pos = 0;  // index in active_ while forward + backward > 0
   };
+  // 24 bytes: the journal is written on every enter and exit. The sequence
+  // number is not stored: the entry at the ring's head has sequence_ - ring_size_.
   struct RawTransition {
-    Phase phase;
-    Kind kind;
+    std::uint64_t ticks;
     std::uint32_t fqn;
     std::uint32_t depth;
     std::uint32_t thread;
-    std::uint64_t sequence;
-    std::uint64_t ticks;
+    Phase phase;
+    Kind kind;
   };
   struct OpenPass {
     std::uint64_t id;

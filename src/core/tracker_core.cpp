@@ -244,7 +244,8 @@ void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_
     --ring_size_;
     ++dropped_;
   }
-  ring_[(ring_head_ + ring_size_) & ring_mask_] = RawTransition{phase, kind, fqn, depth, thread_index(), sequence_++, ticks()};
+  ring_[(ring_head_ + ring_size_) & ring_mask_] = RawTransition{ticks(), fqn, depth, thread_index(), phase, kind};
+  ++sequence_;
   ++ring_size_;
 }
 
@@ -675,6 +676,7 @@ Generator<Transition> TrackerCore::transitions() {
   const double scale = ns_per_tick();
   for (;;) {
     RawTransition raw;
+    std::uint64_t sequence = 0;
     std::string_view fqn;  // read under the lock: names_ may grow meanwhile
     std::uint64_t newly_dropped = 0;
     {
@@ -684,6 +686,7 @@ Generator<Transition> TrackerCore::transitions() {
       if (newly_dropped == 0) {
         if (ring_size_ == 0) break;
         raw = ring_[ring_head_];
+        sequence = sequence_ - ring_size_;
         fqn = names_[raw.fqn];
         ring_head_ = (ring_head_ + 1) & ring_mask_;
         --ring_size_;
@@ -696,7 +699,7 @@ Generator<Transition> TrackerCore::transitions() {
       continue;
     }
     const auto ns = static_cast<std::int64_t>(static_cast<double>(raw.ticks - tick0_) * scale);
-    co_yield Transition{raw.phase, raw.kind, fqn, raw.depth, raw.sequence,
+    co_yield Transition{raw.phase, raw.kind, fqn, raw.depth, sequence,
                         std::chrono::nanoseconds(ns), raw.thread};
   }
 }

@@ -106,7 +106,13 @@ TEST_CASE("transitions: a full journal drops the oldest and reports how many") {
   auto scope = t.track();
   for (int i = 0; i < 5; ++i) b.call(*lin, {b.value(false)});
   CHECK(t.dropped_transitions() == 6);
-  CHECK(transitions(t).size() == 4);
+  std::vector<std::uint64_t> sequences;
+  for (const auto& tr : t.transitions()) sequences.push_back(tr.sequence);
+  CHECK(sequences == std::vector<std::uint64_t>{6, 7, 8, 9});  // the survivors keep their numbers
+  b.call(*lin, {b.value(false)});
+  sequences.clear();
+  for (const auto& tr : t.transitions()) sequences.push_back(tr.sequence);
+  CHECK(sequences == std::vector<std::uint64_t>{10, 11});
   REQUIRE(diags.size() == 1);
   CHECK(diags[0].code == Diagnostic::Code::journal_overflow);
   CHECK(diags[0].message.find("6 transitions dropped") != std::string::npos);
