@@ -80,8 +80,8 @@ alignas(64) std::atomic<bool> writer_waiting{false};
 #endif
 
 // membarrier(2), registered for this process: true when readers may publish
-// with a plain store. Set during static initialization (before it, readers
-// use the atomic form, which is always correct).
+// with a plain store. Decided once, on first use by any thread (a magic
+// static), so readers and writers never disagree about the mode.
 bool register_membarrier() noexcept {
 #if defined(MODTRACKER_NO_MEMBARRIER) || !defined(__linux__)
   return false;
@@ -91,14 +91,17 @@ bool register_membarrier() noexcept {
   return syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
 #endif
 }
-std::atomic<bool> plain_readers{register_membarrier()};
+bool plain_readers() noexcept {
+  static const bool value = register_membarrier();
+  return value;
+}
 
 // Makes every thread's earlier stores visible to this one, and this thread's
 // earlier stores visible to every thread (a full fence on each CPU running a
 // thread of this process).
 void heavy_fence() noexcept {
 #if !defined(MODTRACKER_NO_MEMBARRIER) && defined(__linux__)
-  if (plain_readers.load(std::memory_order_relaxed)) {
+  if (plain_readers()) {
     syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
     return;
   }
@@ -165,7 +168,7 @@ ReadSection::ReadSection() : slot_(my_slot ? *my_slot : claim_slot()) {
     return;
   }
   for (;;) {
-    if (plain_readers.load(std::memory_order_relaxed)) {
+    if (plain_readers()) {
       slot_.depth.store(1, std::memory_order_relaxed);
       std::atomic_signal_fence(std::memory_order_seq_cst);  // the writer's membarrier orders the CPU
     } else {
