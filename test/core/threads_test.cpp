@@ -131,3 +131,22 @@ TEST_CASE("threads: a hook that calls tracked modules does not block a scope sta
   for (const auto& tr : t.transitions()) seen.push_back(std::string(tr.kind == Kind::enter ? "+" : "-") + std::string(tr.fqn));
   CHECK(seen == std::vector<std::string>{"+Outer", "+Inner", "-Inner", "-Outer"});
 }
+
+TEST_CASE("threads: many short-lived threads: every call is seen, and scopes start and end after they are gone") {
+  Backend b;
+  b.set_grad_mode(false);
+  auto leaf = b.module("Leaf");
+  ScriptedTracker t(b);
+  auto scope = std::make_unique<ScriptedTracker::Scope>(t.track());
+  for (int i = 0; i < 64; ++i) {  // each thread takes a slot and hands it back when it exits
+    std::thread th([&] { b.call(*leaf, {b.value(false)}, [](const Values& in) { return in; }); });
+    th.join();
+  }
+  scope.reset();  // the writer walks the slots of threads long gone
+  std::size_t enters = 0;
+  for (const auto& tr : t.transitions()) enters += tr.kind == Kind::enter;
+  CHECK(enters == 64);
+  auto again = t.track();
+  b.call(*leaf, {b.value(false)}, [](const Values& in) { return in; });
+  CHECK(join(t.parents()) == "Global");
+}
