@@ -65,11 +65,13 @@ using detail::WriteSection;
 //
 // A thread already inside a read section enters again without looking at
 // the flag (a hook may call tracked modules): the writer waits for it anyway.
-// The writer skips its own thread's slot, so a scope may start inside a hook.
+// The writer skips its own thread's slot, so a scope may start inside a hook,
+// and a writer outside any read section steps back for such a nested one.
 
 std::mutex registry_mutex;  // guards the slot list; held by writers throughout
 ReaderSlot* slots_head = nullptr;
 alignas(64) std::atomic<bool> writer_waiting{false};
+std::atomic<std::uint32_t> nested_writers{0};  // writers inside a read section, waiting for the mutex
 
 #if defined(__SANITIZE_THREAD__)
 #define MODTRACKER_NO_MEMBARRIER 1
@@ -185,12 +187,32 @@ ReadSection::~ReadSection() {
 }
 
 WriteSection::WriteSection() {
-  registry_mutex.lock();
-  writer_waiting.store(true, std::memory_order_seq_cst);
-  heavy_fence();
-  for (auto* s = slots_head; s; s = s->next)
-    if (s != my_slot)
-      while (s->depth.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  // A writer inside a read section (a scope started from a hook) cannot wait
+  // for the others to leave theirs while one of them waits for it: it says
+  // so, and a writer from outside any read section steps back for it.
+  const bool nested = my_slot && my_slot->depth.load(std::memory_order_relaxed) > 0;
+  if (nested) nested_writers.fetch_add(1, std::memory_order_seq_cst);
+  for (;;) {
+    registry_mutex.lock();
+    if (nested) nested_writers.fetch_sub(1, std::memory_order_seq_cst);
+    writer_waiting.store(true, std::memory_order_seq_cst);
+    heavy_fence();
+    bool stepped_back = false;
+    for (auto* s = slots_head; s && !stepped_back; s = s->next) {
+      if (s == my_slot) continue;
+      while (s->depth.load(std::memory_order_acquire) != 0) {
+        if (!nested && nested_writers.load(std::memory_order_seq_cst) > 0) {
+          stepped_back = true;
+          break;
+        }
+        std::this_thread::yield();
+      }
+    }
+    if (!stepped_back) return;
+    writer_waiting.store(false, std::memory_order_release);
+    registry_mutex.unlock();
+    while (nested_writers.load(std::memory_order_seq_cst) > 0) std::this_thread::yield();
+  }
 }
 
 WriteSection::~WriteSection() {

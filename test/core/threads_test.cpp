@@ -1,6 +1,7 @@
 // One tracker, module calls on several threads at once, readers on another:
 // counts stay exact and ThreadSanitizer (make tsan) stays quiet.
 #include <atomic>
+#include <optional>
 #include <thread>
 
 #include "support.hpp"
@@ -149,4 +150,29 @@ TEST_CASE("threads: many short-lived threads: every call is seen, and scopes sta
   auto again = t.track();
   b.call(*leaf, {b.value(false)}, [](const Values& in) { return in; });
   CHECK(join(t.parents()) == "Global");
+}
+
+TEST_CASE("threads: a hook may start a scope while another thread waits to start one") {
+  Backend b;
+  b.set_grad_mode(false);
+  auto outer = b.module("Outer");
+  ScriptedTracker t(b), from_hook(b), from_thread(b);
+  std::optional<ScriptedTracker::Scope> hook_scope;
+  std::atomic<int> stage{0};
+  t.register_user_hooks([&](Module&, const Values&) {
+    stage = 1;  // the other thread now starts a scope: it waits for this hook
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    hook_scope.emplace(from_hook.track());  // a writer inside a read section: the other one steps back
+  });
+  auto scope = t.track();
+  std::thread starter([&] {
+    while (stage.load() == 0) std::this_thread::yield();
+    auto s = from_thread.track();
+    stage = 2;
+  });
+  b.call(*outer, {b.value(false)}, [](const Values& v) { return v; });
+  starter.join();
+  CHECK(stage.load() == 2);
+  CHECK(from_hook.tracking());
+  hook_scope.reset();
 }
