@@ -265,6 +265,27 @@ NodeHook* node_hook_of(Node& node) {
   return nullptr;
 }
 
+// Whether a tensor requires grad, and its grad_fn and output number: read
+// from its AutogradMeta for a plain tensor (the public accessors each go
+// through LibTorch's variable hooks); a view takes the public path, which
+// may regenerate its grad_fn.
+struct TensorEdge {
+  bool needs_grad = false;
+  Node* node = nullptr;  // null: a leaf
+  std::uint32_t output_nr = 0;
+};
+TensorEdge edge_of(const at::Tensor& t) {
+  const auto* meta = torch::autograd::impl::get_autograd_meta(t);
+  if (!meta) return {};  // no autograd metadata: requires no grad
+  if (!meta->is_view_) {
+    Node* node = meta->grad_fn_.get();
+    return {meta->requires_grad_ || node != nullptr, node, node ? meta->output_nr_ : 0u};
+  }
+  if (!t.requires_grad()) return {};
+  Node* node = t.grad_fn().get();
+  return {true, node, node ? static_cast<std::uint32_t>(t.output_nr()) : 0u};
+}
+
 // Registers `fn` on the edges of `values` that require grad. Kept (`keep`)
 // registrations get no handle, and on one edge no Hook object either.
 std::optional<Registration> register_hook(Payload values, GradOrder order, GradCallback fn, bool all, bool keep) {
@@ -279,9 +300,9 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
   SmallVector<Edge, 4> edges;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
-    if (!t.defined() || !t.requires_grad()) continue;
-    Node* node = t.grad_fn().get();
-    const auto output_nr = node ? static_cast<std::uint32_t>(t.output_nr()) : 0u;
+    if (!t.defined()) continue;
+    const auto [needs_grad, node, output_nr] = edge_of(t);
+    if (!needs_grad) continue;
     const void* key = node ? static_cast<const void*>(node) : t.unsafeGetTensorImpl();
     if (edges.any_of([&](const Edge& e) { return e.key == key && e.output_nr == output_nr; })) continue;
     edges.emplace_back(&t, node, key, output_nr);

@@ -470,3 +470,26 @@ TEST_CASE("a scope ended while another thread runs its backward hooks waits for 
   CHECK(calls.load() == 1);  // Bar.foo's entry came after the end: not reported
   CHECK(parents(t) == "Global");
 }
+
+TEST_CASE("boundary tensors that are views (and a view of a leaf) nest in backward like plain ones") {
+  struct HalvesImpl : torch::nn::Module {  // returns two views of one result
+    lt::nn::Linear lin{register_module("lin", lt::nn::Linear(4, 4))};
+    std::tuple<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) {
+      auto y = lin(x);
+      return {y.narrow(1, 0, 2), y.narrow(1, 2, 2).t()};
+    }
+  };
+  auto halves = std::make_shared<HalvesImpl>();
+  lt::nn::Linear after(2, 2);
+  lt::Tracker t;
+  auto scope = t.track();
+  const auto leaf = torch::randn({3, 4}, torch::requires_grad());
+  auto [a, b] = lt::call(*halves, leaf.view({3, 4}));  // the input is a view of a leaf
+  auto out = after(a).sum() + b.sum();
+  (void)transitions(t);
+  out.backward();
+  CHECK(transitions(t) == Strings{"bw enter Linear", "bw enter Halves", "bw exit Linear", "bw enter Halves.lin",
+                                  "bw exit Halves.lin", "bw exit Halves"});
+  CHECK(parents(t) == "Global");
+  CHECK(leaf.grad().defined());
+}
