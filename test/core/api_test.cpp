@@ -204,11 +204,9 @@ TEST_CASE("a tracker may start inside another tracker's hook: it sees the calls 
   auto scope = t.track();
   b.call(*outer, {b.value(false)}, [&](const Values& v) { return b.call(*inner, v, [](const Values& x) { return x; }); });
   CHECK(late.tracking());
-  std::vector<std::string> seen;
-  for (const auto& tr : late.transitions()) seen.push_back(std::string(tr.kind == Kind::enter ? "+" : "-") + std::string(tr.fqn));
   // It started inside Outer's pre hooks, so it saw Outer's enter too (the
   // dispatcher runs the observers present when it reaches them) and its exit.
-  CHECK(seen == std::vector<std::string>{"+Outer", "+Inner", "-Inner", "-Outer"});
+  CHECK(transitions(late) == V{"fw enter Outer", "fw enter Inner", "fw exit Inner", "fw exit Outer"});
   CHECK(join(late.parents()) == "Global");
   late_scope.reset();
 }

@@ -1,6 +1,8 @@
 // One tracker, module calls on several threads at once, readers on another:
 // counts stay exact and ThreadSanitizer (make tsan) stays quiet.
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <optional>
 #include <thread>
 
@@ -106,31 +108,42 @@ TEST_CASE("threads: once a scope has ended, none of its hooks runs or is running
   CHECK(quiet_rounds == 200);
 }
 
+namespace {
+// Calls `outer` with a pre hook of `t` that lets another thread start a scope
+// of `other` (which then waits for the hook), gives it time to wait, and runs
+// `in_hook`. Returns whether the other thread's scope started (no deadlock:
+// a deadlock hangs here, and ctest's timeout fails the test).
+bool scope_starts_while_a_hook_runs(Backend& b, Module& outer, ScriptedTracker& t, ScriptedTracker& other,
+                                    const std::function<void()>& in_hook) {
+  std::atomic<int> stage{0};
+  t.register_user_hooks([&](Module& m, const Values&) {
+    if (&m != &outer) return;
+    stage = 1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    in_hook();
+  });
+  auto scope = t.track();
+  std::thread starter([&] {
+    while (stage.load() == 0) std::this_thread::yield();
+    auto s = other.track();
+    stage = 2;
+  });
+  b.call(outer, {b.value(false)}, [](const Values& v) { return v; });
+  starter.join();
+  t.clear_user_hooks();
+  return stage.load() == 2;
+}
+}  // namespace
+
 TEST_CASE("threads: a hook that calls tracked modules does not block a scope starting on another thread") {
   Backend b;
   b.set_grad_mode(false);
   auto outer = b.module("Outer");
   auto inner = b.module("Inner");
   ScriptedTracker t(b), late(b);
-  std::atomic<int> stage{0};
-  t.register_user_hooks([&](Module& m, const Values& in) {
-    if (&m != outer.get()) return;
-    stage = 1;  // the other thread now starts `late`, which waits for this hook
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    b.call(*inner, in, [](const Values& v) { return v; });  // a nested observer call must not wait for it
-  });
-  auto scope = t.track();
-  std::thread starter([&] {
-    while (stage.load() == 0) std::this_thread::yield();
-    auto s = late.track();
-    stage = 2;
-  });
-  b.call(*outer, {b.value(false)}, [](const Values& v) { return v; });
-  starter.join();
-  CHECK(stage.load() == 2);
-  std::vector<std::string> seen;
-  for (const auto& tr : t.transitions()) seen.push_back(std::string(tr.kind == Kind::enter ? "+" : "-") + std::string(tr.fqn));
-  CHECK(seen == std::vector<std::string>{"+Outer", "+Inner", "-Inner", "-Outer"});
+  // A nested observer call must not wait for the waiting writer.
+  CHECK(scope_starts_while_a_hook_runs(b, *outer, t, late, [&] { b.call(*inner, {b.value(false)}); }));
+  CHECK(transitions(t) == std::vector<std::string>{"fw enter Outer", "fw enter Inner", "fw exit Inner", "fw exit Outer"});
 }
 
 TEST_CASE("threads: many short-lived threads: every call is seen, and scopes start and end after they are gone") {
@@ -158,21 +171,8 @@ TEST_CASE("threads: a hook may start a scope while another thread waits to start
   auto outer = b.module("Outer");
   ScriptedTracker t(b), from_hook(b), from_thread(b);
   std::optional<ScriptedTracker::Scope> hook_scope;
-  std::atomic<int> stage{0};
-  t.register_user_hooks([&](Module&, const Values&) {
-    stage = 1;  // the other thread now starts a scope: it waits for this hook
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    hook_scope.emplace(from_hook.track());  // a writer inside a read section: the other one steps back
-  });
-  auto scope = t.track();
-  std::thread starter([&] {
-    while (stage.load() == 0) std::this_thread::yield();
-    auto s = from_thread.track();
-    stage = 2;
-  });
-  b.call(*outer, {b.value(false)}, [](const Values& v) { return v; });
-  starter.join();
-  CHECK(stage.load() == 2);
+  // A writer inside a read section: the waiting one steps back for it.
+  CHECK(scope_starts_while_a_hook_runs(b, *outer, t, from_thread, [&] { hook_scope.emplace(from_hook.track()); }));
   CHECK(from_hook.tracking());
   hook_scope.reset();
 }
