@@ -317,11 +317,8 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   // With grad off, whether backward runs is asked only if something depends
   // on it (a no-grad forward pays for no engine lookup).
   const bool grad = backend_.grad_enabled();
-  int in_bw_known = grad ? static_cast<int>(backend_.in_backward()) : -1;
-  const auto in_bw = [&] {
-    if (in_bw_known < 0) in_bw_known = static_cast<int>(backend_.in_backward());
-    return in_bw_known != 0;
-  };
+  std::optional<bool> in_bw_known;
+  const auto in_bw = [&] { return in_bw_known ? *in_bw_known : *(in_bw_known = backend_.in_backward()); };
   std::shared_ptr<Activation> act;
   if (grad && !in_bw()) {
     act = std::allocate_shared<Activation>(PoolAllocator<Activation>{});
