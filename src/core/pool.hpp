@@ -24,11 +24,14 @@
 
 namespace modtracker::detail {
 
-/// Blocks of `Size` bytes (aligned as operator new aligns).
+/// Blocks of `Size` bytes, each starting a cache line: an object of up to
+/// 64 bytes is one line, and a larger one touches no line more than it needs.
 template <std::size_t Size>
 class BlockPool {
  public:
   static constexpr std::uint32_t cap = 1u << 14;
+  static constexpr std::size_t line = 64;
+  static constexpr std::size_t block = (Size + line - 1) / line * line;
 
   static void* allocate() {
 #if MODTRACKER_POOL
@@ -41,7 +44,7 @@ class BlockPool {
       return b;
     }
 #endif
-    return ::operator new(Size);
+    return ::operator new(block, std::align_val_t{line});
   }
 
   static void deallocate(void* p) noexcept {
@@ -56,7 +59,7 @@ class BlockPool {
       return;
     }
 #endif
-    ::operator delete(p);
+    ::operator delete(p, std::align_val_t{line});
   }
 
  private:
@@ -78,7 +81,7 @@ class BlockPool {
       l.reaped = true;  // frees after this one go straight to operator delete
       while (Block* b = l.head) {
         l.head = b->next;
-        ::operator delete(b);
+        ::operator delete(b, std::align_val_t{line});
       }
       l.count = 0;
     }
