@@ -2,6 +2,7 @@
 // A backend (LibTorch, the scripted one, or a user's own) implements
 // HookBackend and routes its module calls through a ForwardDispatcher.
 module;
+#include <atomic>
 #include <concepts>
 #include <cstdint>
 #include <functional>
@@ -95,21 +96,52 @@ class Registration {
   void (*remove_)(void*) = nullptr;
 };
 
+/// How a context that counts its own references is kept alive: `retain`
+/// adds one reference, `release` drops one (and frees the context with the
+/// last). Both may run on any thread.
+struct ContextRefs {
+  void (*retain)(void* context) noexcept;
+  void (*release)(void* context) noexcept;
+};
+
 /// Called back with the gradients (backend-typed payload) that triggered it.
 /// Keeps its context alive; copying it never allocates.
 class GradCallback {
  public:
   GradCallback() = default;
-  /// Calls `fn(context, grads)`.
-  GradCallback(std::shared_ptr<void> context, void (*fn)(void*, Payload)) noexcept
-      : context_(std::move(context)), fn_(fn) {}
+  /// Calls `fn(context, grads)`; the callback adopts one reference to
+  /// `context` that the caller holds (no count changes here), and copies
+  /// count through `refs`. The tracker's own callbacks are of this kind.
+  GradCallback(void* context, const ContextRefs& refs, void (*fn)(void*, Payload)) noexcept
+      : context_(context), refs_(&refs), fn_(fn) {}
+  /// Calls `fn(context, grads)`; owns the shared context (one allocation).
+  GradCallback(std::shared_ptr<void> context, void (*fn)(void*, Payload))
+      : GradCallback([c = std::move(context), fn](Payload grads) { fn(c.get(), grads); }) {}
   /// Any callable taking the gradients' Payload (stored once on the heap).
   template <class F>
     requires(!std::same_as<std::remove_cvref_t<F>, GradCallback>) && std::invocable<F&, Payload>
   GradCallback(F f)  // NOLINT(google-explicit-constructor): a callback is its callable
-      : context_(std::make_shared<F>(std::move(f))),
-        fn_([](void* c, Payload grads) { (*static_cast<F*>(c))(grads); }) {}
-  void operator()(Payload grads) const { fn_(context_.get(), grads); }
+      : context_(new Boxed<F>{{1}, std::move(f)}), refs_(&Boxed<F>::refs), fn_([](void* c, Payload grads) {
+          static_cast<Boxed<F>*>(c)->f(grads);
+        }) {}
+  GradCallback(const GradCallback& other) noexcept : context_(other.context_), refs_(other.refs_), fn_(other.fn_) {
+    if (refs_) refs_->retain(context_);
+  }
+  GradCallback(GradCallback&& other) noexcept
+      : context_(std::exchange(other.context_, nullptr)),
+        refs_(std::exchange(other.refs_, nullptr)),
+        fn_(std::exchange(other.fn_, nullptr)) {}
+  GradCallback& operator=(GradCallback other) noexcept {
+    std::swap(context_, other.context_);
+    std::swap(refs_, other.refs_);
+    std::swap(fn_, other.fn_);
+    return *this;
+  }
+  ~GradCallback() {
+    if (refs_) refs_->release(context_);
+  }
+
+  void operator()(Payload grads) const { fn_(context_, grads); }
   explicit operator bool() const noexcept { return fn_ != nullptr; }
 
   /// A non-owning form of this callback, for calling it after a lock is
@@ -119,10 +151,24 @@ class GradCallback {
     void (*fn)(void*, Payload) = nullptr;
     void operator()(Payload grads) const { fn(context, grads); }
   };
-  [[nodiscard]] Ref ref() const noexcept { return Ref{context_.get(), fn_}; }
+  [[nodiscard]] Ref ref() const noexcept { return Ref{context_, fn_}; }
 
  private:
-  std::shared_ptr<void> context_;
+  // A callable with its own reference count: one allocation, like make_shared.
+  template <class F>
+  struct Boxed {
+    std::atomic<std::uint32_t> count;
+    F f;
+    static void retain(void* c) noexcept { static_cast<Boxed*>(c)->count.fetch_add(1, std::memory_order_relaxed); }
+    static void release(void* c) noexcept {
+      auto* b = static_cast<Boxed*>(c);
+      if (b->count.fetch_sub(1, std::memory_order_acq_rel) == 1) delete b;
+    }
+    static constexpr ContextRefs refs{&retain, &release};
+  };
+
+  void* context_ = nullptr;
+  const ContextRefs* refs_ = nullptr;
   void (*fn_)(void*, Payload) = nullptr;
 };
 

@@ -170,6 +170,43 @@ class AddressMap {
 
 struct Activation;
 struct Epoch;
+void retain_activation(Activation* a) noexcept;
+void release_activation(Activation* a) noexcept;
+
+/// A counted reference to an Activation, whose count lives in it (no control
+/// block, and the references made with it cost no atomic operation).
+class ActivationRef {
+ public:
+  ActivationRef() = default;
+  /// Takes over a reference already counted.
+  static ActivationRef adopt(Activation* a) noexcept {
+    ActivationRef r;
+    r.p_ = a;
+    return r;
+  }
+  /// Adds a reference.
+  explicit ActivationRef(Activation& a) noexcept : p_(&a) { retain_activation(p_); }
+  ActivationRef(const ActivationRef& o) noexcept : p_(o.p_) {
+    if (p_) retain_activation(p_);
+  }
+  ActivationRef(ActivationRef&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  ActivationRef& operator=(ActivationRef o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~ActivationRef() {
+    if (p_) release_activation(p_);
+  }
+  [[nodiscard]] Activation* get() const noexcept { return p_; }
+  Activation* operator->() const noexcept { return p_; }
+  Activation& operator*() const noexcept { return *p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+  /// Hands the reference on (to an adopting owner).
+  [[nodiscard]] Activation* release() noexcept { return std::exchange(p_, nullptr); }
+
+ private:
+  Activation* p_ = nullptr;
+};
 
 class TrackerCore final : public ForwardObserver {
  public:
@@ -231,7 +268,7 @@ class TrackerCore final : public ForwardObserver {
   struct OpenPass {
     std::uint64_t id;
     std::thread::id thread;
-    std::vector<std::shared_ptr<Activation>> open;  // entered in this pass, not exited yet
+    std::vector<ActivationRef> open;  // entered in this pass, not exited yet
   };
 
   std::uint32_t intern(std::string fqn);
@@ -275,7 +312,8 @@ class TrackerCore final : public ForwardObserver {
   std::atomic<bool> has_hooks_{false};
   DiagnosticSink sink_;
 
-  std::shared_ptr<Epoch> epoch_;  // set while tracking
+  Epoch* epoch_ = nullptr;  // set while tracking
+  std::uint64_t epoch_generation_ = 0;
   Registration observer_;
   std::uint64_t tick0_;
 };

@@ -51,44 +51,77 @@ std::string root_name_from_type(std::string_view type_name) {
 
 namespace detail {
 
-/// Lifetime link between gradient callbacks and a tracking scope: the
-/// callbacks hold it, the scope's end clears `core` so they do nothing.
+/// Lifetime link between gradient callbacks and a tracking scope. A callback
+/// may outlive its scope and its tracker (a graph kept after the scope), so
+/// epochs are never freed: a scope's end bumps `generation` and clears
+/// `core`, and a later scope reuses the epoch. A callback acts only if the
+/// generation it was made in is still current. No reference count per
+/// activation.
 struct Epoch {
-  std::atomic<TrackerCore*> core;
+  std::atomic<std::uint64_t> generation{1};
+  std::atomic<TrackerCore*> core{nullptr};
+  Epoch* next_free = nullptr;  // guarded by epochs_mutex
 };
 
 namespace {
-/// Runs `f(core)` if the epoch's scope is still open, inside a ReadSection:
-/// the scope's end waits for it (a per-thread mark, no shared atomic).
+std::mutex epochs_mutex;
+Epoch* free_epochs = nullptr;  // ended epochs, for the next scopes
+
+Epoch& open_epoch(TrackerCore& core) {
+  Epoch* e = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(epochs_mutex);
+    if ((e = free_epochs)) free_epochs = e->next_free;
+  }
+  if (!e) e = new Epoch;  // lives for the rest of the process (see Epoch)
+  e->core.store(&core, std::memory_order_seq_cst);
+  return *e;
+}
+
+/// Runs `f(core)` if the epoch's scope (`generation`) is still open, inside a
+/// ReadSection: the scope's end waits for it (a per-thread mark, no shared atomic).
 template <class F>
-void with_epoch(Epoch& epoch, F&& f) {
+void with_epoch(Epoch& epoch, std::uint64_t generation, F&& f) {
   ReadSection section;
+  if (epoch.generation.load(std::memory_order_seq_cst) != generation) return;
   if (auto* core = epoch.core.load(std::memory_order_seq_cst)) f(*core);
 }
 
 /// Closes the epoch: no callback starts using its core after this returns,
 /// and those running on other threads have finished (one on this thread, a
-/// scope ending inside its own callback, does not wait for itself).
+/// scope ending inside its own callback, does not wait for itself). Then the
+/// epoch is free for another scope.
 void close_epoch(Epoch& epoch) {
   epoch.core.store(nullptr, std::memory_order_seq_cst);
-  WriteSection wait;
+  epoch.generation.fetch_add(1, std::memory_order_seq_cst);
+  {
+    WriteSection wait;
+  }
+  std::lock_guard<std::mutex> lock(epochs_mutex);
+  epoch.next_free = free_epochs;
+  free_epochs = &epoch;
 }
 }  // namespace
 
-/// One forward call of a module whose backward the tracker follows.
-struct Activation : std::enable_shared_from_this<Activation> {
-  std::shared_ptr<Epoch> epoch;
-  std::shared_ptr<Activation> self;  // keeps it alive from pre_forward to post_forward
-  const void* module;                // with module_generation: see live_module()
-  std::uint64_t module_generation;
+/// One forward call of a module whose backward the tracker follows. Two
+/// cache lines from the block pool: the first holds all that the gradient
+/// callbacks read, so a backward step touches one line of it.
+struct alignas(64) Activation {
+  std::atomic<std::uint32_t> refs;  // ActivationRef and the gradient callbacks
   std::uint32_t fqn;
-  std::uint32_t depth;
-  std::uint64_t sequence;      // activations started before this one
-  std::uint64_t end_sequence;  // activations started before its forward ended
-  std::uint32_t thread;
-  bool selected;
+  Epoch* epoch;
+  std::uint64_t epoch_generation;
   std::uint64_t entered_pass = 0;  // guarded by the core's state lock
   std::uint64_t exited_pass = 0;
+  std::uint64_t sequence;      // activations started before this one
+  std::uint64_t end_sequence;  // activations started before its forward ended
+  std::uint32_t depth;
+  bool selected;
+  // Second line: forward and naming.
+  bool flying = false;  // in the core's in-flight list (which then owns a reference)
+  std::uint32_t thread;
+  const void* module;  // with module_generation: see live_module()
+  std::uint64_t module_generation;
   // Between pre_forward and post_forward: linked into the core's in-flight
   // list (state lock), so that a scope ending mid-forward frees it.
   Activation* flight_prev = nullptr;
@@ -99,6 +132,14 @@ struct Activation : std::enable_shared_from_this<Activation> {
     return other.thread == thread && other.sequence > sequence && other.sequence < end_sequence;
   }
 };
+static_assert(sizeof(Activation) == 128);
+
+void retain_activation(Activation* a) noexcept { a->refs.fetch_add(1, std::memory_order_relaxed); }
+void release_activation(Activation* a) noexcept {
+  if (a->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  a->~Activation();
+  BlockPool<sizeof(Activation)>::deallocate(a);
+}
 
 namespace {
 
@@ -116,15 +157,20 @@ std::uintptr_t plain_token(std::uint32_t fqn, bool selected) noexcept {
   return (static_cast<std::uintptr_t>(fqn) << 2) | (selected ? 2u : 0u);
 }
 
-// The gradient callbacks: the Activation is their context (no allocation).
+// The gradient callbacks: the Activation is their context (no allocation),
+// counted in it.
 void on_output_gradient(void* context, Payload grads) {
   auto& act = *static_cast<Activation*>(context);
-  with_epoch(*act.epoch, [&](TrackerCore& c) { c.backward_enter(act, grads); });
+  with_epoch(*act.epoch, act.epoch_generation, [&](TrackerCore& c) { c.backward_enter(act, grads); });
 }
 void on_input_gradients(void* context, Payload grads) {
   auto& act = *static_cast<Activation*>(context);
-  with_epoch(*act.epoch, [&](TrackerCore& c) { c.backward_exit(act, grads); });
+  with_epoch(*act.epoch, act.epoch_generation, [&](TrackerCore& c) { c.backward_exit(act, grads); });
 }
+constexpr ContextRefs activation_refs{
+    [](void* a) noexcept { retain_activation(static_cast<Activation*>(a)); },
+    [](void* a) noexcept { release_activation(static_cast<Activation*>(a)); },
+};
 
 void default_sink(const Diagnostic& d) {
   static std::mutex mutex;
@@ -157,13 +203,14 @@ TrackerCore::~TrackerCore() {
 
 void TrackerCore::start() {
   if (epoch_) throw std::logic_error("modtracker: this tracker is tracking already (one scope at a time)");
-  auto epoch = std::make_shared<Epoch>();
-  epoch->core = this;
-  epoch_ = std::move(epoch);  // before the observer: other threads' calls read it at once
+  auto& epoch = open_epoch(*this);
+  epoch_ = &epoch;  // before the observer: other threads' calls read it at once
+  epoch_generation_ = epoch.generation.load(std::memory_order_relaxed);
   try {
     observer_ = backend_.add_forward_observer(*this);
   } catch (...) {
-    epoch_.reset();
+    epoch_ = nullptr;
+    close_epoch(epoch);
     throw;
   }
 }
@@ -171,11 +218,10 @@ void TrackerCore::start() {
 void TrackerCore::stop() {
   if (!epoch_) throw std::logic_error("modtracker: this tracker is not tracking");
   observer_.remove();
-  close_epoch(*epoch_);  // waits for gradient callbacks running now
-  epoch_.reset();
+  close_epoch(*std::exchange(epoch_, nullptr));  // waits for gradient callbacks running now
   // Calls still running will never report their end to this scope: forget
   // them, and every count but Global's.
-  std::vector<std::shared_ptr<Activation>> abandoned;
+  std::vector<ActivationRef> abandoned;
   {
     std::lock_guard<SpinLock> lock(state_);
     passes_.clear();
@@ -186,28 +232,26 @@ void TrackerCore::stop() {
     while (in_flight_) {
       Activation* a = in_flight_;
       unlink_in_flight(*a);
-      abandoned.push_back(std::move(a->self));
+      abandoned.push_back(ActivationRef::adopt(a));
     }
   }
 }
 
 void TrackerCore::link_in_flight(Activation& a) noexcept {
+  a.flying = true;
   a.flight_prev = nullptr;
   a.flight_next = in_flight_;
   if (in_flight_) in_flight_->flight_prev = &a;
   in_flight_ = &a;
 }
 
-bool TrackerCore::in_flight(const Activation& a) const noexcept {
-  for (const Activation* p = in_flight_; p; p = p->flight_next)  // as long as the nesting is deep
-    if (p == &a) return true;
-  return false;
-}
+bool TrackerCore::in_flight(const Activation& a) const noexcept { return a.flying; }
 
 void TrackerCore::unlink_in_flight(Activation& a) noexcept {
   (a.flight_prev ? a.flight_prev->flight_next : in_flight_) = a.flight_next;
   if (a.flight_next) a.flight_next->flight_prev = a.flight_prev;
   a.flight_prev = a.flight_next = nullptr;
+  a.flying = false;
 }
 
 std::uint32_t TrackerCore::intern(std::string fqn) {
@@ -319,10 +363,14 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   const bool grad = backend_.grad_enabled();
   std::optional<bool> in_bw_known;
   const auto in_bw = [&] { return in_bw_known ? *in_bw_known : *(in_bw_known = backend_.in_backward()); };
-  std::shared_ptr<Activation> act;
+  Activation* act = nullptr;  // not published yet: no atomics needed to fill it
+  ActivationRef made;         // frees it if naming throws
   if (grad && !in_bw()) {
-    act = std::allocate_shared<Activation>(PoolAllocator<Activation>{});
+    act = ::new (BlockPool<sizeof(Activation)>::allocate()) Activation;
+    act->refs.store(1, std::memory_order_relaxed);
+    made = ActivationRef::adopt(act);
     act->epoch = epoch_;
+    act->epoch_generation = epoch_generation_;
     act->module = call.module.ptr;
     act->depth = call.depth;
     act->end_sequence = ~std::uint64_t{0};
@@ -334,8 +382,8 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   bool stale = false;
   std::string_view name;  // read under the lock: names_ may grow meanwhile
   // Once linked, the activation belongs to the in-flight list (a scope ending
-  // meanwhile frees it); this call reaches it through `raw` and its exit
-  // callback, which owns a reference until the backend takes it.
+  // meanwhile frees it) and to its exit callback, which the backend takes:
+  // two references, counted when it is made.
   Activation* raw = nullptr;
   GradCallback exit_cb;
   GradOrder exit_order;
@@ -359,10 +407,10 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act->selected = selected;
       act->module_generation = info.generation;
       act->sequence = activations_++;
-      raw = act.get();
+      raw = made.release();
+      act->refs.store(2, std::memory_order_relaxed);  // published by the lock's release
       exit_order = GradOrder{Kind::exit, act->depth, act->sequence};
-      exit_cb = GradCallback(act, &on_input_gradients);
-      act->self = std::move(act);  // until post_forward, or until the scope ends
+      exit_cb = GradCallback(act, activation_refs, &on_input_gradients);
       link_in_flight(*raw);
     }
   }
@@ -385,11 +433,11 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       }
     }
   } catch (...) {
-    std::shared_ptr<Activation> dropped;
+    ActivationRef dropped;
     std::lock_guard<SpinLock> lock(state_);
-    if (raw && in_flight(*raw)) {  // still ours (the scope may have ended and freed it)
+    if (raw && in_flight(*raw)) {  // still the list's (the scope may have ended and freed it)
       unlink_in_flight(*raw);
-      dropped = std::move(raw->self);
+      dropped = ActivationRef::adopt(raw);
     }
     if (counts_[fqn].forward > 0) sub_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
@@ -409,7 +457,7 @@ void TrackerCore::exit_forward_locked(std::uint32_t fqn, bool selected, std::uin
 void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) {
   const auto h = hooks();  // null in the common case: then one lock does all
   const bool post_hook = h && h->post_fw;
-  std::shared_ptr<Activation> act;
+  ActivationRef act;
   std::uint32_t fqn;
   bool selected;
   bool exited = false;
@@ -417,9 +465,9 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
     auto* a = reinterpret_cast<Activation*>(token & ~std::uintptr_t{1});
     {
       std::lock_guard<SpinLock> lock(state_);
-      act = std::move(a->self);
-      if (act) {
+      if (in_flight(*a)) {
         unlink_in_flight(*a);
+        act = ActivationRef::adopt(a);  // the list's reference
         if (!post_hook || !act->selected) {
           exit_forward_locked(act->fqn, act->selected, call.depth);
           act->end_sequence = activations_;
@@ -452,7 +500,7 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
   }
   if (act && output) {
     const GradOrder order{Kind::enter, act->depth, act->sequence};
-    backend_.keep_first_gradient(output, order, GradCallback(std::move(act), &on_output_gradient));
+    backend_.keep_first_gradient(output, order, GradCallback(act.release(), activation_refs, &on_output_gradient));
   }
 }
 
@@ -479,13 +527,13 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
       first_of_pass = true;
     }
     act.entered_pass = pass;
-    p->open.push_back(act.shared_from_this());
+    p->open.emplace_back(act);
     add_count(act.fqn, Phase::backward);
     if (act.selected) record(Phase::backward, Kind::enter, act.fqn, act.depth);
   }
   if (first_of_pass) {
-    backend_.at_end_of_backward([epoch = act.epoch, pass] {
-      with_epoch(*epoch, [&](TrackerCore& core) { core.finish_pass(pass); });
+    backend_.at_end_of_backward([epoch = act.epoch, generation = act.epoch_generation, pass] {
+      with_epoch(*epoch, generation, [&](TrackerCore& core) { core.finish_pass(pass); });
     });
   }
   if (act.selected) {
@@ -500,7 +548,7 @@ void TrackerCore::backward_exit(Activation& act, Payload grads) {
   const auto pass = backend_.backward_pass();
   const auto h = hooks();
   const bool post_hook = act.selected && h && h->post_bw;
-  std::vector<std::shared_ptr<Activation>> inner;  // still in backward, but ran inside `act`
+  std::vector<ActivationRef> inner;  // still in backward, but ran inside `act`
   {
     std::lock_guard<SpinLock> lock(state_);
     if (pass == 0 || act.entered_pass != pass || act.exited_pass == pass) return;  // never entered
@@ -559,7 +607,7 @@ void TrackerCore::exit_backward(Activation& act, Payload grads) {
 }
 
 void TrackerCore::finish_pass(std::uint64_t pass) {
-  std::vector<std::shared_ptr<Activation>> open;
+  std::vector<ActivationRef> open;
   {
     std::lock_guard<SpinLock> lock(state_);
     auto p = std::find_if(passes_.begin(), passes_.end(), [&](const OpenPass& o) { return o.id == pass; });

@@ -169,14 +169,45 @@ TEST_CASE("GradCallback: from a context and a function, or from any callable") {
   from_lambda(Payload{&grads});
   CHECK(calls == 2);
   auto counter = std::make_shared<int>(0);
+  const std::weak_ptr<int> watch = counter;
+  const int* seen = counter.get();
   GradCallback from_context(counter, [](void* c, Payload) { ++*static_cast<int*>(c); });
   from_context(Payload{});
   CHECK(*counter == 1);
   const auto borrowed = from_context.ref();  // calls the same function on the same context, owning nothing
   counter.reset();  // from_context still owns it
+  CHECK_FALSE(watch.expired());
   borrowed(Payload{});
-  CHECK(*static_cast<int*>(borrowed.context) == 2);
+  CHECK(*seen == 2);
+  from_context = GradCallback{};
+  CHECK(watch.expired());  // the last owner let go
   CHECK_FALSE(GradCallback{});
+}
+
+TEST_CASE("GradCallback: a context that counts its own references") {
+  struct Counted {
+    int refs = 1;  // the one the first callback adopts
+    int calls = 0;
+  } c;
+  static constexpr ContextRefs refs{[](void* p) noexcept { ++static_cast<Counted*>(p)->refs; },
+                                    [](void* p) noexcept { --static_cast<Counted*>(p)->refs; }};
+  {
+    GradCallback cb(&c, refs, [](void* p, Payload) { ++static_cast<Counted*>(p)->calls; });
+    CHECK(c.refs == 1);  // adopted, not counted again
+    {
+      const GradCallback copy = cb;
+      CHECK(c.refs == 2);
+      copy(Payload{});
+    }
+    CHECK(c.refs == 1);
+    GradCallback moved = std::move(cb);  // a move hands the reference on
+    CHECK(c.refs == 1);
+    moved(Payload{});
+    cb = moved;  // assigned over the moved-from one
+    CHECK(c.refs == 2);
+  }
+  CHECK(c.refs == 0);
+  CHECK(c.calls == 2);
 }
 
 TEST_CASE("a tracking scope cannot be ended from inside one of its own hooks") {
