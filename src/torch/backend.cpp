@@ -30,7 +30,8 @@ using modtracker::detail::SpinLock;
 
 // A vector whose first N elements live inline (no allocation for the usual
 // one to three registrations per node, tensors per call, events per
-// gradient). The inline storage is raw: nothing is built or zeroed up front.
+// gradient). The inline storage is raw: nothing is built or zeroed up front;
+// the rest spill to a vector made on first need (one pointer until then).
 template <class T, std::size_t N>
 class SmallVector {
  public:
@@ -42,11 +43,15 @@ class SmallVector {
   }
   template <class... Args>
   void emplace_back(Args&&... args) {
-    if (size_ < N) ::new (static_cast<void*>(slot(size_))) T{std::forward<Args>(args)...};
-    else spill_.push_back(T{std::forward<Args>(args)...});
+    if (size_ < N) {
+      ::new (static_cast<void*>(slot(size_))) T{std::forward<Args>(args)...};
+    } else {
+      if (!spill_) spill_ = std::make_unique<std::vector<T>>();
+      spill_->push_back(T{std::forward<Args>(args)...});
+    }
     ++size_;
   }
-  T& operator[](std::size_t i) { return i < N ? *slot(i) : spill_[i - N]; }
+  T& operator[](std::size_t i) { return i < N ? *slot(i) : (*spill_)[i - N]; }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   template <class F>
   bool any_of(F&& f) {
@@ -57,9 +62,9 @@ class SmallVector {
 
  private:
   T* slot(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(inline_ + i * sizeof(T))); }
+  std::size_t size_ = 0;  // first: read before the elements
   alignas(T) std::byte inline_[N * sizeof(T)];
-  std::vector<T> spill_;
-  std::size_t size_ = 0;
+  std::unique_ptr<std::vector<T>> spill_;
 };
 
 // A removable registration, or one over several edges: its state is shared
@@ -78,16 +83,36 @@ struct Hook {
   std::vector<at::Tensor> kept;  // all-of over several edges: gradients that came first
 };
 
-// A registration on one autograd edge. A kept registration on one edge (a
-// tracker's module boundary, the common case) lives entirely here, with no
-// Hook object; the others share a Hook (which holds their callback and state).
+// An entry's callback when it shares a Hook: the Hook is its context (owned
+// by the dispatcher, see Dispatch::hooks), and this function marks it.
+void call_hook(void* hook, Payload grads) { static_cast<Hook*>(hook)->fn(grads); }
+constexpr ContextRefs unowned{[](void*) noexcept {}, [](void*) noexcept {}};
+
+// A registration on one autograd edge, 48 bytes (two fit a dispatcher's two
+// cache lines). A kept registration on one edge (a tracker's module
+// boundary, the common case) lives entirely here, with no Hook object; the
+// others share a Hook (which holds their callback and state).
 struct Entry {
-  std::uint32_t output_nr = 0;
-  GradOrder order;
-  std::uint64_t pass = 0;  // own state, when hook is empty: the pass it last fired in
-  GradCallback fn;         // own callback, when hook is empty
-  std::shared_ptr<Hook> hook;
+  GradCallback fn;         // own callback, or call_hook on the shared Hook
+  std::uint64_t sequence;  // GradOrder::sequence
+  std::uint64_t pass = 0;  // own state, without a Hook: the pass it last fired in
+  std::uint32_t output_nr;
+  std::uint32_t depth_kind;  // GradOrder::depth << 1 | (kind == exit)
+
+  Entry(std::uint32_t nr, GradOrder order, GradCallback callback)
+      : fn(std::move(callback)),
+        sequence(order.sequence),
+        output_nr(nr),
+        depth_kind(std::min(order.depth, 0x7fffffffu) << 1 | (order.kind == Kind::exit ? 1u : 0u)) {}
+  [[nodiscard]] GradOrder order() const noexcept {
+    return GradOrder{(depth_kind & 1u) ? Kind::exit : Kind::enter, depth_kind >> 1, sequence};
+  }
+  [[nodiscard]] Hook* hook() const noexcept {
+    const auto r = fn.ref();
+    return r.fn == &call_hook ? static_cast<Hook*>(r.context) : nullptr;
+  }
 };
+static_assert(sizeof(Entry) == 48);
 
 SpinLock state_lock;  // guards Dispatch entries, Hook pass state, leaves and passes
 
@@ -98,6 +123,13 @@ SpinLock state_lock;  // guards Dispatch entries, Hook pass state, leaves and pa
 // removed one is skipped), so hooks fired outside the lock stay alive.
 struct Dispatch {
   SmallVector<Entry, 2> entries;  // guarded by state_lock; two inline: a module boundary in a chain
+  std::unique_ptr<std::vector<std::shared_ptr<Hook>>> hooks;  // the shared Hooks of the entries
+  void add(std::uint32_t output_nr, GradOrder order, GradCallback fn) { entries.emplace_back(output_nr, order, std::move(fn)); }
+  void add(std::uint32_t output_nr, GradOrder order, const std::shared_ptr<Hook>& hook) {
+    if (!hooks) hooks = std::make_unique<std::vector<std::shared_ptr<Hook>>>();
+    hooks->push_back(hook);
+    entries.emplace_back(output_nr, order, GradCallback(hook.get(), unowned, &call_hook));
+  }
   void fire(const at::Tensor* grads, std::size_t n);
 };
 
@@ -109,10 +141,12 @@ struct NodeHook final : torch::autograd::FunctionPreHook {
     dispatch.fire(grads.data(), grads.size());
     return grads;
   }
-  // From the free lists (the class is final: every one has this size).
+  // From the free lists (the class is final: every one has this size), two
+  // cache lines.
   static void* operator new(std::size_t) { return modtracker::detail::BlockPool<sizeof(NodeHook)>::allocate(); }
   static void operator delete(void* p) noexcept { modtracker::detail::BlockPool<sizeof(NodeHook)>::deallocate(p); }
 };
+static_assert(sizeof(NodeHook) <= 128);
 
 // Leaf tensors have no grad_fn: one tensor hook per leaf, found through a
 // table keyed by the TensorImpl (entries expire with the tensor's hook).
@@ -208,13 +242,14 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
     for (std::size_t i = 0; i < entries.size(); ++i) {
       Entry& e = entries[i];
       if (e.output_nr >= n || !grads[e.output_nr].defined()) continue;  // no gradient on this edge
-      if (!e.hook) {  // kept, one edge: fires once per pass
+      Hook* shared = e.hook();
+      if (!shared) {  // kept, one edge: fires once per pass
         if (e.pass == pass) continue;
         e.pass = pass;
-        run.emplace_back(e.order, e.fn.ref(), &grads[e.output_nr]);
+        run.emplace_back(e.order(), e.fn.ref(), &grads[e.output_nr]);
         continue;
       }
-      Hook& h = *e.hook;  // its entries all carry the same order
+      Hook& h = *shared;  // its entries all carry the same order
       if (h.removed.load(std::memory_order_relaxed)) continue;
       if (h.pass != pass) {
         h.pass = pass;
@@ -231,13 +266,13 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
       if (h.fired) continue;
       if (h.waits.empty()) {  // first-of-any, or all-of over one edge
         h.fired = true;
-        run.emplace_back(e.order, h.fn.ref(), &grads[e.output_nr]);
+        run.emplace_back(e.order(), h.fn.ref(), &grads[e.output_nr]);
         continue;
       }
       h.kept.push_back(grads[e.output_nr]);
       if (++h.arrived < h.needed) continue;
       h.fired = true;
-      run.emplace_back(e.order, h.fn.ref(), nullptr, std::move(h.kept));
+      run.emplace_back(e.order(), h.fn.ref(), nullptr, std::move(h.kept));
       h.kept.clear();
     }
   }
@@ -349,8 +384,8 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
         }
         d = leaf.get();
       }
-      if (hook) d->entries.emplace_back(e.output_nr, order, 0u, GradCallback{}, hook);
-      else d->entries.emplace_back(e.output_nr, order, 0u, std::move(fn), nullptr);  // one edge: moved once
+      if (hook) d->add(e.output_nr, order, hook);
+      else d->add(e.output_nr, order, std::move(fn));  // one edge: moved once
     }
   }
   // A leaf's tensor hook owns its dispatcher: it lives as long as the tensor.
