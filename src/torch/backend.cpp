@@ -88,14 +88,14 @@ struct Hook {
 void call_hook(void* hook, Payload grads) { static_cast<Hook*>(hook)->fn(grads); }
 constexpr ContextRefs unowned{[](void*) noexcept {}, [](void*) noexcept {}};
 
-// A registration on one autograd edge, 48 bytes (two fit a dispatcher's two
+// A registration on one autograd edge, 40 bytes (two fit a dispatcher's two
 // cache lines). A kept registration on one edge (a tracker's module
-// boundary, the common case) lives entirely here, with no Hook object; the
-// others share a Hook (which holds their callback and state).
+// boundary, the common case) lives entirely here, with no Hook object and no
+// state: the engine runs a node once per pass, so it fires once per pass.
+// The others share a Hook (which holds their callback and state).
 struct Entry {
   GradCallback fn;         // own callback, or call_hook on the shared Hook
   std::uint64_t sequence;  // GradOrder::sequence
-  std::uint64_t pass = 0;  // own state, without a Hook: the pass it last fired in
   std::uint32_t output_nr;
   std::uint32_t depth_kind;  // GradOrder::depth << 1 | (kind == exit)
 
@@ -112,7 +112,7 @@ struct Entry {
     return r.fn == &call_hook ? static_cast<Hook*>(r.context) : nullptr;
   }
 };
-static_assert(sizeof(Entry) == 48);
+static_assert(sizeof(Entry) == 40);
 
 SpinLock state_lock;  // guards Dispatch entries, Hook pass state, leaves and passes
 
@@ -122,6 +122,12 @@ SpinLock state_lock;  // guards Dispatch entries, Hook pass state, leaves and pa
 // the modules registered. Entries are never erased while the node lives (a
 // removed one is skipped), so hooks fired outside the lock stay alive.
 struct Dispatch {
+  // Where the next backward step will likely look (the dispatcher on this
+  // module's input, and the module entered there), prefetched when this one
+  // fires: at 1000 modules both are out of cache by then. Addresses only:
+  // never read through (they may be gone), guarded by state_lock.
+  const Dispatch* next = nullptr;
+  const void* next_context = nullptr;
   SmallVector<Entry, 2> entries;  // guarded by state_lock; two inline: a module boundary in a chain
   std::unique_ptr<std::vector<std::shared_ptr<Hook>>> hooks;  // the shared Hooks of the entries
   void add(std::uint32_t output_nr, GradOrder order, GradCallback fn) { entries.emplace_back(output_nr, order, std::move(fn)); }
@@ -139,7 +145,11 @@ struct NodeHook final : torch::autograd::FunctionPreHook {
   Dispatch dispatch;
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
     dispatch.fire(grads.data(), grads.size());
-    return grads;
+    // The engine calls every pre-hook as `inputs = (*hook)(inputs)` on its
+    // own non-const list (call_pre_hooks in engine.cpp, in every LibTorch
+    // version): handing that list back by move saves copying it (an
+    // allocation and a reference count per gradient).
+    return std::move(const_cast<torch::autograd::variable_list&>(grads));
   }
   // From the free lists (the class is final: every one has this size), two
   // cache lines.
@@ -239,13 +249,16 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
   SmallVector<Ready, 4> run;
   {
     std::lock_guard<SpinLock> lock(state_lock);
+    if (next) {
+      __builtin_prefetch(next);
+      __builtin_prefetch(reinterpret_cast<const char*>(next) + 64);
+      __builtin_prefetch(next_context);
+    }
     for (std::size_t i = 0; i < entries.size(); ++i) {
       Entry& e = entries[i];
       if (e.output_nr >= n || !grads[e.output_nr].defined()) continue;  // no gradient on this edge
       Hook* shared = e.hook();
-      if (!shared) {  // kept, one edge: fires once per pass
-        if (e.pass == pass) continue;
-        e.pass = pass;
+      if (!shared) {  // kept, one edge: its node runs once per pass
         run.emplace_back(e.order(), e.fn.ref(), &grads[e.output_nr]);
         continue;
       }
@@ -321,6 +334,28 @@ TensorEdge edge_of(const at::Tensor& t) {
   return {true, node, node ? static_cast<std::uint32_t>(t.output_nr()) : 0u};
 }
 
+// The last kept exit registered on this thread: a module's input dispatcher
+// and the module entered there, found again when the same module (the same
+// callback context) registers its output's entry (see Dispatch::next).
+struct LastExit {
+  const void* context = nullptr;
+  const Dispatch* where = nullptr;
+  const void* entered = nullptr;
+};
+[[gnu::tls_model("initial-exec")]] thread_local LastExit last_exit;
+
+void link_boundary(Dispatch& d, const void* context, Kind kind) {  // state_lock held
+  if (kind == Kind::exit) {
+    const void* entered = nullptr;  // the latest kept entry there: the outermost module
+    for (std::size_t i = 0; i < d.entries.size(); ++i)
+      if (const Entry& e = d.entries[i]; !e.hook() && e.order().kind == Kind::enter) entered = e.fn.ref().context;
+    last_exit = LastExit{context, &d, entered};
+  } else if (last_exit.context == context) {
+    d.next = last_exit.where;
+    d.next_context = last_exit.entered;
+  }
+}
+
 // Registers `fn` on the edges of `values` that require grad. Kept (`keep`)
 // registrations get no handle, and on one edge no Hook object either.
 std::optional<Registration> register_hook(Payload values, GradOrder order, GradCallback fn, bool all, bool keep) {
@@ -384,8 +419,12 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
         }
         d = leaf.get();
       }
-      if (hook) d->add(e.output_nr, order, hook);
-      else d->add(e.output_nr, order, std::move(fn));  // one edge: moved once
+      if (hook) {
+        d->add(e.output_nr, order, hook);
+      } else {
+        link_boundary(*d, fn.ref().context, order.kind);
+        d->add(e.output_nr, order, std::move(fn));  // one edge: moved once
+      }
     }
   }
   // A leaf's tensor hook owns its dispatcher: it lives as long as the tensor.

@@ -493,3 +493,32 @@ TEST_CASE("boundary tensors that are views (and a view of a leaf) nest in backwa
   CHECK(parents(t) == "Global");
   CHECK(leaf.grad().defined());
 }
+
+TEST_CASE("the user's own tensor hooks on a boundary tensor still see the gradient and can change it") {
+  torch::manual_seed(0);
+  torch::nn::Linear plain_a(3, 3), plain_b(3, 3);
+  lt::nn::Linear a(plain_a.ptr()), b(plain_b.ptr());  // the same layers, tracked
+  const auto x = torch::randn({2, 3});
+  auto step = [&](auto& first, auto& second) {
+    auto w = torch::randn({3, 3}, torch::requires_grad());  // a leaf upstream of the boundary
+    auto h = first(x.mm(w));
+    at::Tensor seen;
+    h.register_hook([&](const at::Tensor& g) {  // after the tracker's own hook on h's node
+      seen = g.clone();
+      return g * 2;
+    });
+    second(h).sum().backward();
+    return std::pair{seen, w.grad()};
+  };
+  torch::manual_seed(1);
+  const auto [plain_seen, plain_grad] = step(plain_a, plain_b);
+  lt::Tracker t;
+  auto scope = t.track();
+  torch::manual_seed(1);
+  const auto [tracked_seen, tracked_grad] = step(a, b);
+  REQUIRE(tracked_seen.defined());
+  CHECK(torch::equal(tracked_seen, plain_seen));
+  CHECK(torch::equal(tracked_grad, plain_grad));  // doubled by the user's hook in both
+  CHECK(transitions(t) == Strings{"fw enter Linear", "fw exit Linear", "fw enter Linear", "fw exit Linear",
+                                  "bw enter Linear", "bw exit Linear", "bw enter Linear", "bw exit Linear"});
+}
