@@ -193,6 +193,10 @@ struct ForwardCall {
   /// the forward by themselves then keeps them.
   mutable bool inputs_after = false;
   ModuleOwner owner;  ///< optional: see ModuleOwner
+  /// Optional hint: the module this thread will likely call next (a
+  /// Sequential's next child). Observers may start loading what they keep
+  /// for it; nothing else depends on it.
+  ModuleRef next;
 };
 
 /// What a tracker installs into a backend to see forward calls.

@@ -131,6 +131,13 @@ class AddressMap {
     return place(key, std::move(value));
   }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  /// Starts loading the home slot of `key` into the cache (a lookup soon).
+  void prefetch(const void* key) const noexcept {
+    if (slots_.empty()) return;
+    const auto* first = reinterpret_cast<const char*>(&slots_[home(key)]);
+    __builtin_prefetch(first);
+    __builtin_prefetch(first + sizeof(Slot) - 1);  // a slot may straddle two lines
+  }
   /// Calls f(key, value) for every entry.
   template <class F>
   void for_each(F&& f) {

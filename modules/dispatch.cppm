@@ -68,7 +68,8 @@ class ForwardDispatcher {
   /// reports a forward that threw.
   class Call {
    public:
-    Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner = {});
+    Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner = {},
+         ModuleRef next = {});
     Call(const Call&) = delete;
     Call& operator=(const Call&) = delete;
     ~Call();

@@ -270,7 +270,8 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     // The inputs are passed on as lvalues: the Sequential's post hooks still see them.
     std::optional<torch::nn::AnyValue> value;
     {
-      ForwardDispatcher::Call child(d, module_ref(*children[0]), Payload{&in}, detail::owner_of(children[0]));
+      ForwardDispatcher::Call child(d, module_ref(*children[0]), Payload{&in}, detail::owner_of(children[0]),
+                                    next_of(children, 1));
       value.emplace(it->any_forward(inputs...));
       const Tensors out(&*value, &tensor_in);  // found only if an observer looks
       child.finish(Payload{&out});
@@ -279,7 +280,8 @@ class SequentialImpl : public torch::nn::SequentialImpl {
       // This child's input is the previous output, which the call consumes.
       Tensors child_in(&*value, &tensor_in);
       at::Tensor kept;  // for observers that look at the inputs after the forward (outlives the call)
-      ForwardDispatcher::Call child(d, module_ref(*children[i]), Payload{&child_in}, detail::owner_of(children[i]));
+      ForwardDispatcher::Call child(d, module_ref(*children[i]), Payload{&child_in}, detail::owner_of(children[i]),
+                                    next_of(children, i + 1));
       if (child.inputs_after()) {
         if (!child_in.empty()) kept = child_in[0];
         child_in = Tensors();
@@ -336,6 +338,11 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     std::vector<std::unique_ptr<Children>> all_;
     std::atomic<const Children*> current_{nullptr};
   };
+
+  // The child after the one running (ForwardCall::next), if any.
+  ModuleRef next_of(const std::shared_ptr<torch::nn::Module>* children, std::size_t i) const noexcept {
+    return i < size() ? module_ref(*children[i]) : ModuleRef{};
+  }
 
   // The tensor in a child's output (an AnyValue), if it holds one.
   static void tensor_in(const void* value, Tensors& out) {

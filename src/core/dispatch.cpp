@@ -259,8 +259,9 @@ bool ForwardDispatcher::installed(std::uint64_t generation) const noexcept {
   return false;
 }
 
-ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner)
-    : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, false, owner} {
+ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner,
+                              ModuleRef next)
+    : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, false, owner, next} {
   if (!module) throw std::invalid_argument("modtracker: forward call of a null module");
   {
     std::optional<InObserver> guard(std::in_place);

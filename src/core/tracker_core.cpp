@@ -401,7 +401,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     reentered = c.forward + c.backward > 0 && !in_bw();
     add_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::enter, fqn, call.depth);
-    name = names_[fqn];
+    if (reentered) name = names_[fqn];  // only the diagnostic needs it (a cold string)
     if (act) {
       act->fqn = fqn;
       act->selected = selected;
@@ -413,6 +413,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       exit_cb = GradCallback(act, activation_refs, &on_input_gradients);
       link_in_flight(*raw);
     }
+    if (call.next) modules_.prefetch(call.next.ptr);  // its lookup is the next call's first cache miss
   }
   if (stale)
     diagnose({Diagnostic::Code::unfinished_backward, "",

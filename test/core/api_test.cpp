@@ -302,6 +302,24 @@ TEST_CASE("no heap allocation per enter/exit in steady state") {
 }
 #endif
 
+TEST_CASE("ForwardCall::next is only a hint: a known module, an unknown address or none give the same events") {
+  Backend b;
+  auto lin = b.module("Linear");
+  auto other = b.module("Other");
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  const Values x{b.value(false)};
+  int not_a_module = 0;
+  for (const modtracker::ModuleRef next :
+       {modtracker::ModuleRef{other.get()}, modtracker::ModuleRef{&not_a_module}, modtracker::ModuleRef{}}) {
+    ForwardDispatcher::Call call(b.dispatcher(), modtracker::ModuleRef{lin.get()}, Payload{&x}, {}, next);
+    call.finish(Payload{&x});
+  }
+  CHECK(transitions(t) == V{"fw enter Linear", "fw exit Linear", "fw enter Linear", "fw exit Linear", "fw enter Linear",
+                            "fw exit Linear"});
+  CHECK_FALSE(t.known_fqn(*other));  // a hint names nothing
+}
+
 TEST_CASE("AddressMap: finds what it holds across growth, assign replaces in place, never loses an entry") {
   modtracker::detail::AddressMap<int> map;
   std::vector<int> objects(5000);
