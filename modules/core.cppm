@@ -310,6 +310,7 @@ class TrackerCore final : public ForwardObserver {
   std::vector<RawTransition> ring_;
   std::size_t ring_head_ = 0, ring_size_ = 0, ring_mask_ = 0;
   std::uint64_t dropped_ = 0, dropped_reported_ = 0, sequence_ = 0, activations_ = 0, module_generation_ = 0;
+  std::uint32_t last_activation_fqn_ = 0;  // see Activation::previous_fqn
   std::vector<OpenPass> passes_;
   Activation* in_flight_ = nullptr;  // activations between pre_ and post_forward
   ErasedFilter filter_;

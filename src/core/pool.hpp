@@ -24,6 +24,11 @@
 
 namespace modtracker::detail {
 
+/// Starts loading the cache line at `p` (any address: nothing is read).
+/// Called from module units through here: clang 16 finds __builtin_prefetch
+/// ambiguous in a module purview that also sees the x86 intrinsics headers.
+inline void prefetch_line(const void* p) noexcept { __builtin_prefetch(p); }
+
 /// Blocks of `Size` bytes, each starting a cache line: an object of up to
 /// 64 bytes is one line, and a larger one touches no line more than it needs.
 template <std::size_t Size>

@@ -113,13 +113,14 @@ struct alignas(64) Activation {
   std::uint64_t epoch_generation;
   std::uint64_t entered_pass = 0;  // guarded by the core's state lock
   std::uint64_t exited_pass = 0;
-  std::uint64_t sequence;      // activations started before this one
-  std::uint64_t end_sequence;  // activations started before its forward ended
+  std::uint64_t sequence;  // activations started before this one
   std::uint32_t depth;
+  std::uint32_t previous_fqn;  // of the activation started before it: likely the next in backward
   bool selected;
-  // Second line: forward and naming.
+  // Second line: forward, naming, and backward's rare paths.
   bool flying = false;  // in the core's in-flight list (which then owns a reference)
   std::uint32_t thread;
+  std::uint64_t end_sequence;  // activations started before its forward ended
   const void* module;  // with module_generation: see live_module()
   std::uint64_t module_generation;
   // Between pre_forward and post_forward: linked into the core's in-flight
@@ -407,6 +408,7 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act->selected = selected;
       act->module_generation = info.generation;
       act->sequence = activations_++;
+      act->previous_fqn = std::exchange(last_activation_fqn_, fqn);
       raw = made.release();
       act->refs.store(2, std::memory_order_relaxed);  // published by the lock's release
       exit_order = GradOrder{Kind::exit, act->depth, act->sequence};
@@ -528,6 +530,9 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
       first_of_pass = true;
     }
     act.entered_pass = pass;
+    // In a chain the module that ran before this one enters backward next:
+    // start loading its count (at 1000 modules it is out of cache).
+    if (act.previous_fqn < counts_.size()) prefetch_line(&counts_[act.previous_fqn]);
     p->open.emplace_back(act);
     add_count(act.fqn, Phase::backward);
     if (act.selected) record(Phase::backward, Kind::enter, act.fqn, act.depth);

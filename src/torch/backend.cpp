@@ -130,6 +130,13 @@ struct Dispatch {
   const void* next_context = nullptr;
   SmallVector<Entry, 2> entries;  // guarded by state_lock; two inline: a module boundary in a chain
   std::unique_ptr<std::vector<std::shared_ptr<Hook>>> hooks;  // the shared Hooks of the entries
+  ~Dispatch() {  // a graph is freed from its output on: the same next step
+    __builtin_prefetch(next);
+    __builtin_prefetch(next_context);
+  }
+  Dispatch() = default;
+  Dispatch(const Dispatch&) = delete;
+  Dispatch& operator=(const Dispatch&) = delete;
   void add(std::uint32_t output_nr, GradOrder order, GradCallback fn) { entries.emplace_back(output_nr, order, std::move(fn)); }
   void add(std::uint32_t output_nr, GradOrder order, const std::shared_ptr<Hook>& hook) {
     if (!hooks) hooks = std::make_unique<std::vector<std::shared_ptr<Hook>>>();
