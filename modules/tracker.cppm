@@ -71,10 +71,13 @@ class Tracker {
     ~Scope() {
       if (core_) core_->stop();
     }
-    /// Ends tracking now; throws std::logic_error if already ended.
+    /// Ends tracking now; throws std::logic_error if already ended, or if
+    /// called from inside one of this tracker's hooks (the scope then stays
+    /// active, and can be ended later).
     void end() {
       if (!core_) throw std::logic_error("modtracker: tracking scope ended twice");
-      std::exchange(core_, nullptr)->stop();
+      core_->stop();
+      core_ = nullptr;
     }
     [[nodiscard]] bool active() const noexcept { return core_ != nullptr; }
 

@@ -21,11 +21,16 @@ namespace modtracker {
 
 void Registration::remove() {
   if (!active()) throw std::logic_error("modtracker: registration removed twice (or never registered)");
-  if (auto fn = std::exchange(remove_, nullptr)) {
-    if (const auto target = std::exchange(target_, {}).lock()) fn(target.get());
+  // Spent only once the removal succeeded: a remover that throws (a scope
+  // ending inside its own hook) leaves the registration in place, and active.
+  if (remove_) {
+    if (const auto target = target_.lock()) remove_(target.get());
+    remove_ = nullptr;
+    target_.reset();
     return;
   }
-  std::exchange(generic_, {})();
+  generic_();
+  generic_ = {};
 }
 
 void Registration::reset() noexcept {

@@ -221,6 +221,14 @@ TEST_CASE("a tracking scope cannot be ended from inside one of its own hooks") {
   CHECK(join(t.parents()) == "Global");
   t.clear_user_hooks();
   CHECK_NOTHROW(b.call(*lin, {b.value(false)}));
+  // The refused end lost nothing: the scope is still active and tracking, and ends normally.
+  CHECK(scope->active());
+  CHECK(t.tracking());
+  CHECK(transitions(t) == V{"fw enter Linear", "fw exit Linear", "fw enter Linear", "fw exit Linear"});
+  scope->end();
+  CHECK_FALSE(t.tracking());
+  b.call(*lin, {b.value(false)});
+  CHECK(transitions(t).empty());
 }
 
 TEST_CASE("a tracker may start inside another tracker's hook: it sees the calls from then on") {
