@@ -50,6 +50,33 @@ TEST_CASE("threads: one tracker sees every thread's calls, parents stays consist
   CHECK(enters == threads * calls * 2);
 }
 
+namespace {
+// `n` threads calling `leaf` (grad off) over and over until stop() (or the
+// end of the scope).
+class CallingThreads {
+ public:
+  CallingThreads(Backend& b, Module& leaf, int n) {
+    for (int i = 0; i < n; ++i)
+      pool_.emplace_back([&b, &leaf, this] {
+        const Values x{b.value(false)};
+        while (!stop_.load()) b.call(leaf, x, [](const Values& in) { return in; });
+      });
+  }
+  CallingThreads(const CallingThreads&) = delete;
+  CallingThreads& operator=(const CallingThreads&) = delete;
+  ~CallingThreads() { stop(); }
+  void stop() {
+    stop_ = true;
+    for (auto& th : pool_)
+      if (th.joinable()) th.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> pool_;
+};
+}  // namespace
+
 TEST_CASE("threads: a scope ended on one thread while others call modules") {
   Backend b;
   b.set_grad_mode(false);
@@ -57,18 +84,11 @@ TEST_CASE("threads: a scope ended on one thread while others call modules") {
   ScriptedTracker t(b);
   t.set_diagnostics([](const Diagnostic&) {});  // Leaf on three threads at once is a re-entry
   auto scope = std::make_unique<ScriptedTracker::Scope>(t.track());
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> pool;
-  for (int i = 0; i < 3; ++i)
-    pool.emplace_back([&] {
-      const Values x{b.value(false)};
-      while (!stop.load()) b.call(*leaf, x, [](const Values& in) { return in; });
-    });
+  CallingThreads callers(b, *leaf, 3);
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   scope->end();  // waits for calls inside the tracker to leave
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  stop = true;
-  for (auto& th : pool) th.join();
+  callers.stop();
   auto again = t.track();
   CHECK(join(t.parents()) == "Global");
 }
@@ -86,13 +106,7 @@ TEST_CASE("threads: once a scope has ended, none of its hooks runs or is running
     std::this_thread::yield();
     inside.fetch_sub(1);
   });
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> pool;
-  for (int i = 0; i < 2; ++i)
-    pool.emplace_back([&] {
-      const Values x{b.value(false)};
-      while (!stop.load()) b.call(*leaf, x, [](const Values& in) { return in; });
-    });
+  CallingThreads callers(b, *leaf, 2);
   int quiet_rounds = 0;
   for (int round = 0; round < 200; ++round) {
     auto scope = t.track();
@@ -103,8 +117,7 @@ TEST_CASE("threads: once a scope has ended, none of its hooks runs or is running
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     quiet_rounds += calls.load() == 0;  // and no hook started after it
   }
-  stop = true;
-  for (auto& th : pool) th.join();
+  callers.stop();
   CHECK(quiet_rounds == 200);
 }
 
