@@ -5,7 +5,6 @@ module;
 #include <exception>
 #include <functional>
 #include <mutex>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -269,7 +268,7 @@ ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, P
     : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, false, owner, next} {
   if (!module) throw std::invalid_argument("modtracker: forward call of a null module");
   {
-    std::optional<InObserver> guard(std::in_place);
+    InObserver guard;  // post() below nests in it (read sections are reentrant)
     try {
       for (std::uint32_t i = 0; i < dispatcher.used_; ++i) {
         const Slot slot = dispatcher.slots_[i];
@@ -277,7 +276,6 @@ ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, P
         seen_[n_seen_++] = Seen{slot.observer, slot.generation, token};
       }
     } catch (...) {
-      guard.reset();
       post(Payload{}, true);  // the observers that did enter see a failed forward
       finished_ = true;
       throw;

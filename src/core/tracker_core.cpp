@@ -385,7 +385,6 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   // Once linked, the activation belongs to the in-flight list (a scope ending
   // meanwhile frees it) and to its exit callback, which the backend takes:
   // two references, counted when it is made.
-  Activation* raw = nullptr;
   GradCallback exit_cb;
   GradOrder exit_order;
   {
@@ -409,11 +408,11 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
       act->module_generation = info.generation;
       act->sequence = activations_++;
       act->previous_fqn = std::exchange(last_activation_fqn_, fqn);
-      raw = made.release();
+      (void)made.release();  // from here on the in-flight list's reference
       act->refs.store(2, std::memory_order_relaxed);  // published by the lock's release
       exit_order = GradOrder{Kind::exit, act->depth, act->sequence};
       exit_cb = GradCallback(act, activation_refs, &on_input_gradients);
-      link_in_flight(*raw);
+      link_in_flight(*act);
     }
     if (call.next) modules_.prefetch(call.next.ptr);  // its lookup is the next call's first cache miss
   }
@@ -425,10 +424,10 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
     diagnose({Diagnostic::Code::reentrant_forward, std::string(name),
               "module '" + std::string(name) +
                   "' entered while already active; the module hierarchy may be wrong"});
-  const std::uintptr_t token = raw ? reinterpret_cast<std::uintptr_t>(raw) | 1u : plain_token(fqn, selected);
+  const std::uintptr_t token = act ? reinterpret_cast<std::uintptr_t>(act) | 1u : plain_token(fqn, selected);
   try {
     // Kept for good: inert once the scope ends; lives as long as the graph.
-    if (raw) backend_.keep_all_gradients(call.inputs, exit_order, std::move(exit_cb));
+    if (act) backend_.keep_all_gradients(call.inputs, exit_order, std::move(exit_cb));
     if (selected) {
       if (auto h = hooks()) {
         if (h->post_fw) call.inputs_after = true;
@@ -438,9 +437,9 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   } catch (...) {
     ActivationRef dropped;
     std::lock_guard<SpinLock> lock(state_);
-    if (raw && in_flight(*raw)) {  // still the list's (the scope may have ended and freed it)
-      unlink_in_flight(*raw);
-      dropped = ActivationRef::adopt(raw);
+    if (act && in_flight(*act)) {  // still the list's (the scope may have ended and freed it)
+      unlink_in_flight(*act);
+      dropped = ActivationRef::adopt(act);
     }
     if (counts_[fqn].forward > 0) sub_count(fqn, Phase::forward);
     if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
