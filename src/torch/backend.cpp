@@ -26,6 +26,7 @@ namespace {
 
 using torch::autograd::Node;
 using modtracker::detail::PoolAllocator;
+using modtracker::detail::prefetch_line;
 using modtracker::detail::SpinLock;
 
 // A vector whose first N elements live inline (no allocation for the usual
@@ -131,8 +132,8 @@ struct Dispatch {
   SmallVector<Entry, 2> entries;  // guarded by state_lock; two inline: a module boundary in a chain
   std::unique_ptr<std::vector<std::shared_ptr<Hook>>> hooks;  // the shared Hooks of the entries
   ~Dispatch() {  // a graph is freed from its output on: the same next step
-    __builtin_prefetch(next);
-    __builtin_prefetch(next_context);
+    prefetch_line(next);
+    prefetch_line(next_context);
   }
   Dispatch() = default;
   Dispatch(const Dispatch&) = delete;
@@ -257,9 +258,9 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
   {
     std::lock_guard<SpinLock> lock(state_lock);
     if (next) {
-      __builtin_prefetch(next);
-      __builtin_prefetch(reinterpret_cast<const char*>(next) + 64);
-      __builtin_prefetch(next_context);
+      prefetch_line(next);
+      prefetch_line(reinterpret_cast<const char*>(next) + 64);
+      prefetch_line(next_context);
     }
     for (std::size_t i = 0; i < entries.size(); ++i) {
       Entry& e = entries[i];
