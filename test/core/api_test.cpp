@@ -158,6 +158,15 @@ TEST_CASE("bad input: null and foreign modules, removed handles, exits without e
   CHECK(*target == 1);
   Registration orphan(std::weak_ptr<int>(std::make_shared<int>(0)), [](void*) { FAIL("target gone"); });
   CHECK_NOTHROW(orphan.remove());  // the target is gone: nothing to remove
+  int attempts = 0;
+  Registration refused([&] {
+    if (++attempts == 1) throw std::logic_error("not now");
+  });
+  CHECK_THROWS_AS(refused.remove(), std::logic_error);
+  CHECK(refused.active());  // a remover that throws spends nothing: it can be asked again
+  refused.remove();
+  CHECK_FALSE(refused.active());
+  CHECK(attempts == 2);
 }
 
 TEST_CASE("GradCallback: from a context and a function, or from any callable") {

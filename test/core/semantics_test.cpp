@@ -321,6 +321,21 @@ TEST_CASE("scope: gradient hooks that fire after the scope ended (or the tracker
   b.backward({y[0], x});  // must not touch the destroyed tracker
   ScriptedTracker t2(b);
   CHECK(join(t2.parents()) == "Global");
+  // A later scope (the ended one's epoch is reused) is not the old graph's:
+  // neither another tracker's nor a new scope of the same tracker.
+  {
+    auto old_scope = t2.track();
+    y = b.call(*lin, {x});
+  }
+  ScriptedTracker t3(b);
+  auto other = t3.track();
+  auto again = t2.track();
+  (void)transitions(t2);
+  b.backward({y[0], x});
+  CHECK(transitions(t2).empty());
+  CHECK(transitions(t3).empty());
+  CHECK(join(t2.parents()) == "Global");
+  CHECK(join(t3.parents()) == "Global");
 }
 
 TEST_CASE("trackers nest: each sees every call while active") {
