@@ -738,8 +738,9 @@ Generator<Transition> TrackerCore::transitions() {
         raw = ring_[ring_head_];
         sequence = sequence_ - ring_size_;
         fqn = names_[raw.fqn];
-        ring_head_ = (ring_head_ + 1) & ring_mask_;
-        --ring_size_;
+        // Emptied: the next writes start over at the front, so a journal
+        // read as often as it is written stays in the cache lines it used.
+        ring_head_ = --ring_size_ == 0 ? 0 : (ring_head_ + 1) & ring_mask_;
       }
     }
     if (newly_dropped != 0) {  // said before the survivors are yielded
