@@ -364,10 +364,11 @@ void link_boundary(Dispatch& d, const void* context, Kind kind) {  // state_lock
   }
 }
 
-// Registers `fn` on the edges of `values` that require grad. Kept (`keep`)
-// registrations get no handle, and on one edge no Hook object either.
-std::optional<Registration> register_hook(Payload values, GradOrder order, GradCallback fn, bool all, bool keep) {
-  if (!values) return std::nullopt;
+// Registers `fn` on the edges of `values` that require grad; false if none
+// does. A removable registration (`removable` given) shares a Hook, which it
+// hands back for its handle; a kept one on one edge has no Hook object.
+bool register_hook(Payload values, GradOrder order, GradCallback fn, bool all, std::shared_ptr<Hook>* removable) {
+  if (!values) return false;
   const auto& tensors = *static_cast<const Tensors*>(values.ptr);
   struct Edge {
     const at::Tensor* tensor = nullptr;
@@ -385,9 +386,9 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
     if (edges.any_of([&](const Edge& e) { return e.key == key && e.output_nr == output_nr; })) continue;
     edges.emplace_back(&t, node, key, output_nr);
   }
-  if (edges.size() == 0) return std::nullopt;
+  if (edges.size() == 0) return false;
   std::shared_ptr<Hook> hook;
-  if (!keep || edges.size() > 1) {
+  if (removable || edges.size() > 1) {
     hook = std::allocate_shared<Hook>(PoolAllocator<Hook>{});
     hook->fn = std::move(fn);
   }
@@ -439,7 +440,13 @@ std::optional<Registration> register_hook(Payload values, GradOrder order, GradC
   for (std::size_t i = 0; i < fresh_leaves.size(); ++i)
     fresh_leaves[i].first->register_hook(
         [d = std::move(fresh_leaves[i].second)](const at::Tensor& grad) { d->fire(&grad, 1); });
-  if (keep) return Registration{};
+  if (removable) *removable = std::move(hook);
+  return true;
+}
+
+std::optional<Registration> removable_hook(Payload values, GradOrder order, GradCallback fn, bool all) {
+  std::shared_ptr<Hook> hook;
+  if (!register_hook(values, order, std::move(fn), all, &hook)) return std::nullopt;
   return Registration(hook, [](void* h) { static_cast<Hook*>(h)->removed.store(true, std::memory_order_relaxed); });
 }
 
@@ -467,19 +474,19 @@ bool Backend::in_backward() const { return torch::autograd::get_current_graph_ta
 std::uint64_t Backend::backward_pass() const { return firing_pass != 0 ? firing_pass : current_pass(); }
 
 std::optional<Registration> Backend::on_first_gradient(Payload values, GradOrder order, GradCallback fn) {
-  return register_hook(values, order, std::move(fn), false, false);
+  return removable_hook(values, order, std::move(fn), false);
 }
 
 bool Backend::keep_first_gradient(Payload values, GradOrder order, GradCallback fn) {
-  return register_hook(values, order, std::move(fn), false, true).has_value();
+  return register_hook(values, order, std::move(fn), false, nullptr);
 }
 
 bool Backend::keep_all_gradients(Payload values, GradOrder order, GradCallback fn) {
-  return register_hook(values, order, std::move(fn), true, true).has_value();
+  return register_hook(values, order, std::move(fn), true, nullptr);
 }
 
 std::optional<Registration> Backend::on_all_gradients(Payload values, GradOrder order, GradCallback fn) {
-  return register_hook(values, order, std::move(fn), true, false);
+  return removable_hook(values, order, std::move(fn), true);
 }
 
 void Backend::at_end_of_backward(std::function<void()> fn) {
