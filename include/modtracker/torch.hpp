@@ -269,16 +269,17 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     auto it = begin();
     // The inputs are passed on as lvalues: the Sequential's post hooks still see them.
     std::optional<torch::nn::AnyValue> value;
+    Tensors out;  // the last child's output: found only if an observer looks, once for both of its uses
     {
       ForwardDispatcher::Call child(d, module_ref(*children[0]), Payload{&in}, detail::owner_of(children[0]),
                                     next_of(children, 1));
       value.emplace(it->any_forward(inputs...));
-      const Tensors out(&*value, &tensor_in);  // found only if an observer looks
+      out = Tensors(&*value, &tensor_in);
       child.finish(Payload{&out});
     }
     for (std::size_t i = 1; ++it != end(); ++i) {
       // This child's input is the previous output, which the call consumes.
-      Tensors child_in(&*value, &tensor_in);
+      Tensors child_in = out;
       at::Tensor kept;  // for observers that look at the inputs after the forward (outlives the call)
       ForwardDispatcher::Call child(d, module_ref(*children[i]), Payload{&child_in}, detail::owner_of(children[i]),
                                     next_of(children, i + 1));
@@ -297,7 +298,7 @@ class SequentialImpl : public torch::nn::SequentialImpl {
       } forget{child_in, kept};
       value.emplace(it->any_forward(std::move(*value)));
       forget();
-      const Tensors out(&*value, &tensor_in);
+      out = Tensors(&*value, &tensor_in);
       child.finish(Payload{&out});
     }
     Return result = std::move(*value).template get<Return>();
