@@ -254,6 +254,29 @@ TEST_CASE("tracked Sequential: post hooks see each child's live inputs and outpu
   CHECK(t.known_fqn(*seq->ptr(2)) == std::optional<std::string>("Sequential.2"));  // named below it, not as a root
 }
 
+TEST_CASE("tracked Sequential names each child's successor as the next-call hint; other calls give none") {
+  struct Recorder final : modtracker::ForwardObserver {
+    std::vector<std::pair<const void*, const void*>> calls;  // (module, next)
+    std::uintptr_t pre_forward(const modtracker::ForwardCall& call) override {
+      calls.emplace_back(call.module.ptr, call.next.ptr);
+      return 0;
+    }
+    void post_forward(const modtracker::ForwardCall&, modtracker::Payload, std::uintptr_t) override {}
+  } recorder;
+  lt::nn::Sequential seq(torch::nn::Linear(3, 3), torch::nn::ReLU(), torch::nn::Linear(3, 3));
+  lt::nn::Linear held(3, 3);
+  auto registration = lt::backend().add_forward_observer(recorder);
+  held(seq->forward(torch::randn({2, 3})));
+  registration.remove();
+  const void* c0 = seq->ptr(0).get();
+  const void* c1 = seq->ptr(1).get();
+  const void* c2 = seq->ptr(2).get();
+  const void* s = static_cast<const torch::nn::Module*>(seq.get());  // a ModuleRef points at the Module base
+  const void* h = static_cast<const torch::nn::Module*>(held.get());
+  using Calls = std::vector<std::pair<const void*, const void*>>;
+  CHECK(recorder.calls == Calls{{s, nullptr}, {c0, c1}, {c1, c2}, {c2, nullptr}, {h, nullptr}});
+}
+
 TEST_CASE("a new module at a freed module's address is named afresh, through holders and Sequential alike") {
   // Storage of our own, so that the second module surely lands where the first was.
   alignas(std::max_align_t) static unsigned char storage[std::max(sizeof(torch::nn::LinearImpl), sizeof(torch::nn::TanhImpl))];
