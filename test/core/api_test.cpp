@@ -116,6 +116,19 @@ TEST_CASE("transitions: a full journal drops the oldest and reports how many") {
   REQUIRE(diags.size() == 1);
   CHECK(diags[0].code == Diagnostic::Code::journal_overflow);
   CHECK(diags[0].message.find("6 transitions dropped") != std::string::npos);
+  // Read in part after emptying, then filled past its end again: the order survives.
+  b.call(*lin, {b.value(false)});
+  for (const auto& tr : t.transitions()) {
+    CHECK(tr.sequence == 12);
+    break;
+  }
+  b.call(*lin, {b.value(false)});
+  b.call(*lin, {b.value(false)});
+  std::vector<std::pair<std::uint64_t, Kind>> rest;
+  for (const auto& tr : t.transitions()) rest.emplace_back(tr.sequence, tr.kind);
+  CHECK(rest == std::vector<std::pair<std::uint64_t, Kind>>{
+                    {14, Kind::enter}, {15, Kind::exit}, {16, Kind::enter}, {17, Kind::exit}});
+  CHECK(t.dropped_transitions() == 7);
   CHECK_THROWS_AS(ScriptedTracker(b, TrackerOptions{.journal_capacity = 0}), std::invalid_argument);
 }
 
