@@ -298,6 +298,10 @@ class TrackerCore final : public ForwardObserver {
   [[nodiscard]] bool in_flight(const Activation& a) const noexcept;
   void diagnose(Diagnostic d);
   std::shared_ptr<const ErasedHooks> hooks() const;
+  // False in the common case (no user hooks): then the hot paths hold no
+  // hooks pointer at all (its null copy costs a store and a reload).
+  [[nodiscard]] bool may_have_hooks() const noexcept { return has_hooks_.load(std::memory_order_acquire); }
+  void finish_forward(const ForwardCall& call, Payload output, std::uintptr_t token, const ErasedHooks* h);
 
   HookBackend& backend_;
   TrackerOptions options_;

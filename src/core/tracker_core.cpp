@@ -428,8 +428,8 @@ std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
   try {
     // Kept for good: inert once the scope ends; lives as long as the graph.
     if (act) backend_.keep_all_gradients(call.inputs, exit_order, std::move(exit_cb));
-    if (selected) {
-      if (auto h = hooks()) {
+    if (selected && may_have_hooks()) {
+      if (const auto h = hooks()) {
         if (h->post_fw) call.inputs_after = true;
         if (h->pre_fw) h->pre_fw(call.module, call.inputs);
       }
@@ -457,7 +457,12 @@ void TrackerCore::exit_forward_locked(std::uint32_t fqn, bool selected, std::uin
 }
 
 void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) {
-  const auto h = hooks();  // null in the common case: then one lock does all
+  if (!may_have_hooks()) return finish_forward(call, output, token, nullptr);  // the common case: one lock does all
+  const auto h = hooks();
+  finish_forward(call, output, token, h.get());
+}
+
+void TrackerCore::finish_forward(const ForwardCall& call, Payload output, std::uintptr_t token, const ErasedHooks* h) {
   const bool post_hook = h && h->post_fw;
   ActivationRef act;
   std::uint32_t fqn;
@@ -541,8 +546,8 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
       with_epoch(*epoch, generation, [&](TrackerCore& core) { core.finish_pass(pass); });
     });
   }
-  if (act.selected) {
-    if (auto h = hooks(); h && h->pre_bw) {
+  if (act.selected && may_have_hooks()) {
+    if (const auto h = hooks(); h && h->pre_bw) {
       const auto module = live_module(act);
       h->pre_bw(ModuleRef{module.get()}, grads);
     }
@@ -551,8 +556,10 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
 
 void TrackerCore::backward_exit(Activation& act, Payload grads) {
   const auto pass = backend_.backward_pass();
-  const auto h = hooks();
-  const bool post_hook = act.selected && h && h->post_bw;
+  const bool post_hook = act.selected && may_have_hooks() && [&] {
+    const auto h = hooks();
+    return h && h->post_bw;
+  }();
   std::vector<ActivationRef> inner;  // still in backward, but ran inside `act`
   {
     std::lock_guard<SpinLock> lock(state_);
@@ -594,9 +601,9 @@ void TrackerCore::exit_backward_locked(const Activation& act) {
 
 void TrackerCore::exit_backward(Activation& act, Payload grads) {
   std::exception_ptr hook_error;
-  if (act.selected) {
+  if (act.selected && may_have_hooks()) {
     try {
-      if (auto h = hooks(); h && h->post_bw) {
+      if (const auto h = hooks(); h && h->post_bw) {
         const auto module = live_module(act);
         h->post_bw(ModuleRef{module.get()}, grads);
       }
