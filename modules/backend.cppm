@@ -208,6 +208,17 @@ class ForwardObserver {
   /// After the forward; `output` is empty when the forward threw. Always
   /// called once for each pre_forward that returned.
   virtual void post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) = 0;
+  /// post_forward(done, output, token), then pre_forward(next), for a caller
+  /// that hands one call's output straight on to the next call (a
+  /// Sequential's children): nothing runs between the two. An observer may
+  /// do both at once (one lock, one clock read for the exit and the enter).
+  /// Returns next's token. If it throws, `done` has been finished anyway and
+  /// `next` was not entered.
+  virtual std::uintptr_t hand_over(const ForwardCall& done, Payload output, std::uintptr_t token,
+                                   const ForwardCall& next) {
+    post_forward(done, output, token);
+    return pre_forward(next);
+  }
   /// Children were added to `module` after it first ran: a tracker that
   /// knows it names the new ones below it (first name still wins).
   virtual void children_changed(ModuleRef module) { (void)module; }

@@ -242,6 +242,8 @@ class TrackerCore final : public ForwardObserver {
 
   std::uintptr_t pre_forward(const ForwardCall& call) override;
   void post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) override;
+  std::uintptr_t hand_over(const ForwardCall& done, Payload output, std::uintptr_t token,
+                           const ForwardCall& next) override;
   void children_changed(ModuleRef module) override;
 
   // Called by the gradient callbacks (through their Epoch).
@@ -287,10 +289,17 @@ class TrackerCore final : public ForwardObserver {
   void name_subtree(ModuleRef module, std::uint32_t fqn);
   void add_count(std::uint32_t fqn, Phase phase);
   void sub_count(std::uint32_t fqn, Phase phase);
-  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth);
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint64_t& time);
   void exit_backward(Activation& act, Payload grads);
   void exit_backward_locked(const Activation& act);
-  void exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth);
+  void exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth, std::uint64_t& time);
+  ActivationRef exit_locked(const ForwardCall& call, std::uintptr_t token, std::uint64_t& time);
+  void keep_output(ActivationRef act, Payload output);
+  struct Entering;
+  void begin_enter(const ForwardCall& call, Entering& e);
+  void enter_locked(const ForwardCall& call, Entering& e, std::uint64_t& time);
+  std::uintptr_t end_enter(const ForwardCall& call, Entering& e);
+  void undo_enter(const ForwardCall& call, Entering& e) noexcept;
   [[nodiscard]] std::shared_ptr<const void> live_module(const Activation& act) const;
   void close_stale_passes();
   void link_in_flight(Activation& a) noexcept;

@@ -70,6 +70,12 @@ class ForwardDispatcher {
    public:
     Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner = {},
          ModuleRef next = {});
+    /// previous.finish(output), then this call, for a caller that hands a
+    /// call's output straight on to the next call (a Sequential's children):
+    /// one step where the observers allow it (ForwardObserver::hand_over).
+    /// If finishing `previous` throws, this call does not start.
+    Call(Call& previous, Payload output, ModuleRef module, Payload inputs, ModuleOwner owner = {},
+         ModuleRef next = {});
     Call(const Call&) = delete;
     Call& operator=(const Call&) = delete;
     ~Call();
@@ -79,6 +85,7 @@ class ForwardDispatcher {
     [[nodiscard]] bool inputs_after() const noexcept { return call_.inputs_after; }
 
    private:
+    void start();
     void post(Payload output, bool forward_threw);
     ForwardDispatcher* dispatcher_;
     ForwardCall call_;

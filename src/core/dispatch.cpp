@@ -266,7 +266,37 @@ bool ForwardDispatcher::installed(std::uint64_t generation) const noexcept {
 ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, Payload inputs, ModuleOwner owner,
                               ModuleRef next)
     : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, false, owner, next} {
-  if (!module) throw std::invalid_argument("modtracker: forward call of a null module");
+  start();
+}
+
+ForwardDispatcher::Call::Call(Call& previous, Payload output, ModuleRef module, Payload inputs, ModuleOwner owner,
+                              ModuleRef next)
+    : dispatcher_(previous.dispatcher_), call_{module, inputs, 0, false, owner, next} {
+  if (previous.finished_) throw std::logic_error("modtracker: forward call finished twice");
+  {
+    InObserver guard;
+    const auto& d = *dispatcher_;
+    // One observer, the one that saw `previous` (the common case): it does
+    // both steps. Several: each finishes, then each starts, in their orders.
+    if (module && previous.n_seen_ == 1 && d.used_ == 1 && d.slots_[0].generation == previous.seen_[0].generation) {
+      previous.finished_ = true;
+      call_.depth = --call_depth_on_thread;
+      const Seen s = previous.seen_[0];
+      previous.n_seen_ = 0;
+      seen_[0] = Seen{s.observer, s.generation, s.observer->hand_over(previous.call_, output, s.token, call_)};
+      n_seen_ = 1;
+      ++call_depth_on_thread;
+      return;
+    }
+  }
+  previous.finish(output);
+  call_.depth = call_depth_on_thread;
+  start();
+}
+
+void ForwardDispatcher::Call::start() {
+  if (!call_.module) throw std::invalid_argument("modtracker: forward call of a null module");
+  auto& dispatcher = *dispatcher_;
   {
     InObserver guard;  // post() below nests in it (read sections are reentrant)
     try {

@@ -283,13 +283,15 @@ void TrackerCore::sub_count(std::uint32_t fqn, Phase phase) {
   active_.pop_back();
 }
 
-void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth) {
+// `time`: the step's clock read, taken here if no transition of the step took it yet (0).
+void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint64_t& time) {
+  if (time == 0) time = ticks();
   if (ring_size_ == options_.journal_capacity) {  // full: drop the oldest
     ring_head_ = (ring_head_ + 1) & ring_mask_;
     --ring_size_;
     ++dropped_;
   }
-  ring_[(ring_head_ + ring_size_) & ring_mask_] = RawTransition{ticks(), fqn, depth, thread_index(), phase, kind};
+  ring_[(ring_head_ + ring_size_) & ring_mask_] = RawTransition{time, fqn, depth, thread_index(), phase, kind};
   ++sequence_;
   ++ring_size_;
 }
@@ -355,105 +357,156 @@ void TrackerCore::close_stale_passes() {
   }
 }
 
-std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
-  if (!call.module) throw std::invalid_argument("modtracker: pre_forward of a null module");
-  // With grad on (and outside backward) the call gets an Activation: its
-  // backward is followed. Allocated here, filled and linked under the one lock.
-  // With grad off, whether backward runs is asked only if something depends
-  // on it (a no-grad forward pays for no engine lookup).
-  const bool grad = backend_.grad_enabled();
+// An enter in progress: pre_forward's state across its three steps (before,
+// under and after the state lock), which hand_over shares.
+struct TrackerCore::Entering {
+  explicit Entering(HookBackend& b) : backend(b) {}
+  HookBackend& backend;
+  // Whether backward runs, asked only if something depends on it (a no-grad
+  // forward pays for no engine lookup).
   std::optional<bool> in_bw_known;
-  const auto in_bw = [&] { return in_bw_known ? *in_bw_known : *(in_bw_known = backend_.in_backward()); };
+  bool in_bw() { return in_bw_known ? *in_bw_known : *(in_bw_known = backend.in_backward()); }
   Activation* act = nullptr;  // not published yet: no atomics needed to fill it
   ActivationRef made;         // frees it if naming throws
-  if (grad && !in_bw()) {
-    act = ::new (BlockPool<sizeof(Activation)>::allocate()) Activation;
-    act->refs.store(1, std::memory_order_relaxed);
-    made = ActivationRef::adopt(act);
-    act->epoch = epoch_;
-    act->epoch_generation = epoch_generation_;
-    act->module = call.module.ptr;
-    act->depth = call.depth;
-    act->end_sequence = ~std::uint64_t{0};
-    act->thread = thread_index();
-  }
-  std::uint32_t fqn;
-  bool selected;
-  bool reentered;
+  std::uint32_t fqn = 0;
+  bool selected = false;
+  bool reentered = false;
   bool stale = false;
   std::string_view name;  // read under the lock: names_ may grow meanwhile
   // Once linked, the activation belongs to the in-flight list (a scope ending
   // meanwhile frees it) and to its exit callback, which the backend takes:
   // two references, counted when it is made.
   GradCallback exit_cb;
-  GradOrder exit_order;
+  GradOrder exit_order{};
+};
+
+std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
+  Entering e(backend_);
+  begin_enter(call, e);
   {
     std::lock_guard<SpinLock> lock(state_);
-    if (!passes_.empty() && !in_bw()) {
-      const auto before = passes_.size();
-      close_stale_passes();
-      stale = passes_.size() != before;
-    }
-    const auto& info = info_for(call.module, call.owner);
-    fqn = info.fqn;
-    selected = info.selected;
-    const auto& c = counts_[fqn];
-    reentered = c.forward + c.backward > 0 && !in_bw();
-    add_count(fqn, Phase::forward);
-    if (selected) record(Phase::forward, Kind::enter, fqn, call.depth);
-    if (reentered) name = names_[fqn];  // only the diagnostic needs it (a cold string)
-    if (act) {
-      act->fqn = fqn;
-      act->selected = selected;
-      act->module_generation = info.generation;
-      act->sequence = activations_++;
-      act->previous_fqn = std::exchange(last_activation_fqn_, fqn);
-      (void)made.release();  // from here on the in-flight list's reference
-      act->refs.store(2, std::memory_order_relaxed);  // published by the lock's release
-      exit_order = GradOrder{Kind::exit, act->depth, act->sequence};
-      exit_cb = GradCallback(act, activation_refs, &on_input_gradients);
-      link_in_flight(*act);
-    }
-    if (call.next) modules_.prefetch(call.next.ptr);  // its lookup is the next call's first cache miss
+    std::uint64_t time = 0;
+    enter_locked(call, e, time);
   }
-  if (stale)
+  return end_enter(call, e);
+}
+
+// With grad on (and outside backward) the call gets an Activation: its
+// backward is followed. Allocated here, filled and linked under the one lock.
+void TrackerCore::begin_enter(const ForwardCall& call, Entering& e) {
+  if (!call.module) throw std::invalid_argument("modtracker: pre_forward of a null module");
+  if (!backend_.grad_enabled() || e.in_bw()) return;
+  auto* act = ::new (BlockPool<sizeof(Activation)>::allocate()) Activation;
+  act->refs.store(1, std::memory_order_relaxed);
+  e.made = ActivationRef::adopt(act);
+  e.act = act;
+  act->epoch = epoch_;
+  act->epoch_generation = epoch_generation_;
+  act->module = call.module.ptr;
+  act->depth = call.depth;
+  act->end_sequence = ~std::uint64_t{0};
+  act->thread = thread_index();
+}
+
+void TrackerCore::enter_locked(const ForwardCall& call, Entering& e, std::uint64_t& time) {
+  if (!passes_.empty() && !e.in_bw()) {
+    const auto before = passes_.size();
+    close_stale_passes();
+    e.stale = passes_.size() != before;
+  }
+  const auto& info = info_for(call.module, call.owner);
+  e.fqn = info.fqn;
+  e.selected = info.selected;
+  const auto& c = counts_[e.fqn];
+  e.reentered = c.forward + c.backward > 0 && !e.in_bw();
+  add_count(e.fqn, Phase::forward);
+  if (e.selected) record(Phase::forward, Kind::enter, e.fqn, call.depth, time);
+  if (e.reentered) e.name = names_[e.fqn];  // only the diagnostic needs it (a cold string)
+  if (auto* act = e.act) {
+    act->fqn = e.fqn;
+    act->selected = e.selected;
+    act->module_generation = info.generation;
+    act->sequence = activations_++;
+    act->previous_fqn = std::exchange(last_activation_fqn_, e.fqn);
+    (void)e.made.release();  // from here on the in-flight list's reference
+    act->refs.store(2, std::memory_order_relaxed);  // published by the lock's release
+    e.exit_order = GradOrder{Kind::exit, act->depth, act->sequence};
+    e.exit_cb = GradCallback(act, activation_refs, &on_input_gradients);
+    link_in_flight(*act);
+  }
+  if (call.next) modules_.prefetch(call.next.ptr);  // its lookup is the next call's first cache miss
+}
+
+std::uintptr_t TrackerCore::end_enter(const ForwardCall& call, Entering& e) {
+  if (e.stale)
     diagnose({Diagnostic::Code::unfinished_backward, "",
               "a backward pass ended without running its end callbacks (did it throw?); "
               "its modules left backward when the next forward started"});
-  if (reentered)
-    diagnose({Diagnostic::Code::reentrant_forward, std::string(name),
-              "module '" + std::string(name) +
+  if (e.reentered)
+    diagnose({Diagnostic::Code::reentrant_forward, std::string(e.name),
+              "module '" + std::string(e.name) +
                   "' entered while already active; the module hierarchy may be wrong"});
-  const std::uintptr_t token = act ? reinterpret_cast<std::uintptr_t>(act) | 1u : plain_token(fqn, selected);
+  auto* act = e.act;
+  const std::uintptr_t token = act ? reinterpret_cast<std::uintptr_t>(act) | 1u : plain_token(e.fqn, e.selected);
   try {
     // Kept for good: inert once the scope ends; lives as long as the graph.
-    if (act) backend_.keep_all_gradients(call.inputs, exit_order, std::move(exit_cb));
-    if (selected && may_have_hooks()) {
+    if (act) backend_.keep_all_gradients(call.inputs, e.exit_order, std::move(e.exit_cb));
+    if (e.selected && may_have_hooks()) {
       if (const auto h = hooks()) {
         if (h->post_fw) call.inputs_after = true;
         if (h->pre_fw) h->pre_fw(call.module, call.inputs);
       }
     }
   } catch (...) {
-    ActivationRef dropped;
-    std::lock_guard<SpinLock> lock(state_);
-    if (act && in_flight(*act)) {  // still the list's (the scope may have ended and freed it)
-      unlink_in_flight(*act);
-      dropped = ActivationRef::adopt(act);
-    }
-    if (counts_[fqn].forward > 0) sub_count(fqn, Phase::forward);
-    if (selected) record(Phase::forward, Kind::exit, fqn, call.depth);
+    undo_enter(call, e);
     throw;
   }
   return token;
 }
 
+// Takes back an enter whose call will not run (its pre work failed).
+void TrackerCore::undo_enter(const ForwardCall& call, Entering& e) noexcept {
+  ActivationRef dropped;
+  std::lock_guard<SpinLock> lock(state_);
+  if (e.act && in_flight(*e.act)) {  // still the list's (the scope may have ended and freed it)
+    unlink_in_flight(*e.act);
+    dropped = ActivationRef::adopt(e.act);
+  }
+  if (counts_[e.fqn].forward > 0) sub_count(e.fqn, Phase::forward);
+  std::uint64_t time = 0;
+  if (e.selected) record(Phase::forward, Kind::exit, e.fqn, call.depth, time);
+}
+
 // Forward exit under the state lock: count - 1 and the journal.
-void TrackerCore::exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth) {
+void TrackerCore::exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth, std::uint64_t& time) {
   if (fqn >= counts_.size() || counts_[fqn].forward == 0 || fqn == global_id)
     throw std::logic_error("modtracker: forward exit without a matching enter");
   sub_count(fqn, Phase::forward);
-  if (selected) record(Phase::forward, Kind::exit, fqn, depth);
+  if (selected) record(Phase::forward, Kind::exit, fqn, depth, time);
+}
+
+// The whole exit of a call whose post hook does not run, under the state
+// lock. Returns the call's activation, if it has one (the in-flight list's
+// reference, now the caller's).
+ActivationRef TrackerCore::exit_locked(const ForwardCall& call, std::uintptr_t token, std::uint64_t& time) {
+  if (!(token & 1u)) {
+    exit_forward_locked(static_cast<std::uint32_t>(token >> 2), (token & 2u) != 0, call.depth, time);
+    return {};
+  }
+  auto* a = reinterpret_cast<Activation*>(token & ~std::uintptr_t{1});
+  if (!in_flight(*a)) throw std::logic_error("modtracker: post_forward without a matching pre_forward");
+  unlink_in_flight(*a);
+  auto act = ActivationRef::adopt(a);
+  exit_forward_locked(act->fqn, act->selected, call.depth, time);
+  act->end_sequence = activations_;
+  return act;
+}
+
+// After a call's exit: the first gradient of its output enters it in backward.
+void TrackerCore::keep_output(ActivationRef act, Payload output) {
+  if (!act || !output) return;
+  const GradOrder order{Kind::enter, act->depth, act->sequence};
+  backend_.keep_first_gradient(output, order, GradCallback(act.release(), activation_refs, &on_output_gradient));
 }
 
 void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) {
@@ -463,8 +516,16 @@ void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uin
 }
 
 void TrackerCore::finish_forward(const ForwardCall& call, Payload output, std::uintptr_t token, const ErasedHooks* h) {
-  const bool post_hook = h && h->post_fw;
   ActivationRef act;
+  std::uint64_t time = 0;
+  if (!h || !h->post_fw) {
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      act = exit_locked(call, token, time);
+    }
+    return keep_output(std::move(act), output);
+  }
+  // A post hook runs before the exit, outside the lock (if the module is selected).
   std::uint32_t fqn;
   bool selected;
   bool exited = false;
@@ -473,12 +534,12 @@ void TrackerCore::finish_forward(const ForwardCall& call, Payload output, std::u
     {
       std::lock_guard<SpinLock> lock(state_);
       if (in_flight(*a)) {
-        unlink_in_flight(*a);
-        act = ActivationRef::adopt(a);  // the list's reference
-        if (!post_hook || !act->selected) {
-          exit_forward_locked(act->fqn, act->selected, call.depth);
-          act->end_sequence = activations_;
+        if (!a->selected) {
+          act = exit_locked(call, token, time);
           exited = true;
+        } else {
+          unlink_in_flight(*a);
+          act = ActivationRef::adopt(a);  // the list's reference
         }
       }
     }
@@ -491,7 +552,7 @@ void TrackerCore::finish_forward(const ForwardCall& call, Payload output, std::u
   }
   if (!exited) {
     std::exception_ptr hook_error;
-    if (selected && post_hook) {
+    if (selected) {
       try {
         h->post_fw(call.module, call.inputs, output);
       } catch (...) {
@@ -500,15 +561,51 @@ void TrackerCore::finish_forward(const ForwardCall& call, Payload output, std::u
     }
     {
       std::lock_guard<SpinLock> lock(state_);
-      exit_forward_locked(fqn, selected, call.depth);
+      exit_forward_locked(fqn, selected, call.depth, time);
       if (act) act->end_sequence = activations_;
     }
     if (hook_error) std::rethrow_exception(hook_error);
   }
-  if (act && output) {
-    const GradOrder order{Kind::enter, act->depth, act->sequence};
-    backend_.keep_first_gradient(output, order, GradCallback(act.release(), activation_refs, &on_output_gradient));
+  keep_output(std::move(act), output);
+}
+
+// One lock and one clock read for a call's exit and the next call's enter
+// (a Sequential's children): the two transitions share a time. With user
+// hooks, which run between the two, it is post_forward then pre_forward.
+std::uintptr_t TrackerCore::hand_over(const ForwardCall& done, Payload output, std::uintptr_t token,
+                                      const ForwardCall& next) {
+  if (may_have_hooks()) {
+    post_forward(done, output, token);
+    return pre_forward(next);
   }
+  Entering e(backend_);
+  ActivationRef act;  // done's, if it has one
+  std::exception_ptr enter_error;
+  try {
+    begin_enter(next, e);
+  } catch (...) {  // next does not start; done still ends
+    enter_error = std::current_exception();
+  }
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    std::uint64_t now = 0;  // one clock read for both transitions
+    act = exit_locked(done, token, now);
+    if (!enter_error) {
+      try {
+        enter_locked(next, e, now);
+      } catch (...) {
+        enter_error = std::current_exception();
+      }
+    }
+  }
+  try {
+    keep_output(std::move(act), output);  // done is finished either way
+  } catch (...) {
+    if (!enter_error) undo_enter(next, e);  // next will not run
+    throw;
+  }
+  if (enter_error) std::rethrow_exception(enter_error);
+  return end_enter(next, e);
 }
 
 // The module of an activation if it still exists: the one named at its
@@ -539,7 +636,7 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
     if (act.previous_fqn < counts_.size()) prefetch_line(&counts_[act.previous_fqn]);
     p->open.emplace_back(act);
     add_count(act.fqn, Phase::backward);
-    if (act.selected) record(Phase::backward, Kind::enter, act.fqn, act.depth);
+    if (std::uint64_t time = 0; act.selected) record(Phase::backward, Kind::enter, act.fqn, act.depth, time);
   }
   if (first_of_pass) {
     backend_.at_end_of_backward([epoch = act.epoch, generation = act.epoch_generation, pass] {
@@ -596,7 +693,7 @@ void TrackerCore::backward_exit(Activation& act, Payload grads) {
 void TrackerCore::exit_backward_locked(const Activation& act) {
   if (counts_[act.fqn].backward == 0) return;  // stop() may have cleared it meanwhile
   sub_count(act.fqn, Phase::backward);
-  if (act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth);
+  if (std::uint64_t time = 0; act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth, time);
 }
 
 void TrackerCore::exit_backward(Activation& act, Payload grads) {
