@@ -269,20 +269,23 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     auto it = begin();
     // The inputs are passed on as lvalues: the Sequential's post hooks still see them.
     std::optional<torch::nn::AnyValue> value;
-    Tensors out;  // the last child's output: found only if an observer looks, once for both of its uses
-    {
-      ForwardDispatcher::Call child(d, module_ref(*children[0]), Payload{&in}, detail::owner_of(children[0]),
-                                    next_of(children, 1));
-      value.emplace(it->any_forward(inputs...));
-      out = Tensors(&*value, &tensor_in);
-      child.finish(Payload{&out});
-    }
-    for (std::size_t i = 1; ++it != end(); ++i) {
-      // This child's input is the previous output, which the call consumes.
-      Tensors child_in = out;
+    // A child's output is the next child's input: one Tensors for both
+    // (found once, if an observer looks), two in turn.
+    std::array<Tensors, 2> io;
+    // The running child's call, and the previous one's, which hands over to it.
+    std::array<std::optional<ForwardDispatcher::Call>, 2> calls;
+    calls[0].emplace(d, module_ref(*children[0]), Payload{&in}, detail::owner_of(children[0]), next_of(children, 1));
+    value.emplace(it->any_forward(inputs...));
+    io[0] = Tensors(&*value, &tensor_in);
+    std::size_t i = 0;
+    while (++it != end()) {
+      ++i;
+      Tensors& child_in = io[(i - 1) & 1];  // the previous output, which the call consumes
+      auto& previous = calls[(i - 1) & 1];
+      auto& child = calls[i & 1].emplace(*previous, Payload{&child_in}, module_ref(*children[i]), Payload{&child_in},
+                                         detail::owner_of(children[i]), next_of(children, i + 1));
+      previous.reset();
       at::Tensor kept;  // for observers that look at the inputs after the forward (outlives the call)
-      ForwardDispatcher::Call child(d, module_ref(*children[i]), Payload{&child_in}, detail::owner_of(children[i]),
-                                    next_of(children, i + 1));
       if (child.inputs_after()) {
         if (!child_in.empty()) kept = child_in[0];
         child_in = Tensors();
@@ -298,9 +301,9 @@ class SequentialImpl : public torch::nn::SequentialImpl {
       } forget{child_in, kept};
       value.emplace(it->any_forward(std::move(*value)));
       forget();
-      out = Tensors(&*value, &tensor_in);
-      child.finish(Payload{&out});
+      io[i & 1] = Tensors(&*value, &tensor_in);
     }
+    calls[i & 1]->finish(Payload{&io[i & 1]});
     Return result = std::move(*value).template get<Return>();
     Tensors outs;
     flatten_into(result, outs);
