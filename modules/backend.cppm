@@ -263,6 +263,15 @@ class HookBackend {
     if (reg) reg->release();
     return reg.has_value();
   }
+  /// keep_first_gradient(values, first_order, first_fn), then
+  /// keep_all_gradients(values, all_order, all_fn): one call's output that
+  /// is the next call's input (a Sequential's children), which a backend may
+  /// look up once for both. True when anything was registered.
+  virtual bool keep_boundary(Payload values, GradOrder first_order, GradCallback first_fn, GradOrder all_order,
+                             GradCallback all_fn) {
+    const bool kept = keep_first_gradient(values, first_order, std::move(first_fn));
+    return keep_all_gradients(values, all_order, std::move(all_fn)) || kept;
+  }
   /// Runs `fn` when the current backward pass ends; throws outside one.
   virtual void at_end_of_backward(std::function<void()> fn) = 0;
 

@@ -147,6 +147,8 @@ class Backend final : public HookBackend {
   std::optional<Registration> on_all_gradients(Payload values, GradOrder order, GradCallback fn) override;
   bool keep_first_gradient(Payload values, GradOrder order, GradCallback fn) override;
   bool keep_all_gradients(Payload values, GradOrder order, GradCallback fn) override;
+  bool keep_boundary(Payload values, GradOrder first_order, GradCallback first_fn, GradOrder all_order,
+                     GradCallback all_fn) override;
   void at_end_of_backward(std::function<void()> fn) override;
   [[nodiscard]] std::string type_name(ModuleRef module) const override;
   void for_each_child(ModuleRef module, const std::function<void(std::string_view, ModuleRef)>& fn) const override;

@@ -378,6 +378,7 @@ struct TrackerCore::Entering {
   // two references, counted when it is made.
   GradCallback exit_cb;
   GradOrder exit_order{};
+  bool inputs_kept = false;  // exit_cb registered already (hand_over)
 };
 
 std::uintptr_t TrackerCore::pre_forward(const ForwardCall& call) {
@@ -450,7 +451,7 @@ std::uintptr_t TrackerCore::end_enter(const ForwardCall& call, Entering& e) {
   const std::uintptr_t token = act ? reinterpret_cast<std::uintptr_t>(act) | 1u : plain_token(e.fqn, e.selected);
   try {
     // Kept for good: inert once the scope ends; lives as long as the graph.
-    if (act) backend_.keep_all_gradients(call.inputs, e.exit_order, std::move(e.exit_cb));
+    if (act && !e.inputs_kept) backend_.keep_all_gradients(call.inputs, e.exit_order, std::move(e.exit_cb));
     if (e.selected && may_have_hooks()) {
       if (const auto h = hooks()) {
         if (h->post_fw) call.inputs_after = true;
@@ -598,8 +599,16 @@ std::uintptr_t TrackerCore::hand_over(const ForwardCall& done, Payload output, s
       }
     }
   }
-  try {
-    keep_output(std::move(act), output);  // done is finished either way
+  try {  // done is finished either way
+    if (act && output && e.act && !enter_error && output.ptr == next.inputs.ptr) {
+      // done's output is next's input: both registrations in one backend call.
+      const GradOrder order{Kind::enter, act->depth, act->sequence};
+      backend_.keep_boundary(output, order, GradCallback(act.release(), activation_refs, &on_output_gradient),
+                             e.exit_order, std::move(e.exit_cb));
+      e.inputs_kept = true;
+    } else {
+      keep_output(std::move(act), output);
+    }
   } catch (...) {
     if (!enter_error) undo_enter(next, e);  // next will not run
     throw;

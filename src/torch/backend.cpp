@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <memory>
 #include <new>
+#include <span>
 #include <mutex>
 #include <typeinfo>
 #include <unordered_map>
@@ -364,10 +365,20 @@ void link_boundary(Dispatch& d, const void* context, Kind kind) {  // state_lock
   }
 }
 
-// Registers `fn` on the edges of `values` that require grad; false if none
-// does. A removable registration (`removable` given) shares a Hook, which it
-// hands back for its handle; a kept one on one edge has no Hook object.
-bool register_hook(Payload values, GradOrder order, GradCallback fn, bool all, std::shared_ptr<Hook>* removable) {
+// One registration of register_hooks: `fn` in `order`, first-of-any or
+// all-of; a removable one (`removable` given) gets a Hook, handed back there.
+struct Request {
+  GradOrder order;
+  GradCallback fn;
+  bool all;
+  std::shared_ptr<Hook>* removable = nullptr;
+  std::shared_ptr<Hook> hook;  // shared by its entries on several edges, or removable
+};
+
+// Registers each request on the edges of `values` that require grad (found
+// once, under one lock for all); false if none does. A kept registration on
+// one edge has no Hook object.
+bool register_hooks(Payload values, std::span<Request> requests) {
   if (!values) return false;
   const auto& tensors = *static_cast<const Tensors*>(values.ptr);
   struct Edge {
@@ -387,16 +398,16 @@ bool register_hook(Payload values, GradOrder order, GradCallback fn, bool all, s
     edges.emplace_back(&t, node, key, output_nr);
   }
   if (edges.size() == 0) return false;
-  std::shared_ptr<Hook> hook;
-  if (removable || edges.size() > 1) {
-    hook = std::allocate_shared<Hook>(PoolAllocator<Hook>{});
-    hook->fn = std::move(fn);
-  }
-  if (all && edges.size() > 1) {
-    hook->waits.reserve(edges.size());
+  for (auto& r : requests) {
+    if (!r.removable && edges.size() == 1) continue;
+    r.hook = std::allocate_shared<Hook>(PoolAllocator<Hook>{});
+    r.hook->fn = std::move(r.fn);
+    if (!r.all || edges.size() == 1) continue;
+    r.hook->waits.reserve(edges.size());
     for (std::size_t i = 0; i < edges.size(); ++i) {
       const auto& t = *edges[i].tensor;
-      hook->waits.emplace_back(edges[i].node ? t.grad_fn() : torch::autograd::impl::grad_accumulator(t), !edges[i].node);
+      r.hook->waits.emplace_back(edges[i].node ? t.grad_fn() : torch::autograd::impl::grad_accumulator(t),
+                                 !edges[i].node);
     }
   }
   SmallVector<std::pair<const at::Tensor*, std::shared_ptr<Dispatch>>, 2> fresh_leaves;
@@ -428,11 +439,13 @@ bool register_hook(Payload values, GradOrder order, GradCallback fn, bool all, s
         }
         d = leaf.get();
       }
-      if (hook) {
-        d->add(e.output_nr, order, hook);
-      } else {
-        link_boundary(*d, fn.ref().context, order.kind);
-        d->add(e.output_nr, order, std::move(fn));  // one edge: moved once
+      for (auto& r : requests) {
+        if (r.hook) {
+          d->add(e.output_nr, r.order, r.hook);
+        } else {
+          link_boundary(*d, r.fn.ref().context, r.order.kind);
+          d->add(e.output_nr, r.order, std::move(r.fn));  // one edge: moved once
+        }
       }
     }
   }
@@ -440,8 +453,14 @@ bool register_hook(Payload values, GradOrder order, GradCallback fn, bool all, s
   for (std::size_t i = 0; i < fresh_leaves.size(); ++i)
     fresh_leaves[i].first->register_hook(
         [d = std::move(fresh_leaves[i].second)](const at::Tensor& grad) { d->fire(&grad, 1); });
-  if (removable) *removable = std::move(hook);
+  for (auto& r : requests)
+    if (r.removable) *r.removable = std::move(r.hook);
   return true;
+}
+
+bool register_hook(Payload values, GradOrder order, GradCallback fn, bool all, std::shared_ptr<Hook>* removable) {
+  Request r{order, std::move(fn), all, removable};
+  return register_hooks(values, std::span<Request>(&r, 1));
 }
 
 std::optional<Registration> removable_hook(Payload values, GradOrder order, GradCallback fn, bool all) {
@@ -483,6 +502,12 @@ bool Backend::keep_first_gradient(Payload values, GradOrder order, GradCallback 
 
 bool Backend::keep_all_gradients(Payload values, GradOrder order, GradCallback fn) {
   return register_hook(values, order, std::move(fn), true, nullptr);
+}
+
+bool Backend::keep_boundary(Payload values, GradOrder first_order, GradCallback first_fn, GradOrder all_order,
+                            GradCallback all_fn) {
+  std::array<Request, 2> both{Request{first_order, std::move(first_fn), false}, Request{all_order, std::move(all_fn), true}};
+  return register_hooks(values, both);
 }
 
 std::optional<Registration> Backend::on_all_gradients(Payload values, GradOrder order, GradCallback fn) {

@@ -436,6 +436,43 @@ TEST_CASE("backend registrations: first-of-any and all-of fire once per pass in 
   CHECK_FALSE(b.keep_all_gradients(modtracker::Payload{&none}, GradOrder{}, on("never")));
 }
 
+TEST_CASE("backend boundary registration: first-of-any and all-of on the same tensors, one or several edges") {
+  auto& b = lt::backend();
+  using modtracker::GradOrder;
+  using modtracker::Kind;
+  std::vector<std::string> fired;
+  auto on = [&](const char* what) {
+    return modtracker::GradCallback([&fired, what](modtracker::Payload p) {
+      const auto& grads = *static_cast<const lt::Tensors*>(p.ptr);
+      fired.push_back(std::string(what) + ":" + std::to_string(grads.size()));
+    });
+  };
+  const auto x = torch::randn({2, 2}, torch::requires_grad());
+  const auto y = x * 2;  // one edge
+  const auto z = x * 3;  // with y: two edges
+  lt::Tensors one;
+  one.push(y);
+  lt::Tensors two;
+  two.push(y);
+  two.push(z);
+  REQUIRE(b.keep_boundary(modtracker::Payload{&one}, GradOrder{Kind::enter, 0, 0}, on("enter one"),
+                          GradOrder{Kind::exit, 0, 1}, on("exit one")));
+  REQUIRE(b.keep_boundary(modtracker::Payload{&two}, GradOrder{Kind::enter, 0, 2}, on("enter two"),
+                          GradOrder{Kind::exit, 0, 3}, on("exit two")));
+  // z's node runs first (the engine takes later nodes first): "two" enters
+  // there, and exits at y, with both gradients, before "one" (GradOrder).
+  (y.sum() + z.sum()).backward({}, /*retain_graph=*/true);
+  CHECK(fired == std::vector<std::string>{"enter two:1", "exit two:2", "exit one:1", "enter one:1"});
+  fired.clear();
+  // A pass that computes only y's gradient: z does not block "exit two".
+  (void)torch::autograd::grad({y.sum()}, {x}, {}, /*retain_graph=*/true);
+  CHECK(fired == std::vector<std::string>{"exit two:1", "exit one:1", "enter two:1", "enter one:1"});
+  const auto constant = torch::ones({2});
+  lt::Tensors none;
+  none.push(constant);
+  CHECK_FALSE(b.keep_boundary(modtracker::Payload{&none}, GradOrder{}, on("never"), GradOrder{}, on("never")));
+}
+
 TEST_CASE("after a backward that threw, every later pass is a pass of its own (no stale pass identity)") {
   auto& b = lt::backend();
   using modtracker::GradOrder;
