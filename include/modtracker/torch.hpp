@@ -274,6 +274,9 @@ class SequentialImpl : public torch::nn::SequentialImpl {
     // A child's output is the next child's input: one Tensors for both
     // (found once, if an observer looks), two in turn.
     std::array<Tensors, 2> io;
+    // A child's input kept for observers that look at it after the forward
+    // (the call consumes the value): outlives the calls, even a throwing one's.
+    at::Tensor kept;
     // The running child's call, and the previous one's, which hands over to it.
     std::array<std::optional<ForwardDispatcher::Call>, 2> calls;
     calls[0].emplace(d, module_ref(*children[0]), Payload{&in}, detail::owner_of(children[0]), next_of(children, 1));
@@ -287,7 +290,7 @@ class SequentialImpl : public torch::nn::SequentialImpl {
       auto& child = calls[i & 1].emplace(*previous, Payload{&child_in}, module_ref(*children[i]), Payload{&child_in},
                                          detail::owner_of(children[i]), next_of(children, i + 1));
       previous.reset();
-      at::Tensor kept;  // for observers that look at the inputs after the forward (outlives the call)
+      kept = at::Tensor();
       if (child.inputs_after()) {
         if (!child_in.empty()) kept = child_in[0];
         child_in = Tensors();
