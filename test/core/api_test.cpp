@@ -434,6 +434,28 @@ TEST_CASE("a call handed over to the next: the events of finish and a new call, 
                        "post_bw First [First,Global] bw"});
 }
 
+TEST_CASE("a hand-over across a scope's end or start: the ended scope is left alone, the new one sees the next call") {
+  Backend b;
+  auto first = b.module("First");
+  auto second = b.module("Second");
+  auto& d = b.dispatcher();
+  const Values x{b.value(false)};
+  ScriptedTracker old_t(b), new_t(b);
+  auto old_scope = old_t.track();
+  ForwardDispatcher::Call one(d, ModuleRef{first.get()}, Payload{&x});
+  old_scope.end();  // inside First's forward
+  auto new_scope = new_t.track();
+  {
+    ForwardDispatcher::Call two(one, Payload{&x}, ModuleRef{second.get()}, Payload{&x});
+    CHECK(join(new_t.parents()) == "Global,Second");
+    two.finish(Payload{&x});
+  }
+  CHECK(transitions(old_t) == V{"fw enter First"});
+  CHECK(transitions(new_t) == V{"fw enter Second", "fw exit Second"});
+  CHECK(join(old_t.parents()) == "Global");
+  CHECK(join(new_t.parents()) == "Global");
+}
+
 TEST_CASE("a hand-over whose next call cannot start: the previous call still ends, and its backward is followed") {
   Backend b;
   auto first = b.module("First");
