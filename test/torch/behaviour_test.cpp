@@ -3,11 +3,14 @@
 // lifetime edges, threads, and the three interception styles.
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include "scenarios.hpp"
 
 #include <doctest/doctest.h>
+
+#include "../nesting.hpp"
 
 using namespace scenarios;
 namespace {
@@ -198,6 +201,35 @@ TEST_CASE("threads each training their own model under their own tracker stay co
   for (auto& th : pool) th.join();
   // Each tracker sees every thread's Bar while active; each saw at least its own.
   for (int i = 0; i < threads; ++i) CHECK(entries[i] >= 2 * steps);
+}
+
+TEST_CASE("one tracker, threads each running their own tracked Sequential: each thread's transitions nest") {
+  constexpr int threads = 3, steps = 30, layers = 5;
+  std::vector<lt::nn::Sequential> models(threads);  // built here: LibTorch's module constructors are not ours to race
+  for (auto& m : models)
+    for (int l = 0; l < layers; ++l) m->push_back(torch::nn::Linear(4, 4));
+  lt::Tracker t({.journal_capacity = 1u << 16});
+  t.set_diagnostics([](const modtracker::Diagnostic&) {});  // the threads' models share their fqns
+  {
+    auto scope = t.track();
+    std::vector<std::thread> pool;
+    for (int i = 0; i < threads; ++i)
+      pool.emplace_back([&, i] {
+        for (int s = 0; s < steps; ++s) models[static_cast<std::size_t>(i)](torch::randn({2, 4}, torch::requires_grad())).sum().backward();
+      });
+    for (auto& th : pool) th.join();
+  }
+  std::map<std::uint32_t, std::vector<modtracker::Transition>> by_thread;
+  for (const auto& tr : t.transitions()) by_thread[tr.thread].push_back(tr);
+  CHECK(t.dropped_transitions() == 0);
+  REQUIRE(by_thread.size() == threads);
+  for (const auto& [thread, ts] : by_thread) {
+    // Per step: the Sequential and its children enter and exit once in forward and once in backward.
+    CHECK(ts.size() == static_cast<std::size_t>(steps * (layers + 1) * 4));
+    check_nesting(ts, modtracker::Phase::forward, "thread " + std::to_string(thread));
+    check_nesting(ts, modtracker::Phase::backward, "thread " + std::to_string(thread));
+  }
+  CHECK(parents(t) == "Global");
 }
 
 TEST_CASE("holder, tracked Sequential, call() and ForwardScope give identical events") {
