@@ -37,6 +37,16 @@ TEST_CASE("LibTorch statistics: calls, parameters (trainable and frozen), output
   CHECK(table.find("frozen") != std::string::npos);
 }
 
+TEST_CASE("a shape recorder alone (the only observer) sees every child of a tracked Sequential") {
+  lt::nn::Sequential seq(torch::nn::Linear(4, 8), torch::nn::ReLU(), torch::nn::Linear(8, 2));
+  lt::ShapeRecorder shapes;
+  (void)seq(torch::randn({3, 4}));
+  CHECK(shapes.shape_of(*seq[0]) == "[3, 8]");
+  CHECK(shapes.shape_of(*seq[1]) == "[3, 8]");
+  CHECK(shapes.shape_of(*seq[2]) == "[3, 2]");
+  CHECK(shapes.shape_of(*seq) == "[3, 2]");
+}
+
 TEST_CASE("a layer shared by two parents counts its parameters once") {
   struct TiedImpl : torch::nn::Module {
     torch::nn::Linear a{register_module("a", torch::nn::Linear(4, 4))};
