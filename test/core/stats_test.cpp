@@ -114,7 +114,7 @@ TEST_CASE("table: tree order with indentation, depth limit, sort by a column, to
   CHECK(sorted.find("Root ") < sorted.find("Root.a"));
 }
 
-TEST_CASE("spans: an exit whose enter was not seen is ignored; call indices count per fqn and phase") {
+TEST_CASE("spans: an exit whose enter was not seen is ignored, and call indices count per fqn and phase") {
   SpanMatcher m;
   CHECK_FALSE(m.consume(Transition{Phase::forward, Kind::exit, "A", 0, 0, 10ns, 0}));
   CHECK_FALSE(m.consume(Transition{Phase::forward, Kind::enter, "A", 0, 1, 20ns, 0}));

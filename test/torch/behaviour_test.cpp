@@ -264,7 +264,7 @@ TEST_CASE("holder, tracked Sequential, call() and ForwardScope give identical ev
                                           "fw enter Sequential.act", "fw exit Sequential.act", "fw exit Sequential"});
 }
 
-TEST_CASE("tracked Sequential: post hooks see each child's live inputs and output; children added later are tracked") {
+TEST_CASE("tracked Sequential: post hooks see each child's live inputs and output, and children added later are tracked") {
   lt::nn::Sequential seq(torch::nn::Linear(3, 4), torch::nn::ReLU());
   lt::Tracker t;
   std::vector<std::pair<std::int64_t, std::int64_t>> widths;  // (input, output) width per call
@@ -286,7 +286,7 @@ TEST_CASE("tracked Sequential: post hooks see each child's live inputs and outpu
   CHECK(t.known_fqn(*seq->ptr(2)) == std::optional<std::string>("Sequential.2"));  // named below it, not as a root
 }
 
-TEST_CASE("tracked Sequential names each child's successor as the next-call hint; other calls give none") {
+TEST_CASE("tracked Sequential names each child's successor as the next-call hint, and other calls give none") {
   struct Recorder final : modtracker::ForwardObserver {
     std::vector<std::pair<const void*, const void*>> calls;  // (module, next)
     std::uintptr_t pre_forward(const modtracker::ForwardCall& call) override {
@@ -538,7 +538,7 @@ TEST_CASE("after a backward that threw, every later pass is a pass of its own (n
   CHECK(twice == 20);
 }
 
-TEST_CASE("a scope ended while another thread runs its backward hooks waits for the running one; later ones do nothing") {
+TEST_CASE("a scope ended while another thread runs its backward hooks waits for the running one, and later ones do nothing") {
   Bar bar;
   lt::Tracker t;
   std::atomic<int> calls{0};
