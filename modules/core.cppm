@@ -289,13 +289,14 @@ class TrackerCore final : public ForwardObserver {
   void name_subtree(ModuleRef module, std::uint32_t fqn);
   void add_count(std::uint32_t fqn, Phase phase);
   void sub_count(std::uint32_t fqn, Phase phase);
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth);  // reads the clock
   void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint64_t& time);
   void exit_backward(Activation& act, Payload grads);
   void exit_backward_locked(const Activation& act);
   void exit_forward_locked(std::uint32_t fqn, bool selected, std::uint32_t depth, std::uint64_t& time);
   ActivationRef exit_locked(const ForwardCall& call, std::uintptr_t token, std::uint64_t& time);
-  void keep_output(ActivationRef act, Payload output);
   struct Entering;
+  void keep_output(ActivationRef act, Payload output, Entering* next = nullptr);
   void begin_enter(const ForwardCall& call, Entering& e);
   void enter_locked(const ForwardCall& call, Entering& e, std::uint64_t& time);
   std::uintptr_t end_enter(const ForwardCall& call, Entering& e);

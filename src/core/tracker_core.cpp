@@ -283,6 +283,11 @@ void TrackerCore::sub_count(std::uint32_t fqn, Phase phase) {
   active_.pop_back();
 }
 
+void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth) {
+  std::uint64_t time = 0;
+  record(phase, kind, fqn, depth, time);
+}
+
 // `time`: the step's clock read, taken here if no transition of the step took it yet (0).
 void TrackerCore::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint64_t& time) {
   if (time == 0) time = ticks();
@@ -474,8 +479,7 @@ void TrackerCore::undo_enter(const ForwardCall& call, Entering& e) noexcept {
     dropped = ActivationRef::adopt(e.act);
   }
   if (counts_[e.fqn].forward > 0) sub_count(e.fqn, Phase::forward);
-  std::uint64_t time = 0;
-  if (e.selected) record(Phase::forward, Kind::exit, e.fqn, call.depth, time);
+  if (e.selected) record(Phase::forward, Kind::exit, e.fqn, call.depth);
 }
 
 // Forward exit under the state lock: count - 1 and the journal.
@@ -504,10 +508,18 @@ ActivationRef TrackerCore::exit_locked(const ForwardCall& call, std::uintptr_t t
 }
 
 // After a call's exit: the first gradient of its output enters it in backward.
-void TrackerCore::keep_output(ActivationRef act, Payload output) {
+// `next`, entered already, takes that output as its inputs (a hand-over): its
+// exit registration goes along in the same backend call.
+void TrackerCore::keep_output(ActivationRef act, Payload output, Entering* next) {
   if (!act || !output) return;
   const GradOrder order{Kind::enter, act->depth, act->sequence};
-  backend_.keep_first_gradient(output, order, GradCallback(act.release(), activation_refs, &on_output_gradient));
+  GradCallback fn(act.release(), activation_refs, &on_output_gradient);
+  if (!next) {
+    backend_.keep_first_gradient(output, order, std::move(fn));
+    return;
+  }
+  backend_.keep_boundary(output, order, std::move(fn), next->exit_order, std::move(next->exit_cb));
+  next->inputs_kept = true;
 }
 
 void TrackerCore::post_forward(const ForwardCall& call, Payload output, std::uintptr_t token) {
@@ -600,15 +612,8 @@ std::uintptr_t TrackerCore::hand_over(const ForwardCall& done, Payload output, s
     }
   }
   try {  // done is finished either way
-    if (act && output && e.act && !enter_error && output.ptr == next.inputs.ptr) {
-      // done's output is next's input: both registrations in one backend call.
-      const GradOrder order{Kind::enter, act->depth, act->sequence};
-      backend_.keep_boundary(output, order, GradCallback(act.release(), activation_refs, &on_output_gradient),
-                             e.exit_order, std::move(e.exit_cb));
-      e.inputs_kept = true;
-    } else {
-      keep_output(std::move(act), output);
-    }
+    const bool boundary = e.act && !enter_error && output.ptr == next.inputs.ptr;  // done's output is next's input
+    keep_output(std::move(act), output, boundary ? &e : nullptr);
   } catch (...) {
     if (!enter_error) undo_enter(next, e);  // next will not run
     throw;
@@ -645,7 +650,7 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
     if (act.previous_fqn < counts_.size()) prefetch_line(&counts_[act.previous_fqn]);
     p->open.emplace_back(act);
     add_count(act.fqn, Phase::backward);
-    if (std::uint64_t time = 0; act.selected) record(Phase::backward, Kind::enter, act.fqn, act.depth, time);
+    if (act.selected) record(Phase::backward, Kind::enter, act.fqn, act.depth);
   }
   if (first_of_pass) {
     backend_.at_end_of_backward([epoch = act.epoch, generation = act.epoch_generation, pass] {
@@ -702,7 +707,7 @@ void TrackerCore::backward_exit(Activation& act, Payload grads) {
 void TrackerCore::exit_backward_locked(const Activation& act) {
   if (counts_[act.fqn].backward == 0) return;  // stop() may have cleared it meanwhile
   sub_count(act.fqn, Phase::backward);
-  if (std::uint64_t time = 0; act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth, time);
+  if (act.selected) record(Phase::backward, Kind::exit, act.fqn, act.depth);
 }
 
 void TrackerCore::exit_backward(Activation& act, Payload grads) {
