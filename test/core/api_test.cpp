@@ -206,6 +206,22 @@ TEST_CASE("GradCallback: from a context and a function, or from any callable") {
   CHECK_FALSE(GradCallback{});
 }
 
+TEST_CASE("HookBackend::keep_boundary by default: the first-of-any, then the all-of, on the same values") {
+  Backend b;  // the scripted backend keeps the default
+  const Values none{b.value(false)};
+  int calls = 0;
+  const auto count = [&] { return GradCallback([&](Payload) { ++calls; }); };
+  CHECK_FALSE(b.keep_boundary(Payload{&none}, GradOrder{}, count(), GradOrder{}, count()));
+  const Values xy{b.value(true), b.value(true)};
+  std::vector<std::string> fired;
+  auto on = [&](const char* what) { return GradCallback([&fired, what](Payload) { fired.emplace_back(what); }); };
+  REQUIRE(b.keep_boundary(Payload{&xy}, GradOrder{Kind::enter, 0, 0}, on("first of any"), GradOrder{Kind::exit, 0, 1},
+                          on("all of")));
+  b.backward({xy[0], xy[1]});
+  CHECK(fired == std::vector<std::string>{"first of any", "all of"});
+  CHECK(calls == 0);
+}
+
 TEST_CASE("GradCallback: a context that counts its own references") {
   struct Counted {
     int refs = 1;  // the one the first callback adopts

@@ -208,7 +208,7 @@ TEST_CASE("one tracker, threads each running their own tracked Sequential: each 
   std::vector<lt::nn::Sequential> models(threads);  // built here: LibTorch's module constructors are not ours to race
   for (auto& m : models)
     for (int l = 0; l < layers; ++l) m->push_back(torch::nn::Linear(4, 4));
-  lt::Tracker t({.journal_capacity = 1u << 16});
+  lt::Tracker t;  // the default journal (65536) holds all 2160 transitions
   t.set_diagnostics([](const modtracker::Diagnostic&) {});  // the threads' models share their fqns
   {
     auto scope = t.track();
