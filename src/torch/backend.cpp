@@ -17,6 +17,7 @@
 #include <mutex>
 #include <typeinfo>
 #include <unordered_map>
+#include <variant>
 
 import modtracker;
 #include "modtracker/torch.hpp"
@@ -33,8 +34,9 @@ using modtracker::detail::SpinLock;
 // A vector whose first N elements live inline (no allocation for the usual
 // one to three registrations per node, tensors per call, events per
 // gradient). The inline storage is raw: nothing is built or zeroed up front;
-// the rest spill to a vector made on first need (one pointer until then).
-template <class T, std::size_t N>
+// the rest spill to a vector made on first need (one pointer until then),
+// which also holds `Extra`, state that the owner needs as rarely.
+template <class T, std::size_t N, class Extra = std::monostate>
 class SmallVector {
  public:
   SmallVector() = default;
@@ -48,12 +50,12 @@ class SmallVector {
     if (size_ < N) {
       ::new (static_cast<void*>(slot(size_))) T{std::forward<Args>(args)...};
     } else {
-      if (!spill_) spill_ = std::make_unique<std::vector<T>>();
-      spill_->push_back(T{std::forward<Args>(args)...});
+      spill().items.push_back(T{std::forward<Args>(args)...});
     }
     ++size_;
   }
-  T& operator[](std::size_t i) { return i < N ? *slot(i) : (*spill_)[i - N]; }
+  T& operator[](std::size_t i) { return i < N ? *slot(i) : spill_->items[i - N]; }
+  Extra& extra() { return spill().extra; }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   template <class F>
   bool any_of(F&& f) {
@@ -63,10 +65,18 @@ class SmallVector {
   }
 
  private:
+  struct Spill {
+    std::vector<T> items;
+    [[no_unique_address]] Extra extra;
+  };
   T* slot(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(inline_ + i * sizeof(T))); }
+  Spill& spill() {
+    if (!spill_) spill_ = std::make_unique<Spill>();
+    return *spill_;
+  }
   std::size_t size_ = 0;  // first: read before the elements
   alignas(T) std::byte inline_[N * sizeof(T)];
-  std::unique_ptr<std::vector<T>> spill_;
+  std::unique_ptr<Spill> spill_;
 };
 
 // A removable registration, or one over several edges: its state is shared
@@ -86,7 +96,7 @@ struct Hook {
 };
 
 // An entry's callback when it shares a Hook: the Hook is its context (owned
-// by the dispatcher, see Dispatch::hooks), and this function marks it.
+// by the dispatcher, see Dispatch::entries), and this function marks it.
 void call_hook(void* hook, Payload grads) { static_cast<Hook*>(hook)->fn(grads); }
 constexpr ContextRefs unowned{[](void*) noexcept {}, [](void*) noexcept {}};
 
@@ -124,25 +134,29 @@ SpinLock state_lock;  // guards Dispatch entries, Hook pass state, leaves and pa
 // the modules registered. Entries are never erased while the node lives (a
 // removed one is skipped), so hooks fired outside the lock stay alive.
 struct Dispatch {
-  // Where the next backward step will likely look (the dispatcher on this
-  // module's input, and the module entered there), prefetched when this one
-  // fires: at 1000 modules both are out of cache by then. Addresses only:
-  // never read through (they may be gone), guarded by state_lock.
+  // Where the next backward step will likely look, prefetched when this one
+  // fires (at 1000 modules all are out of cache by then): the dispatcher on
+  // this module's input, the module entered there, and that node's pre-hook
+  // list (a separate allocation of LibTorch's, which the engine reads to find
+  // the dispatcher). Addresses only: never read through (they may be gone),
+  // guarded by state_lock.
   const Dispatch* next = nullptr;
   const void* next_context = nullptr;
-  SmallVector<Entry, 2> entries;  // guarded by state_lock; two inline: a module boundary in a chain
-  std::unique_ptr<std::vector<std::shared_ptr<Hook>>> hooks;  // the shared Hooks of the entries
+  const void* next_hooks = nullptr;
+  // Guarded by state_lock; two inline: a module boundary in a chain. Their
+  // extra: the shared Hooks of the entries (rare, so beside the spilled ones).
+  SmallVector<Entry, 2, std::vector<std::shared_ptr<Hook>>> entries;
   ~Dispatch() {  // a graph is freed from its output on: the same next step
     prefetch_line(next);
     prefetch_line(next_context);
+    prefetch_line(next_hooks);
   }
   Dispatch() = default;
   Dispatch(const Dispatch&) = delete;
   Dispatch& operator=(const Dispatch&) = delete;
   void add(std::uint32_t output_nr, GradOrder order, GradCallback fn) { entries.emplace_back(output_nr, order, std::move(fn)); }
   void add(std::uint32_t output_nr, GradOrder order, const std::shared_ptr<Hook>& hook) {
-    if (!hooks) hooks = std::make_unique<std::vector<std::shared_ptr<Hook>>>();
-    hooks->push_back(hook);
+    entries.extra().push_back(hook);
     entries.emplace_back(output_nr, order, GradCallback(hook.get(), unowned, &call_hook));
   }
   void fire(const at::Tensor* grads, std::size_t n);
@@ -262,6 +276,7 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
       prefetch_line(next);
       prefetch_line(reinterpret_cast<const char*>(next) + 64);
       prefetch_line(next_context);
+      prefetch_line(next_hooks);
     }
     for (std::size_t i = 0; i < entries.size(); ++i) {
       Entry& e = entries[i];
@@ -343,24 +358,28 @@ TensorEdge edge_of(const at::Tensor& t) {
   return {true, node, node ? static_cast<std::uint32_t>(t.output_nr()) : 0u};
 }
 
-// The last kept exit registered on this thread: a module's input dispatcher
-// and the module entered there, found again when the same module (the same
-// callback context) registers its output's entry (see Dispatch::next).
+// The last kept exit registered on this thread: a module's input dispatcher,
+// its node's pre-hook list and the module entered there, found again when the
+// same module (the same callback context) registers its output's entry (see
+// Dispatch::next).
 struct LastExit {
   const void* context = nullptr;
   const Dispatch* where = nullptr;
+  const void* hooks = nullptr;
   const void* entered = nullptr;
 };
 [[gnu::tls_model("initial-exec")]] thread_local LastExit last_exit;
 
-void link_boundary(Dispatch& d, const void* context, Kind kind) {  // state_lock held
+// `hooks`: the pre-hook list of d's node (null for a leaf).
+void link_boundary(Dispatch& d, const void* hooks, const void* context, Kind kind) {  // state_lock held
   if (kind == Kind::exit) {
     const void* entered = nullptr;  // the latest kept entry there: the outermost module
     for (std::size_t i = 0; i < d.entries.size(); ++i)
       if (const Entry& e = d.entries[i]; !e.hook() && e.order().kind == Kind::enter) entered = e.fn.ref().context;
-    last_exit = LastExit{context, &d, entered};
+    last_exit = LastExit{context, &d, hooks, entered};
   } else if (last_exit.context == context) {
     d.next = last_exit.where;
+    d.next_hooks = last_exit.hooks;
     d.next_context = last_exit.entered;
   }
 }
@@ -416,6 +435,7 @@ bool register_hooks(Payload values, std::span<Request> requests) {
     for (std::size_t i = 0; i < edges.size(); ++i) {
       const Edge& e = edges[i];
       Dispatch* d = nullptr;
+      const void* node_hooks = nullptr;  // the node's pre-hook list (its storage)
       std::shared_ptr<Dispatch> leaf;  // a leaf's dispatcher, held while we add to it
       if (e.node) {
         auto* nh = node_hook_of(*e.node);
@@ -425,6 +445,7 @@ bool register_hooks(Payload values, std::span<Request> requests) {
           e.node->add_pre_hook(std::move(owned));
         }
         d = &nh->dispatch;
+        node_hooks = e.node->pre_hooks().data();
       } else {
         if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
           std::erase_if(leaves, [](const auto& kv) { return kv.second.expired(); });
@@ -443,7 +464,7 @@ bool register_hooks(Payload values, std::span<Request> requests) {
         if (r.hook) {
           d->add(e.output_nr, r.order, r.hook);
         } else {
-          link_boundary(*d, r.fn.ref().context, r.order.kind);
+          link_boundary(*d, node_hooks, r.fn.ref().context, r.order.kind);
           d->add(e.output_nr, r.order, std::move(r.fn));  // one edge: moved once
         }
       }
