@@ -587,10 +587,7 @@ void TrackerCore::finish_forward(const ForwardCall& call, Payload output, std::u
 // hooks, which run between the two, it is post_forward then pre_forward.
 std::uintptr_t TrackerCore::hand_over(const ForwardCall& done, Payload output, std::uintptr_t token,
                                       const ForwardCall& next) {
-  if (may_have_hooks()) {
-    post_forward(done, output, token);
-    return pre_forward(next);
-  }
+  if (may_have_hooks()) return ForwardObserver::hand_over(done, output, token, next);  // post, then pre
   Entering e(backend_);
   ActivationRef act;  // done's, if it has one
   std::exception_ptr enter_error;
