@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include <unistd.h>
+
 import modtracker;
 #include "modtracker/torch_stats.hpp"
 
@@ -150,6 +152,7 @@ int main(int argc, char** argv) {
   lt::ShapeRecorder shapes;
   modtracker::Statistics stats;
   modtracker::ChromeTraceWriter trace(trace_file, "modtracker-demo " + model_name);
+  const bool tty = isatty(fileno(stdout)) != 0;
   std::printf("modtracker-demo: %s, %ld steps on synthetic data\n", model_name.c_str(), steps);
   {
     auto scope = tracker.track();
@@ -166,13 +169,18 @@ int main(int argc, char** argv) {
         trace.consume(t);
       }
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      std::printf("\rstep %ld/%ld  loss %.4f  %.1f ms/step", step, steps, loss.item<double>(), ms / step);
-      std::fflush(stdout);
+      // On a terminal one line, rewritten each step; in a log or a pipe a
+      // line every fifth step and at the last.
+      if (tty || step % 5 == 0 || step == steps) {
+        std::printf("%sstep %ld/%ld  loss %.4f  %.1f ms/step%s", tty ? "\r" : "", step, steps, loss.item<double>(),
+                    ms / step, tty ? "" : "\n");
+        std::fflush(stdout);
+      }
     }
   }
   trace.finish();
   lt::annotate(stats, tracker, *model->module, &shapes);
-  std::printf("\n\n%s\n", stats.table(table).c_str());
+  std::printf("%s\n%s\n", tty ? "\n" : "", stats.table(table).c_str());
   std::printf("trace: %s (%llu slices)\n", std::filesystem::absolute(trace_path).c_str(),
               static_cast<unsigned long long>(trace.slices()));
   std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");
