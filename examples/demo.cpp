@@ -93,6 +93,8 @@ int usage(std::FILE* to, int code) {
                "statistics and writes a Chrome/Perfetto trace.\n\n"
                "  --model NAME    classifier (default) or convnet\n"
                "  --steps N       training steps, N >= 1 (default 20)\n"
+               "  --warmup N      steps run first and left out of the table and trace, N >= 0\n"
+               "                  (default 1: LibTorch's first calls load and set up kernels)\n"
                "  --depth D       table rows down to depth D (fqn dots + 1), 0 = all (default 0)\n"
                "  --trace PATH    where to write the trace (default trace.json)\n"
                "  --sort COLUMN   flat table sorted by module, fw_calls, fw_incl, fw_excl, bw_calls,\n"
@@ -112,7 +114,7 @@ std::optional<long> to_number(const char* s, long min) {
 
 int main(int argc, char** argv) {
   std::string model_name = "classifier", trace_path = "trace.json";
-  long steps = 20, depth = 0;
+  long steps = 20, warmup = 1, depth = 0;
   modtracker::TableOptions table;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
@@ -123,6 +125,8 @@ int main(int argc, char** argv) {
       model_name = value;
     } else if (arg == "--steps" && to_number(value, 1)) {
       steps = *to_number(value, 1);
+    } else if (arg == "--warmup" && to_number(value, 0)) {
+      warmup = *to_number(value, 0);
     } else if (arg == "--depth" && to_number(value, 0)) {
       depth = *to_number(value, 0);
     } else if (arg == "--trace" && *value) {
@@ -153,17 +157,27 @@ int main(int argc, char** argv) {
   modtracker::Statistics stats;
   modtracker::ChromeTraceWriter trace(trace_file, "modtracker-demo " + model_name);
   const bool tty = isatty(fileno(stdout)) != 0;
-  std::printf("modtracker-demo: %s, %ld steps on synthetic data\n", model_name.c_str(), steps);
+  std::printf("modtracker-demo: %s, %ld steps on synthetic data (after %ld warm-up step%s)\n", model_name.c_str(), steps,
+              warmup, warmup == 1 ? "" : "s");
   {
     auto scope = tracker.track();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (long step = 1; step <= steps; ++step) {
+    auto train_step = [&] {
       const auto x = torch::randn(model->input_shape);
       const auto y = torch::randint(0, 4, {model->input_shape[0]});
       opt.zero_grad();
       auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
       loss.backward();
       opt.step();
+      return loss;
+    };
+    for (long step = 1; step <= warmup; ++step) {
+      train_step();
+      for ([[maybe_unused]] const auto& t : tracker.transitions()) {  // read and dropped
+      }
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long step = 1; step <= steps; ++step) {
+      const auto loss = train_step();
       for (const auto& t : tracker.transitions()) {
         stats.consume(t);
         trace.consume(t);
