@@ -25,7 +25,10 @@ struct Span {
   std::uint32_t depth;
   std::uint64_t call;  ///< 0 for the first activation of this fqn in this phase
   std::chrono::nanoseconds start, end;
-  std::chrono::nanoseconds children;  ///< time inside child spans (same thread and phase)
+  /// Time when another span of this thread and phase, entered later, ran
+  /// innermost (a child, or in a backward whose branches interleave, a span
+  /// that outlives this one): exclusive() is the time this one ran innermost.
+  std::chrono::nanoseconds children;
   [[nodiscard]] std::chrono::nanoseconds inclusive() const noexcept { return end - start; }
   [[nodiscard]] std::chrono::nanoseconds exclusive() const noexcept { return inclusive() - children; }
 };
@@ -42,9 +45,13 @@ class SpanMatcher {
   struct Open {
     std::string_view fqn;  // interned by the tracker: stable while it lives
     std::uint32_t depth;
-    std::chrono::nanoseconds start, children;
+    std::chrono::nanoseconds start, innermost;  // innermost: time on top of its stack
   };
-  std::map<std::pair<std::uint32_t, Phase>, std::vector<Open>> stacks_;
+  struct Stack {
+    std::vector<Open> open;
+    std::chrono::nanoseconds last{};  // the stack's latest transition
+  };
+  std::map<std::pair<std::uint32_t, Phase>, Stack> stacks_;
   std::map<std::pair<std::string_view, Phase>, std::uint64_t> calls_;
 };
 

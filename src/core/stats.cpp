@@ -16,26 +16,29 @@ module modtracker;
 namespace modtracker {
 
 std::optional<Span> SpanMatcher::consume(const Transition& t) {
+  // The time since the stack's last transition belongs to its top: every
+  // moment counts once, also where spans do not nest (an exit below the top).
   auto& stack = stacks_[{t.thread, t.phase}];
+  if (!stack.open.empty() && t.time > stack.last) stack.open.back().innermost += t.time - stack.last;
+  stack.last = std::max(stack.last, t.time);
+  auto& open = stack.open;
   if (t.kind == Kind::enter) {
-    stack.push_back(Open{t.fqn, t.depth, t.time, {}});
+    open.push_back(Open{t.fqn, t.depth, t.time, {}});
     return std::nullopt;
   }
   // Normally the top; search down for transitions that do not nest.
-  auto it = std::find_if(stack.rbegin(), stack.rend(), [&](const Open& o) { return o.fqn == t.fqn; });
-  if (it == stack.rend()) return std::nullopt;  // its enter was not seen (dropped or before reading)
-  const auto index = static_cast<std::size_t>(std::distance(it, stack.rend())) - 1;
-  const Open open = stack[index];
-  stack.erase(stack.begin() + static_cast<std::ptrdiff_t>(index));
-  const auto inclusive = t.time - open.start;
-  if (index > 0) stack[index - 1].children += inclusive;
-  auto& calls = calls_[{open.fqn, t.phase}];
-  return Span{open.fqn, t.phase, t.thread, open.depth, calls++, open.start, t.time, open.children};
+  auto it = std::find_if(open.rbegin(), open.rend(), [&](const Open& o) { return o.fqn == t.fqn; });
+  if (it == open.rend()) return std::nullopt;  // its enter was not seen (dropped or before reading)
+  const Open closed = *it;
+  open.erase(std::next(it).base());
+  auto& calls = calls_[{closed.fqn, t.phase}];
+  return Span{closed.fqn, t.phase, t.thread, closed.depth, calls++, closed.start, t.time,
+              (t.time - closed.start) - closed.innermost};
 }
 
 std::size_t SpanMatcher::open() const noexcept {
   std::size_t n = 0;
-  for (const auto& [key, stack] : stacks_) n += stack.size();
+  for (const auto& [key, stack] : stacks_) n += stack.open.size();
   return n;
 }
 

@@ -119,14 +119,44 @@ TEST_CASE("spans: an exit whose enter was not seen is ignored, and call indices 
   CHECK_FALSE(m.consume(Transition{Phase::forward, Kind::exit, "A", 0, 0, 10ns, 0}));
   CHECK_FALSE(m.consume(Transition{Phase::forward, Kind::enter, "A", 0, 1, 20ns, 0}));
   CHECK_FALSE(m.consume(Transition{Phase::forward, Kind::enter, "B", 1, 2, 25ns, 0}));
-  // Not nested: A exits before B; B is still matched, A's child time counts B only when B is inside.
-  const auto a = m.consume(Transition{Phase::forward, Kind::exit, "A", 0, 3, 40ns, 0});
+  const auto b = m.consume(Transition{Phase::forward, Kind::exit, "B", 1, 3, 30ns, 0});
+  REQUIRE(b);
+  CHECK(b->call == 0);
+  CHECK_FALSE(m.consume(Transition{Phase::forward, Kind::enter, "B", 1, 4, 32ns, 0}));
+  const auto b2 = m.consume(Transition{Phase::forward, Kind::exit, "B", 1, 5, 34ns, 0});
+  REQUIRE(b2);
+  CHECK(b2->call == 1);
+  CHECK(m.consume(Transition{Phase::backward, Kind::enter, "B", 1, 6, 36ns, 0}) == std::nullopt);
+  const auto b3 = m.consume(Transition{Phase::backward, Kind::exit, "B", 1, 7, 38ns, 0});
+  REQUIRE(b3);
+  CHECK(b3->call == 0);
+  const auto a = m.consume(Transition{Phase::forward, Kind::exit, "A", 0, 8, 40ns, 0});
   REQUIRE(a);
   CHECK(a->inclusive() == 20ns);
-  const auto b = m.consume(Transition{Phase::forward, Kind::exit, "B", 1, 4, 50ns, 0});
-  REQUIRE(b);
-  CHECK(b->inclusive() == 25ns);
+  CHECK(a->exclusive() == 13ns);
   CHECK(m.open() == 0);
+}
+
+TEST_CASE("spans that do not nest (backward branches that interleave): every moment counts once, none negative") {
+  SpanMatcher m;
+  auto at = [&](Kind kind, const char* fqn, std::chrono::nanoseconds time) {
+    return m.consume(Transition{Phase::backward, kind, fqn, 0, 0, time, 0});
+  };
+  CHECK_FALSE(at(Kind::enter, "P", 0ns));
+  CHECK_FALSE(at(Kind::enter, "A", 10ns));
+  CHECK_FALSE(at(Kind::enter, "B", 20ns));
+  const auto a = at(Kind::exit, "A", 40ns);  // below B: the two cross
+  REQUIRE(a);
+  CHECK(a->inclusive() == 30ns);
+  CHECK(a->exclusive() == 10ns);  // 10-20 only: B ran innermost from 20 on
+  const auto b = at(Kind::exit, "B", 50ns);
+  REQUIRE(b);
+  CHECK(b->inclusive() == 30ns);
+  CHECK(b->exclusive() == 30ns);
+  const auto p = at(Kind::exit, "P", 60ns);
+  REQUIRE(p);
+  CHECK(p->exclusive() == 20ns);  // 0-10 and 50-60
+  CHECK(p->exclusive() + a->exclusive() + b->exclusive() == p->inclusive());
 }
 
 TEST_CASE("Chrome trace: one slice per activation, nested in time, valid JSON") {
