@@ -37,18 +37,32 @@ enum class Phase : std::uint8_t { forward, backward };
 enum class Kind : std::uint8_t { enter, exit };
 
 /// Order of the backward events that one gradient triggers: exits before
-/// entries, exits innermost first, entries outermost first, so backward
-/// transitions nest like forward ones.
+/// entries, so that backward transitions nest like forward ones.
+/// - Exits with a rank (the tracker gives every exit one) run first, the
+///   highest rank first. The rank is read when the events fire: the tracker
+///   sets it when the activation enters backward (1, 2, ... within a pass),
+///   so the activation that entered last exits first, however the engine
+///   ordered the branches that share the tensor.
+/// - Other exits: innermost (deepest) first; of one depth, earliest first.
+/// - Entries: outermost (shallowest) first; of one depth, latest first, as
+///   the engine runs the nodes made last first.
 struct GradOrder {
   Kind kind = Kind::enter;
   std::uint32_t depth = 0;     ///< forward call depth of the activation
   std::uint64_t sequence = 0;  ///< forward sequence number of the activation
+  /// Exits only, optional: the activation's backward rank, read at firing;
+  /// must stay valid as long as the registration does.
+  const std::atomic<std::uint32_t>* rank = nullptr;
 
   /// True when the event keyed `a` must run before the one keyed `b`.
-  friend constexpr bool fires_before(const GradOrder& a, const GradOrder& b) noexcept {
+  friend bool fires_before(const GradOrder& a, const GradOrder& b) noexcept {
     if (a.kind != b.kind) return a.kind == Kind::exit;
+    if (a.kind == Kind::exit && (a.rank || b.rank)) {
+      if (!a.rank || !b.rank) return a.rank != nullptr;
+      return a.rank->load(std::memory_order_relaxed) > b.rank->load(std::memory_order_relaxed);
+    }
     if (a.depth != b.depth) return a.kind == Kind::exit ? a.depth > b.depth : a.depth < b.depth;
-    return a.sequence > b.sequence;  // later activations first, as backward runs in reverse
+    return a.kind == Kind::exit ? a.sequence < b.sequence : a.sequence > b.sequence;
   }
 };
 

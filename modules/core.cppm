@@ -278,6 +278,7 @@ class TrackerCore final : public ForwardObserver {
     std::uint64_t id;
     std::thread::id thread;
     std::vector<ActivationRef> open;  // entered in this pass, not exited yet
+    std::uint32_t entered = 0;        // activations entered so far: the next backward rank
   };
 
   std::uint32_t intern(std::string fqn);

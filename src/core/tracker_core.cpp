@@ -117,6 +117,8 @@ struct alignas(64) Activation {
   std::uint32_t depth;
   std::uint32_t previous_fqn;  // of the activation started before it: likely the next in backward
   bool selected;
+  // Its place among the pass's backward entries (GradOrder::rank of its exit).
+  std::atomic<std::uint32_t> backward_rank{0};
   // Second line: forward, naming, and backward's rare paths.
   bool flying = false;  // in the core's in-flight list (which then owns a reference)
   std::uint32_t thread;
@@ -436,7 +438,7 @@ void TrackerCore::enter_locked(const ForwardCall& call, Entering& e, std::uint64
     act->previous_fqn = std::exchange(last_activation_fqn_, e.fqn);
     (void)e.made.release();  // from here on the in-flight list's reference
     act->refs.store(2, std::memory_order_relaxed);  // published by the lock's release
-    e.exit_order = GradOrder{Kind::exit, act->depth, act->sequence};
+    e.exit_order = GradOrder{Kind::exit, act->depth, act->sequence, &act->backward_rank};
     e.exit_cb = GradCallback(act, activation_refs, &on_input_gradients);
     link_in_flight(*act);
   }
@@ -642,6 +644,7 @@ void TrackerCore::backward_enter(Activation& act, Payload grads) {
       first_of_pass = true;
     }
     act.entered_pass = pass;
+    act.backward_rank.store(++p->entered, std::memory_order_relaxed);
     // In a chain the module that ran before this one enters backward next:
     // start loading its count (at 1000 modules it is out of cache).
     if (act.previous_fqn < counts_.size()) prefetch_line(&counts_[act.previous_fqn]);

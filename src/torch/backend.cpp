@@ -101,24 +101,34 @@ void call_hook(void* hook, Payload grads) { static_cast<Hook*>(hook)->fn(grads);
 constexpr ContextRefs unowned{[](void*) noexcept {}, [](void*) noexcept {}};
 
 // A registration on one autograd edge, 40 bytes (two fit a dispatcher's two
-// cache lines). A kept registration on one edge (a tracker's module
+// cache lines): an exit with a rank keeps the rank's address instead of its
+// sequence, which ranked exits do not compare. A kept registration on one edge (a tracker's module
 // boundary, the common case) lives entirely here, with no Hook object and no
 // state: the engine runs a node once per pass, so it fires once per pass.
 // The others share a Hook (which holds their callback and state).
 struct Entry {
-  GradCallback fn;         // own callback, or call_hook on the shared Hook
-  std::uint64_t sequence;  // GradOrder::sequence
+  GradCallback fn;  // own callback, or call_hook on the shared Hook
+  union {
+    std::uint64_t sequence;                   // GradOrder::sequence
+    const std::atomic<std::uint32_t>* rank;  // GradOrder::rank, if ranked
+  };
   std::uint32_t output_nr;
-  std::uint32_t depth_kind;  // GradOrder::depth << 1 | (kind == exit)
+  std::uint32_t depth_kind;  // GradOrder::depth << 2 | ranked << 1 | (kind == exit)
 
   Entry(std::uint32_t nr, GradOrder order, GradCallback callback)
       : fn(std::move(callback)),
-        sequence(order.sequence),
         output_nr(nr),
-        depth_kind(std::min(order.depth, 0x7fffffffu) << 1 | (order.kind == Kind::exit ? 1u : 0u)) {}
-  [[nodiscard]] GradOrder order() const noexcept {
-    return GradOrder{(depth_kind & 1u) ? Kind::exit : Kind::enter, depth_kind >> 1, sequence};
+        depth_kind(std::min(order.depth, 0x3fffffffu) << 2 | (ranked(order) ? 2u : 0u) |
+                   (order.kind == Kind::exit ? 1u : 0u)) {
+    if (ranked(order)) rank = order.rank;
+    else sequence = order.sequence;
   }
+  [[nodiscard]] GradOrder order() const noexcept {
+    const auto kind = (depth_kind & 1u) ? Kind::exit : Kind::enter;
+    if (depth_kind & 2u) return GradOrder{kind, depth_kind >> 2, 0, rank};
+    return GradOrder{kind, depth_kind >> 2, sequence};
+  }
+  static bool ranked(const GradOrder& order) noexcept { return order.kind == Kind::exit && order.rank; }
   [[nodiscard]] Hook* hook() const noexcept {
     const auto r = fn.ref();
     return r.fn == &call_hook ? static_cast<Hook*>(r.context) : nullptr;

@@ -177,6 +177,28 @@ TEST_CASE("backward: shared boundary values nest (entries outermost first, exits
   CHECK_FALSE(t.is_bw());
 }
 
+TEST_CASE("backward: siblings (each with a child) that read one value exit latest-entered first, so they nest") {
+  Backend b;
+  auto c = b.module("C"), d = b.module("D");
+  auto first = b.module("A", {{"c", c}}), second = b.module("B", {{"d", d}});
+  auto root = b.module("Root", {{"a", first}, {"b", second}});
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  const auto x = b.value(true);
+  Value ya, yb;
+  const auto out = b.call(*root, {x}, [&](const Values& v) {
+    ya = b.call(*first, v, [&](const Values& w) { return b.call(*c, w); })[0];
+    yb = b.call(*second, v, [&](const Values& w) { return b.call(*d, w); })[0];
+    return Values{b.op({ya, yb})};
+  });
+  (void)transitions(t);
+  b.backward({out[0], yb, ya, x});  // the later branch first, as an engine runs it
+  // Five exits on x's gradient: by depth alone C and D would leave before A.
+  CHECK(transitions(t) == V{"bw enter Root", "bw enter Root.b", "bw enter Root.b.d", "bw enter Root.a", "bw enter Root.a.c",
+                            "bw exit Root.a.c", "bw exit Root.a", "bw exit Root.b.d", "bw exit Root.b", "bw exit Root"});
+  CHECK(join(t.parents()) == "Global");
+}
+
 TEST_CASE("backward: exits of modules whose inputs need no grad run at the end, latest first") {
   Backend b;
   Seq3 m(b);

@@ -492,13 +492,14 @@ TEST_CASE("backend boundary registration: first-of-any and all-of on the same te
   REQUIRE(b.keep_boundary(modtracker::Payload{&two}, GradOrder{Kind::enter, 0, 2}, on("enter two"),
                           GradOrder{Kind::exit, 0, 3}, on("exit two")));
   // z's node runs first (the engine takes later nodes first): "two" enters
-  // there, and exits at y, with both gradients, before "one" (GradOrder).
+  // there, and exits at y, with both gradients, after "one" (GradOrder: of
+  // one depth, exits earliest first).
   (y.sum() + z.sum()).backward({}, /*retain_graph=*/true);
-  CHECK(fired == std::vector<std::string>{"enter two:1", "exit two:2", "exit one:1", "enter one:1"});
+  CHECK(fired == std::vector<std::string>{"enter two:1", "exit one:1", "exit two:2", "enter one:1"});
   fired.clear();
   // A pass that computes only y's gradient: z does not block "exit two".
   (void)torch::autograd::grad({y.sum()}, {x}, {}, /*retain_graph=*/true);
-  CHECK(fired == std::vector<std::string>{"exit two:1", "exit one:1", "enter two:1", "enter one:1"});
+  CHECK(fired == std::vector<std::string>{"exit one:1", "exit two:1", "enter two:1", "enter one:1"});
   const auto constant = torch::ones({2});
   lt::Tensors none;
   none.push(constant);
@@ -613,4 +614,32 @@ TEST_CASE("the user's own tensor hooks on a boundary tensor still see the gradie
   CHECK(torch::equal(tracked_grad, plain_grad));  // doubled by the user's hook in both
   CHECK(transitions(t) == Strings{"fw enter Linear", "fw exit Linear", "fw enter Linear", "fw exit Linear",
                                   "bw enter Linear", "bw exit Linear", "bw enter Linear", "bw exit Linear"});
+}
+
+TEST_CASE("siblings that read one tensor exit backward in the reverse of their entries (they nest)") {
+  struct HeadsImpl : torch::nn::Module {  // two heads on one input, summed
+    lt::nn::Linear a{register_module("a", lt::nn::Linear(3, 3))};
+    lt::nn::Linear b{register_module("b", lt::nn::Linear(3, 3))};
+    torch::Tensor forward(const torch::Tensor& x) { return a(x) + b(x); }
+  };
+  auto heads = std::make_shared<HeadsImpl>();
+  lt::Tracker t;
+  auto scope = t.track();
+  const auto x = torch::randn({2, 3}, torch::requires_grad());
+  auto out = lt::call(*heads, x).sum();
+  (void)transitions(t);
+  out.backward();
+  // The engine runs b's nodes first (made later), so b enters first and exits
+  // last; both exit when x's gradient is done, inside Heads.
+  CHECK(transitions(t) == Strings{"bw enter Heads", "bw enter Heads.b", "bw enter Heads.a", "bw exit Heads.a",
+                                  "bw exit Heads.b", "bw exit Heads"});
+  CHECK(parents(t) == "Global");
+  // An input that needs no grad: the three exits wait for the end of the
+  // pass, and nest there too.
+  out = lt::call(*heads, torch::randn({2, 3})).sum();
+  (void)transitions(t);
+  out.backward();
+  CHECK(transitions(t) == Strings{"bw enter Heads", "bw enter Heads.b", "bw enter Heads.a", "bw exit Heads.a",
+                                  "bw exit Heads.b", "bw exit Heads"});
+  CHECK(parents(t) == "Global");
 }

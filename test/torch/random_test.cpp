@@ -1,5 +1,6 @@
 // Randomized module programs on LibTorch: random trees of modules that call
-// random children (repeats, recursion, exceptions), run with and without
+// random children (in a chain or fanned out on one input, repeats,
+// recursion, exceptions), run with and without
 // grad, backward by backward() (retained, repeated) or autograd::grad on
 // some inputs, models freed before backward; invariants after every step.
 // MODTRACKER_RANDOM_SEED / MODTRACKER_TORCH_PROGRAMS choose seed and count.
@@ -32,9 +33,18 @@ struct NodeImpl : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x, int depth) {
     if (chance(0.02)) throw Boom();
     x = lin(x);
+    // In a chain (each child reads the last one's output), or fanned out
+    // (every child reads x; their outputs are summed).
+    const bool fan = chance(0.3);
+    torch::Tensor sum;
     for (auto& k : kids)
-      for (int rep = chance(0.15) ? 2 : 1; rep > 0 && *budget > 0; --rep)
-        if (--*budget, chance(0.6)) x = torch::tanh(lt::call(*k, x, depth + 1));
+      for (int rep = chance(0.15) ? 2 : 1; rep > 0 && *budget > 0; --rep) {
+        if (--*budget, !chance(0.6)) continue;
+        auto y = torch::tanh(lt::call(*k, x, depth + 1));
+        if (!fan) x = y;
+        else sum = sum.defined() ? sum + y : y;
+      }
+    if (sum.defined()) x = x + sum;
     if (depth < 3 && *budget > 0 && chance(0.05)) --*budget, x = lt::call(*this, x, depth + 1);
     return x;
   }
