@@ -1,7 +1,8 @@
-// Shared by the randomized suites: the backward/forward nesting invariant,
+// Shared by the randomized suites: the backward/forward nesting invariants,
 // and their settings from the environment.
 // Include after <doctest/doctest.h> and after importing modtracker.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <sstream>
@@ -36,5 +37,25 @@ inline void check_nesting(const std::vector<modtracker::Transition>& ts, modtrac
   }
   INFO(what);
   REQUIRE_MESSAGE(stack.empty(), stack.size() << " activations never exited");
+}
+
+/// Transitions of one phase balance: every exit closes an open activation of
+/// its fqn (not necessarily the innermost: backward through a graph whose
+/// branches share inputs may overlap them), and none stays open.
+inline void check_balanced(const std::vector<modtracker::Transition>& ts, modtracker::Phase phase, const std::string& what) {
+  std::vector<std::string_view> open;
+  for (const auto& t : ts) {
+    if (t.phase != phase) continue;
+    if (t.kind == modtracker::Kind::enter) {
+      open.push_back(t.fqn);
+      continue;
+    }
+    const auto it = std::find(open.rbegin(), open.rend(), t.fqn);
+    INFO(what);
+    REQUIRE_MESSAGE(it != open.rend(), "exit of " << t.fqn << " without an open enter");
+    open.erase(std::next(it).base());
+  }
+  INFO(what);
+  REQUIRE_MESSAGE(open.empty(), open.size() << " activations never exited");
 }
 
