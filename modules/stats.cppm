@@ -29,6 +29,9 @@ struct Span {
   /// innermost (a child, or in a backward whose branches interleave, a span
   /// that outlives this one): exclusive() is the time this one ran innermost.
   std::chrono::nanoseconds children;
+  /// False when it closed below another open span (they overlap: backward
+  /// through a graph whose branches share an input).
+  bool nested = true;
   [[nodiscard]] std::chrono::nanoseconds inclusive() const noexcept { return end - start; }
   [[nodiscard]] std::chrono::nanoseconds exclusive() const noexcept { return inclusive() - children; }
 };
@@ -114,7 +117,10 @@ class Statistics {
 };
 
 /// Writes spans as Chrome trace-event JSON (ui.perfetto.dev, chrome://tracing):
-/// one complete slice per activation, on the thread it ran on.
+/// one complete slice per activation, on the thread it ran on. A span that
+/// overlaps others instead of nesting (Span::nested false) would break the
+/// thread's stack of slices: it becomes an async slice (a "b"/"e" pair in
+/// its own row of the process) instead.
 class ChromeTraceWriter {
  public:
   explicit ChromeTraceWriter(std::ostream& out, std::string process_name = "modtracker");
@@ -134,7 +140,7 @@ class ChromeTraceWriter {
   void write(const Span& s);
   std::ostream& out_;
   SpanMatcher matcher_;
-  std::uint64_t slices_ = 0;
+  std::uint64_t slices_ = 0, async_ids_ = 0;
   bool finished_ = false;
 };
 

@@ -30,10 +30,11 @@ std::optional<Span> SpanMatcher::consume(const Transition& t) {
   auto it = std::find_if(open.rbegin(), open.rend(), [&](const Open& o) { return o.fqn == t.fqn; });
   if (it == open.rend()) return std::nullopt;  // its enter was not seen (dropped or before reading)
   const Open closed = *it;
+  const bool top = it == open.rbegin();
   open.erase(std::next(it).base());
   auto& calls = calls_[{closed.fqn, t.phase}];
   return Span{closed.fqn, t.phase, t.thread, closed.depth, calls++, closed.start, t.time,
-              (t.time - closed.start) - closed.innermost};
+              (t.time - closed.start) - closed.innermost, top};
 }
 
 std::size_t SpanMatcher::open() const noexcept {
@@ -286,14 +287,30 @@ void ChromeTraceWriter::consume(const Transition& t) {
 }
 
 void ChromeTraceWriter::write(const Span& s) {
-  char times[96];
-  std::snprintf(times, sizeof times, "\"ts\":%.3f,\"dur\":%.3f", static_cast<double>(s.start.count()) / 1e3,
-                static_cast<double>(s.inclusive().count()) / 1e3);
   const char* phase = s.phase == Phase::forward ? "forward" : "backward";
   const auto fqn = json_escape(s.fqn);
-  out_ << ",\n{\"ph\":\"X\",\"pid\":1,\"tid\":" << s.thread << ",\"name\":\"" << fqn << "\",\"cat\":\"" << phase
-       << "\"," << times << ",\"args\":{\"fqn\":\"" << fqn << "\",\"phase\":\"" << phase << "\",\"call\":" << s.call
-       << "}}";
+  char num[48];
+  auto us = [&](std::chrono::nanoseconds t) {
+    std::snprintf(num, sizeof num, "%.3f", static_cast<double>(t.count()) / 1e3);
+    return num;
+  };
+  auto head = [&](const char* ph) -> std::ostream& {
+    return out_ << ",\n{\"ph\":\"" << ph << "\",\"pid\":1,\"tid\":" << s.thread << ",\"name\":\"" << fqn
+                << "\",\"cat\":\"" << phase << "\",";
+  };
+  auto args = [&]() -> std::ostream& {
+    return out_ << "\"args\":{\"fqn\":\"" << fqn << "\",\"phase\":\"" << phase << "\",\"call\":" << s.call << "}}";
+  };
+  if (s.nested) {
+    head("X") << "\"ts\":" << us(s.start) << ",";
+    out_ << "\"dur\":" << us(s.end - s.start) << ",";
+    args();
+  } else {  // an async slice: its own row, so the thread's slices still nest
+    const auto id = ++async_ids_;
+    head("b") << "\"id\":" << id << ",\"ts\":" << us(s.start) << ",";
+    args();
+    head("e") << "\"id\":" << id << ",\"ts\":" << us(s.end) << "}";
+  }
   ++slices_;
 }
 

@@ -188,3 +188,38 @@ TEST_CASE("Chrome trace: one slice per activation, nested in time, valid JSON") 
   CHECK(x.at("ts").get<double>() + x.at("dur").get<double>() <=
         root.at("ts").get<double>() + root.at("dur").get<double>());
 }
+
+TEST_CASE("Chrome trace: a span that overlaps instead of nesting becomes an async slice, the rest stay nested") {
+  std::ostringstream out;
+  {
+    ChromeTraceWriter trace(out);
+    auto at = [&](Kind kind, const char* fqn, std::chrono::nanoseconds time) {
+      trace.consume(Transition{Phase::backward, kind, fqn, 0, 0, time, 3});
+    };
+    at(Kind::enter, "P", 0ns);
+    at(Kind::enter, "A", 1000ns);
+    at(Kind::enter, "B", 2000ns);
+    at(Kind::exit, "A", 4000ns);  // B is still open above it: A and B overlap
+    at(Kind::exit, "B", 5000ns);
+    at(Kind::exit, "P", 6000ns);
+    CHECK(trace.slices() == 3);
+  }
+  const auto doc = nlohmann::json::parse(out.str());
+  std::vector<nlohmann::json> complete, begin, end;
+  for (const auto& e : doc.at("traceEvents")) {
+    if (e.at("ph") == "X") complete.push_back(e);
+    if (e.at("ph") == "b") begin.push_back(e);
+    if (e.at("ph") == "e") end.push_back(e);
+  }
+  REQUIRE(complete.size() == 2);  // P and B nest on the thread's track
+  CHECK(complete[0].at("name") == "B");
+  CHECK(complete[1].at("name") == "P");
+  CHECK(complete[0].at("tid") == 3);
+  REQUIRE(begin.size() == 1);
+  REQUIRE(end.size() == 1);
+  CHECK(begin[0].at("name") == "A");
+  CHECK(begin[0].at("id") == end[0].at("id"));
+  CHECK(begin[0].at("ts").get<double>() == doctest::Approx(1.0));
+  CHECK(end[0].at("ts").get<double>() == doctest::Approx(4.0));
+  CHECK(begin[0].at("args").at("phase") == "backward");
+}
