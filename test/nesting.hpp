@@ -16,8 +16,13 @@ inline std::uint64_t env_or(const char* name, std::uint64_t fallback) {
   return v && *v ? std::strtoull(v, nullptr, 10) : fallback;
 }
 
-/// Transitions of one phase must nest: every exit closes the innermost open activation of that phase.
-inline void check_nesting(const std::vector<modtracker::Transition>& ts, modtracker::Phase phase, const std::string& what) {
+/// Transitions of one phase must nest: every exit closes the innermost open
+/// activation of that phase. With `nested` false they need only balance:
+/// every exit closes an open activation of its fqn, not necessarily the
+/// innermost (backward through a graph whose branches share inputs may
+/// overlap them). Either way none stays open.
+inline void check_nesting(const std::vector<modtracker::Transition>& ts, modtracker::Phase phase, const std::string& what,
+                          bool nested = true) {
   std::ostringstream dump;  // the transitions, printed on failure
   for (const auto& t : ts)
     dump << (t.phase == modtracker::Phase::forward ? "fw " : "bw ") << (t.kind == modtracker::Kind::enter ? "enter " : "exit  ") << t.fqn
@@ -31,31 +36,11 @@ inline void check_nesting(const std::vector<modtracker::Transition>& ts, modtrac
       continue;
     }
     INFO(what);
-    REQUIRE_MESSAGE(!stack.empty(), "exit of " << t.fqn << " without an open enter");
-    REQUIRE_MESSAGE(stack.back() == t.fqn, "exit of " << t.fqn << " while " << stack.back() << " is innermost");
-    stack.pop_back();
+    const auto it = std::find(stack.rbegin(), stack.rend(), t.fqn);
+    REQUIRE_MESSAGE(it != stack.rend(), "exit of " << t.fqn << " without an open enter");
+    REQUIRE_MESSAGE((!nested || it == stack.rbegin()), "exit of " << t.fqn << " while " << stack.back() << " is innermost");
+    stack.erase(std::next(it).base());
   }
   INFO(what);
   REQUIRE_MESSAGE(stack.empty(), stack.size() << " activations never exited");
 }
-
-/// Transitions of one phase balance: every exit closes an open activation of
-/// its fqn (not necessarily the innermost: backward through a graph whose
-/// branches share inputs may overlap them), and none stays open.
-inline void check_balanced(const std::vector<modtracker::Transition>& ts, modtracker::Phase phase, const std::string& what) {
-  std::vector<std::string_view> open;
-  for (const auto& t : ts) {
-    if (t.phase != phase) continue;
-    if (t.kind == modtracker::Kind::enter) {
-      open.push_back(t.fqn);
-      continue;
-    }
-    const auto it = std::find(open.rbegin(), open.rend(), t.fqn);
-    INFO(what);
-    REQUIRE_MESSAGE(it != open.rend(), "exit of " << t.fqn << " without an open enter");
-    open.erase(std::next(it).base());
-  }
-  INFO(what);
-  REQUIRE_MESSAGE(open.empty(), open.size() << " activations never exited");
-}
-

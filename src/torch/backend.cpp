@@ -102,10 +102,11 @@ constexpr ContextRefs unowned{[](void*) noexcept {}, [](void*) noexcept {}};
 
 // A registration on one autograd edge, 40 bytes (two fit a dispatcher's two
 // cache lines): an exit with a rank keeps the rank's address instead of its
-// sequence, which ranked exits do not compare. A kept registration on one edge (a tracker's module
-// boundary, the common case) lives entirely here, with no Hook object and no
-// state: the engine runs a node once per pass, so it fires once per pass.
-// The others share a Hook (which holds their callback and state).
+// sequence, which ranked exits do not compare. A kept registration on one
+// edge (a tracker's module boundary, the common case) lives entirely here,
+// with no Hook object and no state: the engine runs a node once per pass, so
+// it fires once per pass. The others share a Hook (which holds their
+// callback and state).
 struct Entry {
   GradCallback fn;  // own callback, or call_hook on the shared Hook
   union {

@@ -498,3 +498,30 @@ TEST_CASE("a hand-over whose next call cannot start: the previous call still end
   CHECK_THROWS_AS(ForwardDispatcher::Call(again, Payload{&y}, ModuleRef{}, Payload{&y}), std::invalid_argument);
   CHECK(join(t.parents()) == "Global");
 }
+
+TEST_CASE("GradOrder: exits before entries, ranked exits latest-entered first and before unranked ones, then depth and sequence") {
+  std::atomic<std::uint32_t> first{1}, second{2};
+  const GradOrder enter_outer{Kind::enter, 0, 5}, enter_inner{Kind::enter, 1, 6};
+  const GradOrder exit_deep{Kind::exit, 3, 1, &first}, exit_shallow{Kind::exit, 1, 2, &second};
+  CHECK(fires_before(exit_deep, enter_outer));
+  CHECK_FALSE(fires_before(enter_outer, exit_deep));
+  // Ranked: the rank decides, not the depth; read when compared.
+  CHECK(fires_before(exit_shallow, exit_deep));
+  CHECK_FALSE(fires_before(exit_deep, exit_shallow));
+  first = 3;
+  CHECK(fires_before(exit_deep, exit_shallow));
+  // Ranked before unranked, whatever their depths.
+  const GradOrder unranked_deep{Kind::exit, 9, 0};
+  CHECK(fires_before(exit_shallow, unranked_deep));
+  CHECK_FALSE(fires_before(unranked_deep, exit_shallow));
+  // Unranked exits: deepest first; of one depth, earliest first.
+  const GradOrder a{Kind::exit, 2, 10}, b{Kind::exit, 2, 11}, c{Kind::exit, 1, 3};
+  CHECK(fires_before(a, c));
+  CHECK(fires_before(a, b));
+  CHECK_FALSE(fires_before(b, a));
+  // Entries: shallowest first; of one depth, latest first.
+  CHECK(fires_before(enter_outer, enter_inner));
+  const GradOrder later{Kind::enter, 1, 7};
+  CHECK(fires_before(later, enter_inner));
+  CHECK_FALSE(fires_before(enter_inner, later));
+}

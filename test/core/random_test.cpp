@@ -171,8 +171,7 @@ void run_program(std::uint64_t seed) {
       // autograd never does (it computes what leads to the asked inputs):
       // after a fan-out, a module entered late may then wait for the pass's
       // end while an earlier one exits, so such spans only balance.
-      if (computes && p.fanned) check_balanced(bw, Phase::backward, after);
-      else check_nesting(bw, Phase::backward, after);
+      check_nesting(bw, Phase::backward, after, /*nested=*/!(computes && p.fanned));
       check_nesting(bw, Phase::forward, after);
     }
   }
