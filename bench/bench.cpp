@@ -11,9 +11,12 @@
 #include <string>
 #include <vector>
 
+#include <modtracker/torch.hpp>
+
 import modtracker;
+import modtracker.backend;
 import modtracker.scripted;
-#include "modtracker/torch_stats.hpp"
+import modtracker.stats;
 
 namespace {
 using clock_type = std::chrono::steady_clock;
@@ -48,12 +51,12 @@ double core_ns(bool noop_hooks) {
     const auto us = best_us(1, [&] {
       for (int i = 0; i < n; ++i) {
         modtracker::ForwardDispatcher::Call call(b.dispatcher(), modtracker::ModuleRef{m.get()},
-                                                 modtracker::Payload{&in});
-        call.finish(modtracker::Payload{&out});
+                                                 modtracker::ValuesRef{&in});
+        call.finish(modtracker::ValuesRef{&out});
       }
     });
     best = std::min(best, us);
-    for ([[maybe_unused]] const auto& tr : t.transitions()) {
+    for ([[maybe_unused]] const auto& tr : t.drain_transitions()) {
     }
   }
   return best * 1000.0 / n;
@@ -92,7 +95,7 @@ std::vector<TorchRow> torch_rows(int n, int d) {
   auto drain = [&] {
     const auto t0 = clock_type::now();
     std::uint64_t count = 0;
-    for ([[maybe_unused]] const auto& tr : tracker.transitions()) ++count;
+    for ([[maybe_unused]] const auto& tr : tracker.drain_transitions()) ++count;
     drain_ns += std::chrono::duration<double, std::nano>(clock_type::now() - t0).count();
     drained += count;
   };
@@ -136,7 +139,7 @@ double stats_overhead_us_per_activation(int n) {
       plain = std::min(plain, best_us(1, [&] {
         for (int i = 0; i < reps; ++i) {
           tracked->forward(x).sum().backward();
-          for ([[maybe_unused]] const auto& t : tracker.transitions()) {
+          for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {
           }
         }
       }) / reps);
@@ -147,7 +150,7 @@ double stats_overhead_us_per_activation(int n) {
     with_stats = std::min(with_stats, best_us(1, [&] {
       for (int i = 0; i < reps; ++i) {
         tracked->forward(x).sum().backward();
-        stats.consume_all(tracker.transitions());
+        stats.consume_all(tracker.drain_transitions());
       }
     }) / reps);
     activations = stats.activations() / reps;

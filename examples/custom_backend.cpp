@@ -1,5 +1,7 @@
 // A custom hook backend in one file: a toy forward-only framework whose
-// layers are plain structs, tracked by modtracker::Tracker<ToyBackend>.
+// layers are plain structs, tracked by modtracker::Tracker<ToyBackend>. A
+// forward-only backend overrides two functions; the backward ones keep
+// their defaults (no autograd).
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -11,15 +13,16 @@
 #include <vector>
 
 import modtracker;
+import modtracker.backend;
 
 // The framework: a layer has a kind, named children and a forward.
-struct Layer : std::enable_shared_from_this<Layer> {
+struct Layer {
   std::string kind;
   std::vector<std::pair<std::string, std::shared_ptr<Layer>>> children;
   std::function<std::vector<float>(const std::vector<float>&)> body;
 };
 
-// The backend: names its payload types, routes calls through a dispatcher.
+// The backend: names its value types, routes calls through its dispatcher.
 class ToyBackend final : public modtracker::HookBackend {
  public:
   using module_type = Layer;
@@ -28,33 +31,17 @@ class ToyBackend final : public modtracker::HookBackend {
   using grads_type = std::vector<float>;  // no autograd here: never used
 
   std::vector<float> call(Layer& layer, const std::vector<float>& in) {
-    if (dispatch_.idle()) return layer.body(in);
-    modtracker::ForwardDispatcher::Call frame(dispatch_, {&layer}, {&in});
+    if (dispatcher().idle()) return layer.body(in);
+    modtracker::ForwardDispatcher::Call frame(dispatcher(), {&layer}, {&in});
     auto out = layer.body(in);
     frame.finish({&out});
     return out;
   }
 
-  modtracker::Registration add_forward_observer(modtracker::ForwardObserver& o) override { return dispatch_.add(o); }
-  bool grad_enabled() const override { return false; }  // forward only: no backward registrations
-  bool in_backward() const override { return false; }
-  std::uint64_t backward_pass() const override { return 0; }
-  std::optional<modtracker::Registration> on_first_gradient(modtracker::Payload, modtracker::GradOrder,
-                                                            modtracker::GradCallback) override {
-    return std::nullopt;
-  }
-  std::optional<modtracker::Registration> on_all_gradients(modtracker::Payload, modtracker::GradOrder,
-                                                           modtracker::GradCallback) override {
-    return std::nullopt;
-  }
-  void at_end_of_backward(std::function<void()>) override { throw std::logic_error("toy: no backward"); }
   std::string type_name(modtracker::ModuleRef m) const override { return layer(m).kind; }
   void for_each_child(modtracker::ModuleRef m,
                       const std::function<void(std::string_view, modtracker::ModuleRef)>& fn) const override {
     for (const auto& [name, child] : layer(m).children) fn(name, {child.get()});
-  }
-  modtracker::WeakModule weak(modtracker::ModuleRef m) const override {
-    return const_cast<Layer&>(layer(m)).weak_from_this();
   }
 
  private:
@@ -62,7 +49,6 @@ class ToyBackend final : public modtracker::HookBackend {
     if (!m) throw std::invalid_argument("toy: null layer");
     return *static_cast<const Layer*>(m.ptr);
   }
-  modtracker::ForwardDispatcher dispatch_;
 };
 
 int main() {
@@ -87,7 +73,7 @@ int main() {
   auto scope = tracker.track();
   const auto out = backend.call(*net, {1, 2, 3});
   int transitions = 0;
-  for (const auto& t : tracker.transitions()) {
+  for (const auto& t : tracker.drain_transitions()) {
     std::printf("%s %s %.*s\n", t.kind == modtracker::Kind::enter ? "enter" : "exit ",
                 t.phase == modtracker::Phase::forward ? "fw" : "bw", static_cast<int>(t.fqn.size()), t.fqn.data());
     ++transitions;

@@ -15,8 +15,7 @@
 
 #include <unistd.h>
 
-import modtracker;
-#include "modtracker/torch_stats.hpp"
+#include <modtracker/torch.hpp>
 
 namespace lt = modtracker::libtorch;
 
@@ -172,13 +171,13 @@ int main(int argc, char** argv) {
     };
     for (long step = 1; step <= warmup; ++step) {
       train_step();
-      for ([[maybe_unused]] const auto& t : tracker.transitions()) {  // read and dropped
+      for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {  // read and dropped
       }
     }
     const auto t0 = std::chrono::steady_clock::now();
     for (long step = 1; step <= steps; ++step) {
       const auto loss = train_step();
-      for (const auto& t : tracker.transitions()) {
+      for (const auto& t : tracker.drain_transitions()) {
         stats.consume(t);
         trace.consume(t);
       }

@@ -21,6 +21,6 @@ int main() {
         std::cout << "bw  " << (m ? *tracker.known_fqn(*m) : "(freed)") << '\n'; });
   auto scope = tracker.track();                // C++'s `with ModTracker():`
   bar(torch::randn({2, 10}, torch::requires_grad())).sum().backward();
-  for (const auto& t : tracker.transitions())  // a coroutine generator, std::ranges/range-v3 friendly
+  for (const auto& t : tracker.drain_transitions())  // a coroutine generator, std::ranges/range-v3 friendly
     std::cout << t.sequence << ' ' << t.fqn << '\n';
 }

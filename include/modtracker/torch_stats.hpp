@@ -1,40 +1,5 @@
-// Statistics for LibTorch models: what the framework-neutral Statistics
-// cannot know by itself (parameter counts and bytes, output shapes).
+// The LibTorch statistics tools (kept for code that includes this header:
+// <modtracker/torch.hpp> brings them too).
 #pragma once
 
-#include <mutex>
-#include <string>
-#include <unordered_map>
-#include <vector>
-
-#include <modtracker/torch.hpp>
-
-namespace modtracker::libtorch {
-
-/// Records the output shapes of each module's last forward call. It is a
-/// forward observer of its own: it takes no user-hook slot of any tracker.
-class ShapeRecorder final : public ForwardObserver {
- public:
-  ShapeRecorder();
-  ShapeRecorder(const ShapeRecorder&) = delete;
-  ShapeRecorder& operator=(const ShapeRecorder&) = delete;
-  ~ShapeRecorder();
-  /// "[64, 32]" (several outputs: "[64, 32], [64]"), or "" if never called.
-  [[nodiscard]] std::string shape_of(const torch::nn::Module& module) const;
-
-  std::uintptr_t pre_forward(const ForwardCall&) override { return 0; }
-  void post_forward(const ForwardCall& call, Payload output, std::uintptr_t) override;
-
- private:
-  mutable std::mutex mutex_;
-  std::unordered_map<const void*, std::vector<std::vector<std::int64_t>>> shapes_;
-  Registration registration_;
-};
-
-/// Adds to `stats`, for `model` and every module below it (named as
-/// `tracker` names them): parameters and bytes, trainable and frozen, of the
-/// module with its children; and the last output shape if `shapes` saw it.
-void annotate(Statistics& stats, const Tracker& tracker, const torch::nn::Module& model,
-              const ShapeRecorder* shapes = nullptr);
-
-}  // namespace modtracker::libtorch
+#include <modtracker/libtorch/stats.hpp>

@@ -1,0 +1,53 @@
+// The LibTorch hook backend (one per process) and the tracker on it.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <modtracker/libtorch/tensors.hpp>
+
+import modtracker.libtorch;  // modtracker and modtracker.backend
+
+namespace modtracker::libtorch {
+
+/// Gradient hooks with one dispatcher per autograd node (events that share a
+/// tensor run in GradOrder), the engine's exec info for "will this pass
+/// compute it", and queue_callback for the end of a pass.
+class Backend final : public HookBackend {
+ public:
+  using module_type = torch::nn::Module;
+  using inputs_type = Tensors;
+  using output_type = Tensors;
+  using grads_type = Tensors;
+
+  Backend();
+  ~Backend() override;
+
+  [[nodiscard]] std::string type_name(ModuleRef module) const override;
+  void for_each_child(ModuleRef module, const std::function<void(std::string_view, ModuleRef)>& fn) const override;
+  [[nodiscard]] WeakModule weak(ModuleRef module) const override;
+  [[nodiscard]] bool grad_enabled() const override;
+  [[nodiscard]] bool in_backward() const override;
+  [[nodiscard]] std::uint64_t backward_pass() const override;
+  bool add_gradient_hooks(ValuesRef values, std::span<GradientHook> hooks, Registration* removal) override;
+  void at_end_of_backward(std::function<void()> fn) override;
+};
+
+/// The process-wide LibTorch backend.
+Backend& backend();
+
+/// The ModuleRef of a LibTorch module.
+inline ModuleRef module_ref(const torch::nn::Module& m) noexcept { return ModuleRef{static_cast<const void*>(&m)}; }
+
+/// A tracker of LibTorch modules (on the process-wide backend).
+class Tracker : public modtracker::Tracker<Backend> {
+ public:
+  explicit Tracker(TrackerOptions options = {}) : modtracker::Tracker<Backend>(backend(), options) {}
+};
+
+}  // namespace modtracker::libtorch

@@ -1,0 +1,86 @@
+// HookBackend: everything the tracker needs from a framework. A backend
+// names its modules and their children, routes its module calls through its
+// dispatcher(), and, if it has autograd, registers gradient hooks. Every
+// backward function has a default that describes a framework without
+// autograd, so a forward-only backend overrides type_name and for_each_child.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <concepts>
+#include <functional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+export module modtracker.backend:hook_backend;
+import :values;
+import :registration;
+import :gradients;
+import :dispatch;
+
+export namespace modtracker {
+
+class HookBackend {
+ public:
+  HookBackend() = default;
+  HookBackend(const HookBackend&) = delete;
+  HookBackend& operator=(const HookBackend&) = delete;
+  virtual ~HookBackend() = default;
+
+  /// The forward dispatch of this backend: its call sites open a
+  /// ForwardDispatcher::Call here, trackers install themselves here.
+  [[nodiscard]] ForwardDispatcher& dispatcher() noexcept { return dispatcher_; }
+
+  // --- modules ---
+  /// The module's type name as the framework spells it (namespaces allowed).
+  [[nodiscard]] virtual std::string type_name(ModuleRef module) const = 0;
+  /// Calls `fn(name, child)` for each direct child, in registration order.
+  virtual void for_each_child(ModuleRef module, const std::function<void(std::string_view, ModuleRef)>& fn) const = 0;
+  /// A weak handle to the module (see WeakModule); by default none (the
+  /// tracker then knows a module by its address alone, and backward hooks
+  /// get no module).
+  [[nodiscard]] virtual WeakModule weak(ModuleRef module) const {
+    (void)module;
+    return {};
+  }
+
+  // --- backward (the defaults: no autograd) ---
+  /// Would a forward run now record a graph (grad mode on)?
+  [[nodiscard]] virtual bool grad_enabled() const { return false; }
+  /// Is this thread running a backward pass right now?
+  [[nodiscard]] virtual bool in_backward() const { return false; }
+  /// Identity of the backward pass running on this thread (0 outside one).
+  [[nodiscard]] virtual std::uint64_t backward_pass() const { return 0; }
+  /// Registers `hooks` on those of `values` that require grad; each hook
+  /// fires once per backward pass (see GradientWait), the hooks that one
+  /// gradient triggers in GradOrder. Takes the hooks' callbacks. False when
+  /// no value requires grad (nothing registered). With `removal`, the hooks
+  /// stay until that handle removes them; without, as long as the values'
+  /// graph (a tracker's own, whose callbacks turn inert when its scope
+  /// ends), which a backend may store without the bookkeeping of a removal.
+  virtual bool add_gradient_hooks(ValuesRef values, std::span<GradientHook> hooks, Registration* removal) {
+    (void)values, (void)hooks, (void)removal;
+    return false;
+  }
+  /// Runs `fn` when the current backward pass ends; throws outside one.
+  virtual void at_end_of_backward(std::function<void()> fn) {
+    (void)fn;
+    throw std::logic_error("modtracker: this backend runs no backward passes");
+  }
+
+ private:
+  ForwardDispatcher dispatcher_;
+};
+
+/// A concrete backend that names the types its values point to, so a
+/// Tracker<B> can hand user hooks typed arguments.
+template <class B>
+concept TypedBackend = std::derived_from<B, HookBackend> && requires {
+  typename B::module_type;   // what ModuleRef::ptr points to
+  typename B::inputs_type;   // what a forward's inputs ValuesRef points to
+  typename B::output_type;   // what a forward's output ValuesRef points to
+  typename B::grads_type;    // what a GradCallback's ValuesRef points to
+};
+
+}  // namespace modtracker

@@ -1,0 +1,20 @@
+// How the tools write numbers and order module names for reading.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <chrono>
+#include <string>
+#include <string_view>
+export module modtracker.stats:format;
+
+export namespace modtracker {
+
+/// "layer.2" before "layer.10": segments compared, digit runs as numbers;
+/// a module sorts right before its children.
+[[nodiscard]] bool natural_less(std::string_view a, std::string_view b);
+[[nodiscard]] std::string format_duration(std::chrono::nanoseconds d);
+[[nodiscard]] std::string format_count(std::uint64_t n);
+[[nodiscard]] std::string format_bytes(std::uint64_t n);
+
+}  // namespace modtracker

@@ -1,0 +1,59 @@
+// Spans: one activation of a module in one phase, from its enter to its
+// exit, matched from a stream of transitions.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string_view>
+#include <utility>
+#include <vector>
+export module modtracker.stats:spans;
+import modtracker;
+
+export namespace modtracker {
+
+/// One activation (fqn valid while the tracker that yielded the transitions lives).
+struct Span {
+  std::string_view fqn;
+  Phase phase;
+  std::uint32_t thread;
+  std::uint32_t depth;
+  std::uint64_t call;  ///< 0 for the first activation of this fqn in this phase
+  std::chrono::nanoseconds start, end;
+  /// Time when another span of this thread and phase, entered later, ran
+  /// innermost (a child, or in a backward whose branches interleave, a span
+  /// that outlives this one): exclusive() is the time this one ran innermost.
+  std::chrono::nanoseconds children;
+  /// False when it closed below another open span (they overlap: backward
+  /// through a graph whose branches share an input).
+  bool nested = true;
+  [[nodiscard]] std::chrono::nanoseconds inclusive() const noexcept { return end - start; }
+  [[nodiscard]] std::chrono::nanoseconds exclusive() const noexcept { return inclusive() - children; }
+};
+
+/// Pairs enters with exits (per thread and phase) into Spans.
+class SpanMatcher {
+ public:
+  /// Feeds one transition; returns the span it closes, if any.
+  std::optional<Span> consume(const Transition& t);
+  /// Activations entered and not exited yet.
+  [[nodiscard]] std::size_t open() const noexcept;
+
+ private:
+  struct Open {
+    std::string_view fqn;  // interned by the tracker: stable while it lives
+    std::uint32_t depth;
+    std::chrono::nanoseconds start, innermost;  // innermost: time on top of its stack
+  };
+  struct Stack {
+    std::vector<Open> open;
+    std::chrono::nanoseconds last{};  // the stack's latest transition
+  };
+  std::map<std::pair<std::uint32_t, Phase>, Stack> stacks_;
+  std::map<std::pair<std::string_view, Phase>, std::uint64_t> calls_;
+};
+
+}  // namespace modtracker

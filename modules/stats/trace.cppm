@@ -1,0 +1,42 @@
+// ChromeTraceWriter: spans as Chrome trace-event JSON, for ui.perfetto.dev
+// and chrome://tracing.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <ostream>
+#include <string>
+export module modtracker.stats:trace;
+import modtracker;
+import :spans;
+
+export namespace modtracker {
+
+/// One complete slice per activation, on the thread it ran on. A span that
+/// overlaps others instead of nesting (Span::nested false) would break the
+/// thread's stack of slices: it becomes an async slice (a "b"/"e" pair in
+/// its own row of the process) instead.
+class ChromeTraceWriter {
+ public:
+  explicit ChromeTraceWriter(std::ostream& out, std::string process_name = "modtracker");
+  ChromeTraceWriter(const ChromeTraceWriter&) = delete;
+  ChromeTraceWriter& operator=(const ChromeTraceWriter&) = delete;
+  ~ChromeTraceWriter();
+  void consume(const Transition& t);
+  template <class Range>
+  void consume_all(Range&& transitions) {
+    for (const auto& t : transitions) consume(t);
+  }
+  /// Closes the JSON document (also done by the destructor).
+  void finish();
+  [[nodiscard]] std::uint64_t slices() const noexcept { return slices_; }
+
+ private:
+  void write(const Span& s);
+  std::ostream& out_;
+  SpanMatcher matcher_;
+  std::uint64_t slices_ = 0, async_ids_ = 0;
+  bool finished_ = false;
+};
+
+}  // namespace modtracker

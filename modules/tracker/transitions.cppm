@@ -1,0 +1,75 @@
+// What a tracker reports: transitions, the `parents` snapshot, diagnostics,
+// and the options a tracker is made with.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <chrono>
+#include <functional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+export module modtracker:transitions;
+import modtracker.backend;
+
+export namespace modtracker {
+
+/// One enter or exit of a module, forward or backward.
+struct Transition {
+  Phase phase;
+  Kind kind;
+  std::string_view fqn;           ///< valid as long as the tracker lives
+  std::uint32_t depth;            ///< forward call depth of the activation
+  std::uint64_t sequence;         ///< order of the transition within its tracker
+  std::chrono::nanoseconds time;  ///< since the tracker was created (steady clock)
+  std::uint32_t thread;           ///< small index of the thread it happened on (0, 1, ...)
+};
+
+/// What the tracker reports through its diagnostics sink.
+struct Diagnostic {
+  enum class Code : std::uint8_t {
+    reentrant_forward,    ///< a module entered while already active outside backward
+    unfinished_backward,  ///< a backward pass ended without its end callback (it threw)
+    journal_overflow,     ///< the transition journal dropped its oldest entries
+  };
+  Code code;
+  std::string fqn;
+  std::string message;
+};
+using DiagnosticSink = std::function<void(const Diagnostic&)>;
+
+/// Thrown when user hooks are registered into slots that are already set.
+class HooksAlreadySet : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+/// Sizes and switches of a tracker.
+struct TrackerOptions {
+  std::size_t journal_capacity = std::size_t{1} << 16;  ///< transitions kept before the oldest drop
+};
+
+/// A snapshot of `parents`: sorted fqns, always holding "Global".
+class Parents {
+ public:
+  Parents() = default;
+  explicit Parents(std::vector<std::string_view> sorted) : names_(std::move(sorted)) {}
+  [[nodiscard]] bool contains(std::string_view fqn) const noexcept;
+  [[nodiscard]] std::size_t size() const noexcept { return names_.size(); }
+  [[nodiscard]] auto begin() const noexcept { return names_.begin(); }
+  [[nodiscard]] auto end() const noexcept { return names_.end(); }
+  [[nodiscard]] std::set<std::string> to_set() const;
+  friend bool operator==(const Parents&, const Parents&) = default;
+
+ private:
+  std::vector<std::string_view> names_;
+};
+
+/// The root naming rule: "TypeName" from "ns::TypeNameImpl" (namespaces and
+/// a trailing Impl dropped; template arguments kept).
+[[nodiscard]] std::string root_name_from_type(std::string_view type_name);
+
+}  // namespace modtracker

@@ -1,0 +1,160 @@
+// The per-module table: one list of columns says each column's header,
+// cell, sort key and total; filtering, sorting and layout read it.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <range/v3/algorithm/find_if.hpp>
+#include <range/v3/algorithm/max.hpp>
+#include <range/v3/numeric/accumulate.hpp>
+#include <range/v3/range/conversion.hpp>
+#include <range/v3/view/filter.hpp>
+#include <range/v3/view/transform.hpp>
+module modtracker.stats;
+import modtracker;
+
+namespace modtracker {
+
+namespace {
+
+// The totals line: calls and exclusive times over every module, parameters of the roots.
+struct Totals {
+  std::uint64_t fw_calls = 0, bw_calls = 0, params = 0, frozen = 0, bytes = 0;
+  std::chrono::nanoseconds fw{}, bw{};
+};
+
+struct ColumnSpec {
+  std::string_view header;
+  bool text;                   // left-aligned (else a number: right-aligned)
+  std::optional<Column> key;   // sortable, under column_name(*key)
+  std::string_view sort_name;  // the name of `key` (--sort)
+  std::string (*cell)(const ModuleStats&);
+  double (*sort_key)(const ModuleStats&);  // larger first; null: by name
+  std::string (*total)(const Totals&);
+};
+
+// A container never called itself (a ModuleList) shows no times, not zeros.
+std::string time_cell(std::uint64_t calls, std::chrono::nanoseconds d) { return calls ? format_duration(d) : "-"; }
+double as_key(std::uint64_t n) { return static_cast<double>(n); }
+double as_key(std::chrono::nanoseconds d) { return static_cast<double>(d.count()); }
+std::string none(const Totals&) { return {}; }
+
+constexpr ColumnSpec columns[] = {
+    {"module", true, Column::module, "module", [](const ModuleStats& r) { return r.fqn; }, nullptr,
+     [](const Totals&) { return std::string("total"); }},
+    {"fw calls", false, Column::fw_calls, "fw_calls", [](const ModuleStats& r) { return std::to_string(r.fw_calls); },
+     [](const ModuleStats& r) { return as_key(r.fw_calls); }, [](const Totals& t) { return std::to_string(t.fw_calls); }},
+    {"fw incl", false, Column::fw_inclusive, "fw_incl",
+     [](const ModuleStats& r) { return time_cell(r.fw_calls, r.fw_inclusive); },
+     [](const ModuleStats& r) { return as_key(r.fw_inclusive); }, [](const Totals& t) { return format_duration(t.fw); }},
+    {"fw excl", false, Column::fw_exclusive, "fw_excl",
+     [](const ModuleStats& r) { return time_cell(r.fw_calls, r.fw_exclusive); },
+     [](const ModuleStats& r) { return as_key(r.fw_exclusive); }, none},
+    {"bw calls", false, Column::bw_calls, "bw_calls", [](const ModuleStats& r) { return std::to_string(r.bw_calls); },
+     [](const ModuleStats& r) { return as_key(r.bw_calls); }, [](const Totals& t) { return std::to_string(t.bw_calls); }},
+    {"bw incl", false, Column::bw_inclusive, "bw_incl",
+     [](const ModuleStats& r) { return time_cell(r.bw_calls, r.bw_inclusive); },
+     [](const ModuleStats& r) { return as_key(r.bw_inclusive); }, [](const Totals& t) { return format_duration(t.bw); }},
+    {"bw excl", false, Column::bw_exclusive, "bw_excl",
+     [](const ModuleStats& r) { return time_cell(r.bw_calls, r.bw_exclusive); },
+     [](const ModuleStats& r) { return as_key(r.bw_exclusive); }, none},
+    {"params", false, Column::params, "params",
+     [](const ModuleStats& r) { return format_count(r.params_trainable + r.params_frozen); },
+     [](const ModuleStats& r) { return as_key(r.params_trainable + r.params_frozen); },
+     [](const Totals& t) { return format_count(t.params); }},
+    {"frozen", false, std::nullopt, "", [](const ModuleStats& r) { return format_count(r.params_frozen); }, nullptr,
+     [](const Totals& t) { return format_count(t.frozen); }},
+    {"param bytes", false, Column::bytes, "bytes",
+     [](const ModuleStats& r) { return format_bytes(r.bytes_trainable + r.bytes_frozen); },
+     [](const ModuleStats& r) { return as_key(r.bytes_trainable + r.bytes_frozen); },
+     [](const Totals& t) { return format_bytes(t.bytes); }},
+    {"output", true, std::nullopt, "", [](const ModuleStats& r) { return r.output_shape; }, nullptr, none},
+};
+
+constexpr std::span<const ColumnSpec> all_columns{columns};
+
+const ColumnSpec* spec_of(Column c) {
+  const auto it = ranges::find_if(columns, [c](const ColumnSpec& s) { return s.key == c; });
+  return it == ranges::end(columns) ? nullptr : &*it;
+}
+
+// Cells padded to their column's width, two blanks apart, no trailing blanks.
+std::string line(const std::vector<std::string>& cells, const std::vector<std::size_t>& width) {
+  std::string out;
+  for (std::size_t i = 0; i < cells.size(); ++i) {
+    const std::string pad(width[i] - cells[i].size(), ' ');
+    out += columns[i].text ? cells[i] + pad : pad + cells[i];
+    if (i + 1 != cells.size()) out += "  ";
+  }
+  out.erase(out.find_last_not_of(' ') + 1);
+  return out + '\n';
+}
+
+}  // namespace
+
+std::optional<Column> column_from_name(std::string_view name) {
+  const auto it = ranges::find_if(columns, [&](const ColumnSpec& s) { return s.key && s.sort_name == name; });
+  return it == ranges::end(columns) ? std::nullopt : it->key;
+}
+
+std::string_view column_name(Column c) {
+  const auto* spec = spec_of(c);
+  return spec ? spec->sort_name : "?";
+}
+
+std::string Statistics::table(const TableOptions& options) const {
+  const auto depth_ok = [&](const ModuleStats* r) { return options.max_depth == 0 || r->depth() <= options.max_depth; };
+  const auto all = rows();
+  auto shown = all | ranges::views::filter(depth_ok) | ranges::to<std::vector>();
+  const bool tree = !options.sort_by;
+  if (const auto* spec = options.sort_by ? spec_of(*options.sort_by) : nullptr; spec && spec->sort_key)
+    std::stable_sort(shown.begin(), shown.end(),
+                     [&](const ModuleStats* a, const ModuleStats* b) { return spec->sort_key(*a) > spec->sort_key(*b); });
+
+  Totals totals{.fw = total(Phase::forward), .bw = total(Phase::backward)};
+  for (const auto& [fqn, r] : rows_) {
+    totals.fw_calls += r.fw_calls;
+    totals.bw_calls += r.bw_calls;
+    if (r.depth() != 1) continue;
+    totals.params += r.params_trainable + r.params_frozen;
+    totals.frozen += r.params_frozen;
+    totals.bytes += r.bytes_trainable + r.bytes_frozen;
+  }
+
+  std::vector<std::vector<std::string>> cells;
+  cells.push_back(all_columns | ranges::views::transform([](const ColumnSpec& s) { return std::string(s.header); }) |
+                  ranges::to<std::vector>());
+  for (const auto* r : shown) {
+    auto row = all_columns | ranges::views::transform([r](const ColumnSpec& s) { return s.cell(*r); }) |
+               ranges::to<std::vector>();
+    if (tree) {  // indented, by the last segment of the fqn
+      const auto dot = r->fqn.rfind('.');
+      row.front() = std::string(2 * (r->depth() - 1), ' ') + (dot == std::string::npos ? r->fqn : r->fqn.substr(dot + 1));
+    }
+    cells.push_back(std::move(row));
+  }
+  cells.push_back(all_columns | ranges::views::transform([&](const ColumnSpec& s) { return s.total(totals); }) |
+                  ranges::to<std::vector>());
+
+  std::vector<std::size_t> width;
+  for (std::size_t i = 0; i < std::size(columns); ++i)
+    width.push_back(ranges::max(cells | ranges::views::transform([i](const auto& row) { return row[i].size(); })));
+  const auto rule = ranges::accumulate(width, std::size_t{0}) + 2 * (width.size() - 1);
+
+  std::string out;
+  for (std::size_t r = 0; r < cells.size(); ++r) {
+    if (r + 1 == cells.size()) out += std::string(rule, '-') + '\n';
+    out += line(cells[r], width);
+  }
+  return out;
+}
+
+}  // namespace modtracker

@@ -1,0 +1,89 @@
+// The Chrome trace-event writer: complete slices for nested spans, async
+// slices for spans that overlap.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <chrono>
+#include <cstdio>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <utility>
+module modtracker.stats;
+import modtracker;
+
+namespace modtracker {
+
+namespace {
+std::string json_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+}  // namespace
+
+ChromeTraceWriter::ChromeTraceWriter(std::ostream& out, std::string process_name) : out_(out) {
+  out_ << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n"
+       << "{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":1,\"tid\":0,\"args\":{\"name\":\"" << json_escape(process_name)
+       << "\"}}";
+}
+
+ChromeTraceWriter::~ChromeTraceWriter() { finish(); }
+
+void ChromeTraceWriter::consume(const Transition& t) {
+  if (finished_) return;
+  if (const auto span = matcher_.consume(t)) write(*span);
+}
+
+void ChromeTraceWriter::write(const Span& s) {
+  const char* phase = s.phase == Phase::forward ? "forward" : "backward";
+  const auto fqn = json_escape(s.fqn);
+  char num[48];
+  auto us = [&](std::chrono::nanoseconds t) {
+    std::snprintf(num, sizeof num, "%.3f", static_cast<double>(t.count()) / 1e3);
+    return num;
+  };
+  auto head = [&](const char* ph) -> std::ostream& {
+    return out_ << ",\n{\"ph\":\"" << ph << "\",\"pid\":1,\"tid\":" << s.thread << ",\"name\":\"" << fqn
+                << "\",\"cat\":\"" << phase << "\",";
+  };
+  auto args = [&]() -> std::ostream& {
+    return out_ << "\"args\":{\"fqn\":\"" << fqn << "\",\"phase\":\"" << phase << "\",\"call\":" << s.call << "}}";
+  };
+  if (s.nested) {
+    head("X") << "\"ts\":" << us(s.start) << ",";
+    out_ << "\"dur\":" << us(s.end - s.start) << ",";
+    args();
+  } else {  // an async slice: its own row, so the thread's slices still nest
+    const auto id = ++async_ids_;
+    head("b") << "\"id\":" << id << ",\"ts\":" << us(s.start) << ",";
+    args();
+    head("e") << "\"id\":" << id << ",\"ts\":" << us(s.end) << "}";
+  }
+  ++slices_;
+}
+
+void ChromeTraceWriter::finish() {
+  if (finished_) return;
+  finished_ = true;
+  out_ << "\n]}\n";
+  out_.flush();
+}
+
+}  // namespace modtracker

@@ -1,0 +1,48 @@
+// The journal's reading side: drain_transitions() and the overflow report.
+module;
+#include "tracker/includes.hpp"
+module modtracker;
+import modtracker.backend;
+import :engine;
+
+namespace modtracker::detail {
+
+Journal::Journal(std::size_t capacity) : capacity_(capacity) {
+  if (capacity == 0) throw std::invalid_argument("modtracker: journal_capacity must be at least 1");
+  ring_.resize(std::bit_ceil(capacity));
+  mask_ = ring_.size() - 1;
+}
+
+Generator<Transition> Engine::drain() {
+  const double scale = ns_per_tick();
+  for (;;) {
+    JournalEntry entry;
+    std::uint64_t sequence = 0;
+    std::string_view fqn;  // read under the lock: the names may grow meanwhile
+    std::uint64_t newly_dropped = 0;
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      newly_dropped = journal_.take_unreported_drops();
+      if (newly_dropped == 0) {
+        if (!journal_.pop(entry, sequence)) break;
+        fqn = names_.fqn(entry.fqn);
+      }
+    }
+    if (newly_dropped != 0) {  // said before the survivors are yielded
+      diagnose({Diagnostic::Code::journal_overflow, "",
+                std::to_string(newly_dropped) + " transitions dropped: the journal holds " +
+                    std::to_string(journal_.capacity()) +
+                    "; read drain_transitions() more often or raise journal_capacity"});
+      continue;
+    }
+    const auto ns = static_cast<std::int64_t>(static_cast<double>(entry.ticks - tick0_) * scale);
+    co_yield Transition{entry.phase, entry.kind, fqn, entry.depth, sequence, std::chrono::nanoseconds(ns), entry.thread};
+  }
+}
+
+std::uint64_t Engine::dropped() const {
+  std::lock_guard<SpinLock> lock(state_);
+  return journal_.dropped();
+}
+
+}  // namespace modtracker::detail

@@ -1,0 +1,22 @@
+# ctest: builds one compile-check target. With EXPECT empty it must compile;
+# otherwise it must fail, and its diagnostics must match EXPECT.
+foreach(v BUILD_DIR TARGET)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "run.cmake needs -D${v}=...")
+  endif()
+endforeach()
+execute_process(COMMAND ${CMAKE_COMMAND} --build "${BUILD_DIR}" --target "${TARGET}"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+if("${EXPECT}" STREQUAL "")
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${TARGET} should compile, but:\n${out}")
+  endif()
+  return()
+endif()
+if(rc EQUAL 0)
+  message(FATAL_ERROR "${TARGET} compiled, but it must not")
+endif()
+if(NOT out MATCHES "${EXPECT}")
+  message(FATAL_ERROR "${TARGET} failed without a diagnostic matching '${EXPECT}':\n${out}")
+endif()
+message(STATUS "${TARGET}: refused as expected")

@@ -1,0 +1,91 @@
+// Statistics and traces of real LibTorch models.
+#include <sstream>
+
+#include "libtorch/scenarios.hpp"
+#include <modtracker/torch_stats.hpp>
+
+#include <doctest/doctest.h>
+
+using namespace scenarios;
+
+TEST_CASE("LibTorch statistics: calls, parameters (trainable and frozen), output shapes, times that add up") {
+  Seq3 seq;
+  seq->net[0]->as<torch::nn::LinearImpl>()->bias.set_requires_grad(false);  // 8 frozen parameters
+  lt::Tracker tracker;
+  lt::ShapeRecorder shapes;
+  modtracker::Statistics stats;
+  {
+    auto scope = tracker.track();
+    for (int i = 0; i < 2; ++i) seq(torch::randn({3, 4}, torch::requires_grad())).sum().backward();
+    stats.consume_all(tracker.drain_transitions());
+  }
+  lt::annotate(stats, tracker, *seq, &shapes);
+  const auto* root = stats.find("Seq3");
+  REQUIRE(root != nullptr);
+  CHECK(root->fw_calls == 2);
+  CHECK(root->bw_calls == 2);
+  CHECK(root->params_trainable + root->params_frozen == (4 * 8 + 8) + (8 * 8 + 8) + (8 * 2 + 2));
+  CHECK(root->params_frozen == 8);
+  CHECK(root->bytes_frozen == 8 * sizeof(float));
+  CHECK(stats.find("Seq3.net.2")->output_shape == "[3, 8]");
+  CHECK(root->output_shape == "[3, 2]");
+  std::chrono::nanoseconds excl{};
+  for (const auto* r : stats.rows()) excl += r->bw_exclusive;
+  CHECK(excl == root->bw_inclusive);
+  const auto table = stats.table();
+  CHECK(table.find("net") != std::string::npos);
+  CHECK(table.find("frozen") != std::string::npos);
+}
+
+TEST_CASE("a shape recorder alone (the only observer) sees every child of a tracked Sequential") {
+  lt::nn::Sequential seq(torch::nn::Linear(4, 8), torch::nn::ReLU(), torch::nn::Linear(8, 2));
+  lt::ShapeRecorder shapes;
+  (void)seq(torch::randn({3, 4}));
+  CHECK(shapes.shape_of(*seq[0]) == "[3, 8]");
+  CHECK(shapes.shape_of(*seq[1]) == "[3, 8]");
+  CHECK(shapes.shape_of(*seq[2]) == "[3, 2]");
+  CHECK(shapes.shape_of(*seq) == "[3, 2]");
+}
+
+TEST_CASE("a layer shared by two parents counts its parameters once") {
+  struct TiedImpl : torch::nn::Module {
+    torch::nn::Linear a{register_module("a", torch::nn::Linear(4, 4))};
+    torch::nn::Linear b{register_module("b", a)};
+    torch::Tensor forward(torch::Tensor x) { return b(a(x)); }
+  };
+  auto tied = std::make_shared<TiedImpl>();
+  lt::Tracker tracker;
+  modtracker::Statistics stats;
+  lt::annotate(stats, tracker, *tied);
+  CHECK(stats.find("Tied")->params_trainable == 20);
+}
+
+TEST_CASE("Chrome trace of a LibTorch step: forward and backward slices, nested, one per activation") {
+  Seq3 seq;
+  lt::Tracker tracker;
+  std::ostringstream out;
+  {
+    modtracker::ChromeTraceWriter trace(out);
+    auto scope = tracker.track();
+    seq(torch::randn({3, 4}, torch::requires_grad())).sum().backward();
+    trace.consume_all(tracker.drain_transitions());
+  }
+  const auto doc = json::parse(out.str());
+  std::map<std::string, json> slices;
+  int forward = 0, backward = 0;
+  for (const auto& e : doc.at("traceEvents")) {
+    if (e.at("ph") != "X") continue;
+    (e.at("cat") == "forward" ? forward : backward) += 1;
+    slices[e.at("cat").get<std::string>() + " " + e.at("name").get<std::string>()] = e;
+  }
+  CHECK(forward == 7);  // Seq3, net, 5 layers
+  CHECK(backward == 7);
+  for (const char* phase : {"forward", "backward"}) {
+    const auto& outer = slices.at(std::string(phase) + " Seq3.net");
+    const auto& inner = slices.at(std::string(phase) + " Seq3.net.3");
+    CHECK(inner.at("ts").get<double>() >= outer.at("ts").get<double>());
+    CHECK(inner.at("ts").get<double>() + inner.at("dur").get<double>() <=
+          outer.at("ts").get<double>() + outer.at("dur").get<double>() + 1e-3);
+    CHECK(inner.at("tid") == outer.at("tid"));
+  }
+}

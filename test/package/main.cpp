@@ -1,0 +1,28 @@
+// Uses the installed package: the LibTorch header alone (it includes
+// <torch/torch.h>, imports modtracker and brings the LibTorch tools).
+#include <cstdio>
+
+#include <modtracker/torch.hpp>
+
+import modtracker;  // also by name: the LibTorch header brings it
+
+int main() {
+  namespace lt = modtracker::libtorch;
+  lt::nn::Linear layer(4, 2);
+  lt::Tracker tracker;
+  int pre_bw = 0;
+  tracker.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
+                              [&](torch::nn::Module*, const lt::Tensors&) { ++pre_bw; });
+  modtracker::Statistics stats;
+  {
+    auto scope = tracker.track();
+    layer(torch::randn({3, 4}, torch::requires_grad())).sum().backward();
+    stats.consume_all(tracker.drain_transitions());
+  }
+  lt::annotate(stats, tracker, *layer);
+  const auto* row = stats.find("Linear");
+  const bool ok = tracker.known_fqn(*layer) == "Linear" && pre_bw == 1 && tracker.parents().size() == 1 && row &&
+                  row->fw_calls == 1 && row->bw_calls == 1 && row->params_trainable == 10;
+  std::printf("%s\nconsumer: %s\n", stats.table().c_str(), ok ? "ok" : "FAILED");
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,128 @@
+// docs/semantics.md on the scripted backend, one test per rule: names,
+// parents, forward.
+#include <functional>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "support/scripted.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace support;
+using V = std::vector<std::string>;
+
+TEST_CASE("names: root after its type without namespaces or Impl, children by registration name") {
+  CHECK(root_name_from_type("NetImpl") == "Net");
+  CHECK(root_name_from_type("torch::nn::LinearImpl") == "Linear");
+  CHECK(root_name_from_type("a::b::Foo<c::BarImpl>") == "Foo<c::BarImpl>");
+  CHECK(root_name_from_type("Impl") == "Impl");
+  Backend b;
+  ScriptedTracker t(b);
+  Seq3 m(b);
+  auto scope = t.track();
+  CHECK_FALSE(t.known_fqn(*m.root));  // named lazily, at the first forward
+  m.run({b.value(false)});
+  CHECK(t.known_fqn(*m.root) == "Seq3");
+  CHECK(t.known_fqn(*m.root->child("net")->child("3")) == "Seq3.net.3");
+}
+
+TEST_CASE("names: a module registered under two names keeps the first one naming reaches") {
+  Backend b;
+  auto shared = b.module("Linear");
+  auto root = b.module("Net", {{"first", shared}, {"second", shared}});
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  b.call(*root, {b.value(false)}, [&](const Values& x) { return b.call(*shared, x); });
+  CHECK(t.known_fqn(*shared) == "Net.first");
+  V names;
+  for (const auto& [fqn, ref] : t.walk(*root)) names.push_back(fqn);
+  CHECK(names == V{"Net", "Net.first"});
+}
+
+TEST_CASE("names: a child added after its parent ran is named by type, or below the parent once the backend says so") {
+  Backend b;
+  auto root = b.module("Net", {{"a", b.module("Linear")}});
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  b.call(*root, {b.value(false)});
+  auto late = root->add("late", b.module("ReLU"));
+  auto later = root->add("later", b.module("Tanh"));
+  b.call(*late, {b.value(false)});  // naming ran before it existed: a root, as in the reference
+  CHECK(t.known_fqn(*late) == "ReLU");
+  b.dispatcher().children_changed(ModuleRef{root.get()});  // what a tracked container does when it grows
+  CHECK(t.known_fqn(*late) == "ReLU");  // the first name wins
+  CHECK(t.known_fqn(*later) == "Net.later");
+  b.dispatcher().children_changed(ModuleRef{b.module("Unseen").get()});  // not named yet: nothing happens
+}
+
+TEST_CASE("names: a new module at a freed module's address is named afresh") {
+  Backend b;
+  ScriptedTracker t(b);
+  auto scope = t.track();
+  // Storage of our own, so that the second module surely lands where the first was.
+  alignas(Module) static unsigned char storage[sizeof(Module)];
+  auto place = [&](const char* type) {
+    return b.adopt(std::shared_ptr<Module>(new (storage) Module(type), [](Module* m) { m->~Module(); }));
+  };
+  auto first = place("FirstImpl");
+  b.call(*first, {b.value(false)});
+  CHECK(t.known_fqn(*first) == "First");
+  first.reset();
+  auto second = place("SecondImpl");
+  REQUIRE(static_cast<const void*>(second.get()) == static_cast<const void*>(storage));
+  CHECK_FALSE(t.known_fqn(*second));  // not the freed one's name
+  b.call(*second, {b.value(false)});
+  CHECK(t.known_fqn(*second) == "Second");
+  CHECK(transitions(t) == V{"fw enter First", "fw exit First", "fw enter Second", "fw exit Second"});
+}
+
+TEST_CASE("parents: a module active twice stays until its last activation ends, the re-entry is reported") {
+  Backend b;
+  auto rec = b.module("Rec");
+  ScriptedTracker t(b);
+  std::vector<Diagnostic> diags;
+  t.set_diagnostics([&](const Diagnostic& d) { diags.push_back(d); });
+  auto scope = t.track();
+  std::vector<std::string> seen;
+  std::function<Values(const Values&)> body = [&](const Values& x) {
+    seen.push_back(join(t.parents()));
+    if (seen.size() < 3) return b.call(*rec, x, body);
+    return x;
+  };
+  b.call(*rec, {b.value(false)}, body);
+  CHECK(seen == V{"Global,Rec", "Global,Rec", "Global,Rec"});
+  CHECK(join(t.parents()) == "Global");
+  REQUIRE(diags.size() == 2);
+  CHECK(diags[0].code == Diagnostic::Code::reentrant_forward);
+  CHECK(diags[0].fqn == "Rec");
+}
+
+TEST_CASE("forward: hook order, and a throwing forward still runs post hooks and restores parents") {
+  Backend b;
+  auto boom = b.module("Boom");
+  auto outer = b.module("Outer", {{"boom", boom}});
+  ScriptedTracker t(b);
+  Log log{t};
+  auto scope = t.track();
+  log.hook_all();
+  bool saw_null_output = false;
+  t.clear_user_hooks();
+  t.register_user_hooks([&](Module& m, const Values&) { log.add("pre_fw", &m); },
+                        [&](Module& m, const Values&, const Values* out) {
+                          saw_null_output = out == nullptr;
+                          log.add("post_fw", &m);
+                        });
+  CHECK_THROWS_WITH_AS(b.call(*outer, {b.value(false)},
+                              [&](const Values& x) -> Values {
+                                return b.call(*boom, x, [](const Values&) -> Values { throw std::runtime_error("boom"); });
+                              }),
+                       "boom", std::runtime_error);
+  CHECK(saw_null_output);
+  CHECK(log.lines == V{"pre_fw Outer [Global,Outer]", "pre_fw Outer.boom [Global,Outer,Outer.boom]",
+                       "post_fw Outer.boom [Global,Outer,Outer.boom]", "post_fw Outer [Global,Outer]"});
+  CHECK(join(t.parents()) == "Global");
+}
+
