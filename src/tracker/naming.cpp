@@ -23,7 +23,7 @@ namespace detail {
 
 std::uint32_t ModuleNames::intern(std::string fqn) {
   if (auto it = ids_.find(fqn); it != ids_.end()) return it->second;
-  const auto id = static_cast<std::uint32_t>(names_.size());
+  const auto id = gsl::narrow<std::uint32_t>(names_.size());  // throws past 2^32 names
   names_.push_back(std::move(fqn));
   ids_.emplace(names_.back(), id);
   return id;

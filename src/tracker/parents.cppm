@@ -19,7 +19,7 @@ class ParentCounts {
     if (fqn >= counts_.size()) [[unlikely]] counts_.resize(fqn + 1);
     auto& c = counts_[fqn];
     if (c.forward + c.backward == 0) {
-      c.active_pos = static_cast<std::uint32_t>(active_.size());
+      c.active_pos = gsl::narrow_cast<std::uint32_t>(active_.size());  // at most one per interned id
       active_.push_back(fqn);
     }
     ++(phase == Phase::forward ? c.forward : c.backward);
