@@ -30,8 +30,13 @@ struct OwnerProof {
 struct ForwardCall {
   ModuleRef module;
   ValuesRef inputs;
-  std::uint32_t depth = 0;  ///< tracked calls already running on this thread
+  std::uint32_t depth = 0;  ///< tracked calls already running on this thread (the Call sets it)
   OwnerProof owner;         ///< optional: see OwnerProof
+  /// Optional: the module's serial number, unique among the modules of the
+  /// process (0: none). Like OwnerProof, it tells a tracker which module this
+  /// is without reading cold memory, and it stays right for a module whose
+  /// liveness a weak reference cannot tell (one on the stack).
+  std::uint64_t serial = 0;
   /// Optional: the module this thread will likely call next (a Sequential's
   /// next child). A tracker starts loading its lookup; nothing depends on it.
   ModuleRef likely_next;
@@ -98,13 +103,18 @@ class ForwardDispatcher {
   /// reports a forward that threw.
   class Call {
    public:
+    /// `call.depth` is filled in: Call(d, {.module = m, .inputs = {&in}, .serial = s}).
+    Call(ForwardDispatcher& dispatcher, const ForwardCall& call);
     Call(ForwardDispatcher& dispatcher, ModuleRef module, ValuesRef inputs, OwnerProof owner = {},
-         ModuleRef likely_next = {});
+         ModuleRef likely_next = {})
+        : Call(dispatcher, ForwardCall{module, inputs, 0, owner, 0, likely_next}) {}
     /// The next call of a chain: previous.finish(output), then this call,
     /// in one step where the observers allow it (ForwardObserver::
     /// exit_and_enter). If finishing `previous` throws, this call does not start.
+    Call(Call& previous, ValuesRef output, const ForwardCall& call);
     Call(Call& previous, ValuesRef output, ModuleRef module, ValuesRef inputs, OwnerProof owner = {},
-         ModuleRef likely_next = {});
+         ModuleRef likely_next = {})
+        : Call(previous, output, ForwardCall{module, inputs, 0, owner, 0, likely_next}) {}
     Call(const Call&) = delete;
     Call& operator=(const Call&) = delete;
     ~Call();

@@ -69,6 +69,32 @@ class HookBackend {
     throw std::logic_error("modtracker: this backend runs no backward passes");
   }
 
+  // --- reach (optional): what a tracker would otherwise miss in silence ---
+  /// Do `values` hold anything the backend could hook (for a forward's
+  /// output: any tensor at all)? Asked when an output got no gradient hook.
+  [[nodiscard]] virtual bool holds_values(ValuesRef values) const { return static_cast<bool>(values); }
+  /// A number that changes when the gradients of the module's own
+  /// parameters change (0: none, or the backend cannot tell), and whether
+  /// any of them is nonzero now. A tracker compares the stamps at a scope's
+  /// start and end for the modules that never entered backward in it.
+  [[nodiscard]] virtual std::uint64_t gradient_stamp(ModuleRef module) const {
+    (void)module;
+    return 0;
+  }
+  [[nodiscard]] virtual bool has_nonzero_gradient(ModuleRef module) const {
+    (void)module;
+    return false;
+  }
+  /// Starts watching for the framework's work (operators that modules run,
+  /// backward passes) until stop_watch: a scope that has seen no tracked call
+  /// yet. Returns a handle for stop_watch (0: the backend cannot watch).
+  virtual std::uint64_t start_watch() { return 0; }
+  /// Ends a watch; says what work it saw ("" if none).
+  virtual std::string stop_watch(std::uint64_t watch) {
+    (void)watch;
+    return {};
+  }
+
  private:
   ForwardDispatcher dispatcher_;
 };

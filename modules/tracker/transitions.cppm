@@ -34,10 +34,17 @@ struct Diagnostic {
     reentrant_forward,    ///< a module entered while already active outside backward
     unfinished_backward,  ///< a backward pass ended without its end callback (it threw)
     journal_overflow,     ///< the transition journal dropped its oldest entries
+    // What the tracker cannot see (docs/tracking.md), each said once per module:
+    untracked_scope,     ///< modules ran in a scope that saw no tracked call
+    root_inside_module,  ///< a module named as a root turned out to sit inside a tracked module
+    fqn_collision,       ///< two distinct modules would share one fqn: the later one got a suffix
+    opaque_output,       ///< a call's output holds no tensor to follow while its inputs require grad
+    unowned_module,      ///< a module no std::shared_ptr owns: backward hooks cannot get it
+    untracked_gradients, ///< a module's parameters got gradients in a scope where it never entered backward
   };
   Code code;
-  std::string fqn;
-  std::string message;
+  std::string fqn;      ///< the module concerned ("" for a scope)
+  std::string message;  ///< what happened and the fix
 };
 using DiagnosticSink = std::function<void(const Diagnostic&)>;
 

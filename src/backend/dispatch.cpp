@@ -78,22 +78,21 @@ void ForwardDispatcher::Call::entered(ForwardObserver* observer, std::uint64_t g
   inputs_read_after_ = inputs_read_after_ || r.reads_inputs_after;
 }
 
-ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, ModuleRef module, ValuesRef inputs, OwnerProof owner,
-                              ModuleRef likely_next)
-    : dispatcher_(&dispatcher), call_{module, inputs, call_depth_on_thread, owner, likely_next} {
+ForwardDispatcher::Call::Call(ForwardDispatcher& dispatcher, const ForwardCall& call)
+    : dispatcher_(&dispatcher), call_(call) {
+  call_.depth = call_depth_on_thread;
   start();
 }
 
-ForwardDispatcher::Call::Call(Call& previous, ValuesRef output, ModuleRef module, ValuesRef inputs, OwnerProof owner,
-                              ModuleRef likely_next)
-    : dispatcher_(previous.dispatcher_), call_{module, inputs, 0, owner, likely_next} {
+ForwardDispatcher::Call::Call(Call& previous, ValuesRef output, const ForwardCall& call)
+    : dispatcher_(previous.dispatcher_), call_(call) {
   if (previous.finished_) throw std::logic_error("modtracker: forward call finished twice");
   {
     InObserver guard;
     const auto& d = *dispatcher_;
     // One observer, the one that saw `previous` (the common case): it does
     // both steps. Several: each finishes, then each starts, in their orders.
-    if (module && previous.n_seen_ == 1 && d.used_ == 1 && d.slots_[0].generation == previous.seen_[0].generation) {
+    if (call_.module && previous.n_seen_ == 1 && d.used_ == 1 && d.slots_[0].generation == previous.seen_[0].generation) {
       previous.finished_ = true;
       call_.depth = --call_depth_on_thread;
       const Seen s = previous.seen_[0];

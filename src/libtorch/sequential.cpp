@@ -100,4 +100,11 @@ nn::Sequential::Sequential(std::initializer_list<torch::nn::NamedAnyModule> name
             return d;
           }())) {}
 
+nn::Sequential::Sequential(const torch::nn::Sequential& plain)
+    : torch::nn::ModuleHolder<libtorch::SequentialImpl>(std::make_shared<libtorch::SequentialImpl>()) {
+  const auto names = plain->named_children();
+  std::size_t i = 0;
+  for (const auto& child : *plain) get()->push_back(names[i++].key(), child);
+}
+
 }  // namespace modtracker::libtorch

@@ -25,6 +25,7 @@ struct alignas(64) Activation {
   std::atomic<std::uint32_t> backward_rank{0};
   // Second line: forward, naming, and backward's rare paths.
   bool forward_running = false;  // in the engine's list of running forwards (which then owns a reference)
+  bool inputs_hooked = false;    // its inputs got the exit hook (some require grad)
   std::uint32_t thread;
   std::uint64_t end_sequence;  // activations started before its forward ended
   const void* module;          // with module_generation: see Engine::live_module()

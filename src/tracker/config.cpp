@@ -85,4 +85,21 @@ void Engine::diagnose(Diagnostic d) {
   sink(d);
 }
 
+void Engine::diagnose_once(Diagnostic d) {
+  {
+    std::lock_guard<std::mutex> lock(config_);
+    if (!said_.emplace(d.code, d.fqn).second) return;
+  }
+  diagnose(std::move(d));
+}
+
+void Engine::say_pending() {
+  std::vector<Diagnostic> found;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    found.swap(pending_);
+  }
+  for (auto& d : found) diagnose_once(std::move(d));
+}
+
 }  // namespace modtracker::detail

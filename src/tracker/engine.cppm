@@ -95,8 +95,16 @@ class Engine final : public ForwardObserver {
   void exit_backward_locked(const Activation& act);
   [[nodiscard]] std::shared_ptr<const void> live_module(const Activation& act) const;
 
+  // scope.cpp: what a scope could not see
+  void check_scope_end();
+  void first_call_seen();
+
   // config.cpp
   void diagnose(Diagnostic d);
+  // Says `d` unless this tracker said the same code for the same fqn before.
+  void diagnose_once(Diagnostic d);
+  // The diagnostics collected under the state lock (naming), said after it.
+  void say_pending();
   [[nodiscard]] std::shared_ptr<const ErasedHooks> hooks() const;
   // False in the common case (no user hooks): then the hot paths hold no
   // hooks pointer at all (its null copy costs a store and a reload).
@@ -104,6 +112,7 @@ class Engine final : public ForwardObserver {
 
   HookBackend& backend_;
   mutable SpinLock state_;  // guards everything below except the config section
+  std::vector<Diagnostic> pending_;  // found under the lock, said after it
   ModuleNames names_;
   ParentCounts counts_;
   Journal journal_;
@@ -114,14 +123,19 @@ class Engine final : public ForwardObserver {
   Activation* running_ = nullptr;  // activations between pre_ and post_forward
   ErasedFilter filter_;
 
-  mutable std::mutex config_;  // guards hooks_, sink_
+  mutable std::mutex config_;  // guards hooks_, sink_, said_
   std::shared_ptr<const ErasedHooks> hooks_;
   std::atomic<bool> has_hooks_{false};
   DiagnosticSink sink_;
+  std::set<std::pair<Diagnostic::Code, std::string>> said_;
 
   Epoch* epoch_ = nullptr;  // set while tracking
   std::uint64_t epoch_generation_ = 0;
   Registration observer_;
+  // Until the scope's first tracked call, the backend watches for work done
+  // without one (HookBackend::start_watch).
+  std::atomic<bool> seen_call_{true};
+  std::uint64_t watch_ = 0;
 };
 
 }  // namespace modtracker::detail

@@ -42,6 +42,7 @@ struct Engine::PendingEnter {
   bool reentered = false;
   bool stale = false;
   std::string_view name;  // read under the lock: the names may grow meanwhile
+  bool naming_found = false;  // naming left diagnostics to say
   // Once linked, the activation belongs to the list of running forwards (a
   // scope ending meanwhile frees it) and to its exit callback, which the
   // backend takes: two references, counted when it is made.
@@ -80,6 +81,7 @@ EnterResult Engine::pre_forward(const ForwardCall& call) {
 // here, filled and linked under the one lock.
 void Engine::begin_enter(const ForwardCall& call, PendingEnter& e) {
   if (!call.module) throw std::invalid_argument("modtracker: pre_forward of a null module");
+  if (!seen_call_.load(std::memory_order_relaxed)) [[unlikely]] first_call_seen();
   if (!backend_.grad_enabled() || e.in_bw()) return;
   auto* act = make_activation();
   act->refs.store(1, std::memory_order_relaxed);
@@ -99,7 +101,8 @@ void Engine::enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& c
     close_stale_passes();
     e.stale = passes_.size() != before;
   }
-  const auto& info = names_.info_for(call.module, call.owner, filter_);
+  const auto& info = names_.info_for(call, filter_);
+  e.naming_found = !pending_.empty();
   e.fqn = info.fqn;
   e.reported = info.reported;
   e.reentered = counts_.active(e.fqn) && !e.in_bw();
@@ -122,6 +125,7 @@ void Engine::enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& c
 }
 
 EnterResult Engine::end_enter(const ForwardCall& call, PendingEnter& e) {
+  if (e.naming_found) say_pending();
   if (e.stale)
     diagnose({Diagnostic::Code::unfinished_backward, "",
               "a backward pass ended without running its end callbacks (did it throw?); "
@@ -134,7 +138,7 @@ EnterResult Engine::end_enter(const ForwardCall& call, PendingEnter& e) {
     // Kept with the graph: inert once the scope ends.
     if (e.act && !e.exit_registered) {
       GradientHook exit{GradientWait::all, e.exit_order, std::move(e.exit_cb)};
-      backend_.add_gradient_hooks(call.inputs, std::span(&exit, 1), nullptr);
+      e.act->inputs_hooked = backend_.add_gradient_hooks(call.inputs, std::span(&exit, 1), nullptr);
     }
     if (e.reported && may_have_hooks()) {
       if (const auto h = hooks()) {
@@ -192,6 +196,7 @@ ActivationRef Engine::exit_locked(const ForwardCall& call, std::uintptr_t token,
 void Engine::register_output(ActivationRef act, ValuesRef output, PendingEnter* next) {
   if (!act || !output) return;
   const GradOrder order{Kind::enter, act->depth, act->sequence};
+  Activation* const a = act.get();  // valid while hooks[0] holds it
   std::array<GradientHook, 2> hooks{
       GradientHook{GradientWait::first, order, GradCallback(act.release(), activation_refs, &on_output_gradient)}};
   std::size_t n = 1;
@@ -199,7 +204,21 @@ void Engine::register_output(ActivationRef act, ValuesRef output, PendingEnter* 
     hooks[n++] = GradientHook{GradientWait::all, next->exit_order, std::move(next->exit_cb)};
     next->exit_registered = true;
   }
-  backend_.add_gradient_hooks(output, std::span(hooks.data(), n), nullptr);
+  const bool added = backend_.add_gradient_hooks(output, std::span(hooks.data(), n), nullptr);
+  if (next) next->act->inputs_hooked = added;
+  // Inputs that require grad and an output with nothing to follow: its
+  // backward cannot be seen (a user type the backend cannot look into).
+  if (!added && a->inputs_hooked && !backend_.holds_values(output)) [[unlikely]] {
+    std::string fqn;
+    {
+      std::lock_guard<SpinLock> lock(state_);
+      fqn = names_.fqn(a->fqn);
+    }
+    diagnose_once({Diagnostic::Code::opaque_output, fqn,
+                   "module '" + fqn + "' returned no tensor that modtracker can find while its inputs require "
+                       "grad, so its backward cannot be followed. If it returns a type of your own, specialize "
+                       "modtracker::libtorch::Flatten<T> for it (docs/tracking.md)"});
+  }
 }
 
 void Engine::post_forward(const ForwardCall& call, ValuesRef output, std::uintptr_t token) {

@@ -5,6 +5,7 @@ module;
 module modtracker:names;
 import modtracker.backend;
 import :tracker;
+import :transitions;
 
 namespace modtracker::detail {
 
@@ -13,15 +14,21 @@ struct ModuleInfo {
   std::uint32_t fqn;
   bool reported;    // the filter accepted it: journaled, calls user hooks
   bool weak_known;  // `weak` can tell whether it was freed
+  bool root;        // named after its type (no tracked parent named it)
   WeakModule weak;
-  std::uint64_t generation;  // which module at this address (addresses are reused)
+  std::uint64_t generation;      // which module at this address (addresses are reused)
+  std::uint64_t serial = 0;      // ForwardCall::serial, once a call gave one
+  std::uint64_t grad_stamp = 0;  // HookBackend::gradient_stamp at the scope's start (or its naming)
 };
 
 /// Not thread-safe: the engine's state lock guards it. The backend and filter
 /// calls made while naming must not call back into the tracker.
 class ModuleNames {
  public:
-  explicit ModuleNames(HookBackend& backend) : backend_(backend) { intern("Global"); }
+  /// What naming finds wrong goes to `pending` (said after the state lock).
+  ModuleNames(HookBackend& backend, std::vector<Diagnostic>& pending) : backend_(backend), pending_(pending) {
+    intern("Global");
+  }
 
   /// The interned id of `fqn`.
   std::uint32_t intern(std::string fqn);
@@ -37,11 +44,21 @@ class ModuleNames {
     if (owner ? !owner.owns(owner.site, info->weak) : info->weak.expired()) return nullptr;
     return info;
   }
-  /// Its info, naming it (and its subtree) first if needed; valid until
-  /// the next naming.
-  const ModuleInfo& info_for(ModuleRef module, OwnerProof owner, const ErasedFilter& filter) {
-    if (const auto* info = named(module, owner)) return *info;
-    return name_root(module, filter);
+  /// The info of the module a call is for, naming it (and its subtree)
+  /// first if needed; valid until the next naming. A serial, when the call
+  /// has one, says which module is at the address without any liveness check.
+  const ModuleInfo& info_for(const ForwardCall& call, const ErasedFilter& filter) {
+    if (auto* info = modules_.find(call.module.ptr)) {
+      if (call.serial != 0 && info->serial == call.serial) return *info;
+      if (call.serial == 0 || info->serial == 0) {  // nothing to compare: ask the owner or the weak reference
+        if (!info->weak_known ||
+            (call.owner ? call.owner.owns(call.owner.site, info->weak) : !info->weak.expired())) {
+          if (call.serial != 0) info->serial = call.serial;
+          return *info;
+        }
+      }
+    }
+    return name_root(call.module, call.serial, filter);
   }
   /// Names every child below `module` not named yet (first name wins).
   void name_subtree(ModuleRef module, std::uint32_t fqn, const ErasedFilter& filter);
@@ -55,13 +72,23 @@ class ModuleNames {
   }
 
  private:
+  // Which module holds an fqn (distinct live modules never share one).
+  struct Owner {
+    const void* module = nullptr;
+    std::uint64_t generation = 0;
+  };
   // A new root (or a new module at a freed one's address, which takes over its entry).
-  const ModuleInfo& name_root(ModuleRef module, const ErasedFilter& filter);
-  const ModuleInfo& remember(ModuleRef module, std::string fqn, const ErasedFilter& filter);
+  const ModuleInfo& name_root(ModuleRef module, std::uint64_t serial, const ErasedFilter& filter);
+  const ModuleInfo& remember(ModuleRef module, std::string fqn, bool root, const ErasedFilter& filter);
+  // The id of `fqn`, or of `fqn#2`, `fqn#3`, ... if another live module holds it.
+  std::uint32_t unique_id(std::string fqn, ModuleRef module);
+  [[nodiscard]] bool held_by_another(std::uint32_t id, ModuleRef module) const noexcept;
 
   HookBackend& backend_;
+  std::vector<Diagnostic>& pending_;
   std::deque<std::string> names_;  // interned fqns; stable addresses
   std::unordered_map<std::string_view, std::uint32_t> ids_;
+  std::vector<Owner> owners_;  // by fqn id
   AddressMap<ModuleInfo> modules_;
   std::uint64_t generation_ = 0;
 };

@@ -15,7 +15,10 @@ std::string root_name_from_type(std::string_view type_name) {
   const auto head = type_name.substr(0, args);
   const auto colons = head.rfind("::");
   auto name = colons == std::string_view::npos ? type_name : type_name.substr(colons + 2);
-  if (args == std::string_view::npos && name.size() > 4 && name.ends_with("Impl")) name.remove_suffix(4);
+  // A module implementation (NetImpl, or a class template ResNetImpl<Block>)
+  // is named after its holder: without Impl, and without template arguments.
+  const auto template_name = name.substr(0, name.find('<'));
+  if (template_name.size() > 4 && template_name.ends_with("Impl")) return std::string(template_name.substr(0, template_name.size() - 4));
   return std::string(name);
 }
 
@@ -26,37 +29,85 @@ std::uint32_t ModuleNames::intern(std::string fqn) {
   const auto id = gsl::narrow<std::uint32_t>(names_.size());  // throws past 2^32 names
   names_.push_back(std::move(fqn));
   ids_.emplace(names_.back(), id);
+  owners_.emplace_back();
   return id;
+}
+
+bool ModuleNames::held_by_another(std::uint32_t id, ModuleRef module) const noexcept {
+  const Owner& owner = owners_[id];
+  // A module at this very address took over the entry of the one there before.
+  if (!owner.module || owner.module == module.ptr) return false;
+  const auto* info = modules_.find(owner.module);
+  if (!info || info->generation != owner.generation) return false;  // its entry went to another module
+  return !(info->weak_known && info->weak.expired());  // alive, or nobody can tell
+}
+
+std::uint32_t ModuleNames::unique_id(std::string fqn, ModuleRef module) {
+  const auto id = intern(fqn);
+  if (!held_by_another(id, module)) return id;
+  for (unsigned k = 2;; ++k) {
+    const auto alt = intern(fqn + "#" + std::to_string(k));
+    if (held_by_another(alt, module)) continue;
+    pending_.push_back({Diagnostic::Code::fqn_collision, names_[alt],
+                        "two distinct modules would both be named '" + fqn + "'; the later one is '" + names_[alt] +
+                            "'. Usually their parent's call is not tracked, so each became a root: make the "
+                            "parent a tracked module (MODTRACKER_MODULE, modtracker::libtorch::nn) or call it "
+                            "through modtracker::libtorch::call"});
+    return alt;
+  }
 }
 
 // With its liveness and the filter's verdict (asked once per module here,
 // or again by set_filter).
-const ModuleInfo& ModuleNames::remember(ModuleRef module, std::string fqn, const ErasedFilter& filter) {
+const ModuleInfo& ModuleNames::remember(ModuleRef module, std::string fqn, bool root, const ErasedFilter& filter) {
   auto weak = backend_.weak(module);
   const bool weak_known = !weak.expired();
-  const auto id = intern(std::move(fqn));
+  const auto id = unique_id(std::move(fqn), module);
   const bool reported = !filter || filter(names_[id], module);
-  return modules_.assign(module.ptr, ModuleInfo{id, reported, weak_known, std::move(weak), ++generation_});
+  if (!weak_known && backend_.grad_enabled())
+    pending_.push_back({Diagnostic::Code::unowned_module, names_[id],
+                        "module '" + names_[id] + "' is not owned by a std::shared_ptr (a module on the stack?): "
+                            "its backward hooks get no module, since nothing tells when it is freed. Hold it in a "
+                            "holder (MODTRACKER_MODULE) or a std::shared_ptr"});
+  const auto generation = ++generation_;
+  owners_[id] = Owner{module.ptr, generation};
+  return modules_.assign(module.ptr, ModuleInfo{id, reported, weak_known, root, std::move(weak), generation,
+                                                0, backend_.gradient_stamp(module)});
 }
 
 void ModuleNames::name_subtree(ModuleRef module, std::uint32_t fqn, const ErasedFilter& filter) {
   backend_.for_each_child(module, [&](std::string_view name, ModuleRef child) {
-    if (!child || named(child)) return;
+    if (!child) return;
+    if (const auto* known = named(child)) {
+      if (known->root && known->fqn != fqn)
+        pending_.push_back(
+            {Diagnostic::Code::root_inside_module, names_[known->fqn],
+             "module '" + names_[known->fqn] + "' ran as a root before its parent '" + names_[fqn] +
+                 "' was tracked, so it keeps that name instead of '" + names_[fqn] + "." + std::string(name) +
+                 "'. A call between them is not tracked: make each module on the way a tracked module "
+                 "(MODTRACKER_MODULE, modtracker::libtorch::nn) or call it through modtracker::libtorch::call"});
+      return;  // the first name wins
+    }
     std::string child_fqn = names_[fqn];
     child_fqn.append(".").append(name);
-    name_subtree(child, remember(child, std::move(child_fqn), filter).fqn, filter);
+    name_subtree(child, remember(child, std::move(child_fqn), false, filter).fqn, filter);
   });
 }
 
-const ModuleInfo& ModuleNames::name_root(ModuleRef module, const ErasedFilter& filter) {
-  name_subtree(module, remember(module, root_name_from_type(backend_.type_name(module)), filter).fqn, filter);
+const ModuleInfo& ModuleNames::name_root(ModuleRef module, std::uint64_t serial, const ErasedFilter& filter) {
+  const auto id = remember(module, root_name_from_type(backend_.type_name(module)), true, filter).fqn;
+  modules_.find(module.ptr)->serial = serial;
+  name_subtree(module, id, filter);
   return *modules_.find(module.ptr);  // naming the subtree may have moved it
 }
 
 void Engine::children_changed(ModuleRef module) {
   if (!module) return;
-  std::lock_guard<SpinLock> lock(state_);
-  if (const auto* info = names_.named(module)) names_.name_subtree(module, info->fqn, filter_);  // else its first call names it
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    if (const auto* info = names_.named(module)) names_.name_subtree(module, info->fqn, filter_);  // else its first call names it
+  }
+  say_pending();
 }
 
 Generator<std::pair<std::string, ModuleRef>> Engine::walk(ModuleRef root) const {

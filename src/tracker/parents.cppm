@@ -22,7 +22,12 @@ class ParentCounts {
       c.active_pos = gsl::narrow_cast<std::uint32_t>(active_.size());  // at most one per interned id
       active_.push_back(fqn);
     }
-    ++(phase == Phase::forward ? c.forward : c.backward);
+    if (phase == Phase::forward) {
+      ++c.forward;
+    } else {
+      ++c.backward;
+      ++c.backward_entries;
+    }
   }
   void sub(std::uint32_t fqn, Phase phase) noexcept {
     auto& c = counts_[fqn];
@@ -38,6 +43,13 @@ class ParentCounts {
   [[nodiscard]] std::uint32_t count(std::uint32_t fqn, Phase phase) const noexcept {
     if (fqn >= counts_.size()) return 0;
     return phase == Phase::forward ? counts_[fqn].forward : counts_[fqn].backward;
+  }
+  /// Backward entries of `fqn` since the last reset_entries().
+  [[nodiscard]] std::uint32_t backward_entries(std::uint32_t fqn) const noexcept {
+    return fqn < counts_.size() ? counts_[fqn].backward_entries : 0;
+  }
+  void reset_entries() noexcept {
+    for (auto& c : counts_) c.backward_entries = 0;
   }
   /// Any activation of `fqn` running, forward or backward?
   [[nodiscard]] bool active(std::uint32_t fqn) const noexcept {
@@ -61,6 +73,7 @@ class ParentCounts {
     std::uint32_t forward = 0;
     std::uint32_t backward = 0;
     std::uint32_t active_pos = 0;  // index in active_ while forward + backward > 0
+    std::uint32_t backward_entries = 0;
   };
   std::vector<Count> counts_;
   std::vector<std::uint32_t> active_;

@@ -38,6 +38,17 @@ void close_epoch(Epoch& epoch) {
 
 void Engine::start() {
   if (epoch_) throw std::logic_error("modtracker: this tracker is tracking already (one scope at a time)");
+  {
+    // The gradients' state at the start, for the check at the end.
+    std::lock_guard<SpinLock> lock(state_);
+    counts_.reset_entries();
+    names_.for_each([&](const void* ptr, ModuleInfo& info) {
+      if (const auto alive = info.weak_known ? info.weak.lock() : nullptr)
+        info.grad_stamp = backend_.gradient_stamp(ModuleRef{ptr});
+    });
+  }
+  watch_ = backend_.start_watch();
+  seen_call_.store(false, std::memory_order_relaxed);
   auto& epoch = open_epoch(*this);
   epoch_ = &epoch;  // before the observer: other threads' calls read it at once
   epoch_generation_ = epoch.generation.load(std::memory_order_relaxed);
@@ -46,7 +57,45 @@ void Engine::start() {
   } catch (...) {
     epoch_ = nullptr;
     close_epoch(epoch);
+    first_call_seen();  // ends the watch
     throw;
+  }
+}
+
+void Engine::first_call_seen() {
+  if (!seen_call_.exchange(true)) (void)backend_.stop_watch(watch_);
+}
+
+// Once per scope: work done without a tracked call, and parameters that got
+// gradients in a scope where their module never entered backward.
+void Engine::check_scope_end() {
+  if (!seen_call_.exchange(true)) {
+    const auto work = backend_.stop_watch(watch_);
+    if (!work.empty())
+      diagnose_once({Diagnostic::Code::untracked_scope, "",
+                     "this tracking scope saw no tracked module call, but " + work +
+                         ": the model's modules are not tracked. Declare them with modtracker::libtorch::nn "
+                         "(namespace nn = modtracker::libtorch::nn;) and MODTRACKER_MODULE in place of "
+                         "TORCH_MODULE, or call them through modtracker::libtorch::call (docs/tracking.md)"});
+  }
+  std::vector<std::pair<std::string, std::shared_ptr<const void>>> candidates;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    names_.for_each([&](const void* ptr, ModuleInfo& info) {
+      if (counts_.backward_entries(info.fqn) != 0 || !info.weak_known) return;
+      auto alive = info.weak.lock();
+      if (!alive) return;
+      const auto stamp = backend_.gradient_stamp(ModuleRef{ptr});
+      if (stamp != 0 && stamp != info.grad_stamp) candidates.emplace_back(names_.fqn(info.fqn), std::move(alive));
+    });
+  }
+  for (const auto& [fqn, module] : candidates) {
+    if (!backend_.has_nonzero_gradient(ModuleRef{module.get()})) continue;  // zeroed, not computed
+    diagnose_once({Diagnostic::Code::untracked_gradients, fqn,
+                   "the parameters of '" + fqn + "' received gradients in this scope, but it never entered "
+                       "backward: its call was not tracked (a plain torch::nn holder, or ->forward on a plain "
+                       "module), or its forward ran outside the scope. Track it (modtracker::libtorch::nn, "
+                       "MODTRACKER_MODULE, modtracker::libtorch::call)"});
   }
 }
 
@@ -54,6 +103,10 @@ void Engine::stop() {
   if (!epoch_) throw std::logic_error("modtracker: this tracker is not tracking");
   observer_.remove();  // throws inside one of its own forward hooks: the scope stays
   close_epoch(*std::exchange(epoch_, nullptr));  // waits for gradient callbacks running now
+  try {
+    check_scope_end();
+  } catch (...) {  // a sink that throws: the scope still ends
+  }
   // Calls still running will never report their end to this scope: forget
   // them, and every count but Global's.
   std::vector<ActivationRef> abandoned;  // freed after the lock

@@ -39,7 +39,7 @@ std::uint64_t TrackerBase::dropped_transitions() const { return engine_->dropped
 namespace detail {
 
 Engine::Engine(HookBackend& backend, TrackerOptions options)
-    : backend_(backend), names_(backend), journal_(options.journal_capacity), tick0_(ticks()) {
+    : backend_(backend), names_(backend, pending_), journal_(options.journal_capacity), tick0_(ticks()) {
   set_sink({});
   (void)ns_per_tick();  // calibrate now, not on the first read
 }

@@ -46,18 +46,25 @@ TEST_CASE("one tracker, threads each running their own tracked Sequential: each 
   CHECK(parents(t) == "Global");
 }
 
-TEST_CASE("holder, tracked Sequential, call() and ForwardScope give identical events") {
+TEST_CASE("holder call, ->forward, as<Holder>(), tracked Sequential, call() and ForwardScope give identical events") {
   auto run = [](auto&& forward) {
     lt::Tracker t;
     auto scope = t.track();
     forward();
     return transitions(t);
   };
-  torch::nn::Linear plain(3, 3);
-  lt::nn::Linear held(plain.ptr());
+  lt::nn::Linear held(3, 3);
+  torch::nn::Linear plain(held.ptr());  // a plain holder of the same module: its calls are not tracked
   const auto x = torch::randn({2, 3});
   const auto by_holder = run([&] { held(x); });
+  CHECK(run([&] { held->forward(x); }) == by_holder);
+  CHECK(run([&] { (*held).forward(x); }) == by_holder);
+  torch::nn::ModuleList list;
+  list->push_back(held);
+  CHECK(run([&] { list[0]->as<lt::nn::Linear>()->forward(x); }) == by_holder);
+  CHECK(run([&] { plain(x); }).empty());
   const auto by_call = run([&] { lt::call(*plain, x); });
+  CHECK(run([&] { lt::call(*held, x); }) == by_holder);  // a tracked module: tracked once
   const auto by_scope = run([&] {
     lt::ForwardScope s(*plain, x);
     s.finish(plain->forward(x));
@@ -125,7 +132,9 @@ TEST_CASE("tracked Sequential names each child's successor as the next-call hint
 
 TEST_CASE("a new module at a freed module's address is named afresh, through holders and Sequential alike") {
   // Storage of our own, so that the second module surely lands where the first was.
-  alignas(std::max_align_t) static unsigned char storage[std::max(sizeof(torch::nn::LinearImpl), sizeof(torch::nn::TanhImpl))];
+  using Linear = lt::Tracked<torch::nn::LinearImpl>;
+  using Tanh = lt::Tracked<torch::nn::TanhImpl>;
+  alignas(std::max_align_t) static unsigned char storage[std::max(sizeof(Linear), sizeof(Tanh))];
   auto place = [](auto* module) {
     using M = std::remove_pointer_t<decltype(module)>;
     return std::shared_ptr<M>(module, [](M* m) { m->~M(); });
@@ -134,11 +143,11 @@ TEST_CASE("a new module at a freed module's address is named afresh, through hol
   auto scope = t.track();
   const auto x = torch::randn({2, 3});
   {
-    lt::nn::Linear lin(place(new (storage) torch::nn::LinearImpl(3, 3)));
+    lt::nn::Linear lin(place(new (storage) Linear(3, 3)));
     lin(x);
     CHECK(t.known_fqn(*lin) == std::optional<std::string>("Linear"));
   }
-  lt::nn::Tanh tanh(place(new (storage) torch::nn::TanhImpl()));
+  lt::nn::Tanh tanh(place(new (storage) Tanh()));
   REQUIRE(static_cast<const void*>(tanh.get()) == static_cast<const void*>(storage));
   tanh(x);  // the holder says which module it holds: not the freed Linear
   CHECK(t.known_fqn(*tanh) == std::optional<std::string>("Tanh"));

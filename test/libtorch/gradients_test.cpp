@@ -174,8 +174,8 @@ TEST_CASE("boundary tensors that are views (and a view of a leaf) nest in backwa
 
 TEST_CASE("the user's own tensor hooks on a boundary tensor still see the gradient and can change it") {
   torch::manual_seed(0);
-  torch::nn::Linear plain_a(3, 3), plain_b(3, 3);
-  lt::nn::Linear a(plain_a.ptr()), b(plain_b.ptr());  // the same layers, tracked
+  lt::nn::Linear a(3, 3), b(3, 3);
+  torch::nn::Linear plain_a(a.ptr()), plain_b(b.ptr());  // the same layers, untracked
   const auto x = torch::randn({2, 3});
   auto step = [&](auto& first, auto& second) {
     auto w = torch::randn({3, 3}, torch::requires_grad());  // a leaf upstream of the boundary
@@ -191,13 +191,19 @@ TEST_CASE("the user's own tensor hooks on a boundary tensor still see the gradie
   torch::manual_seed(1);
   const auto [plain_seen, plain_grad] = step(plain_a, plain_b);
   lt::Tracker t;
+  std::vector<modtracker::Diagnostic> diags;
+  t.set_diagnostics([&](const modtracker::Diagnostic& d) { diags.push_back(d); });
   auto scope = t.track();
   torch::manual_seed(1);
   const auto [tracked_seen, tracked_grad] = step(a, b);
   REQUIRE(tracked_seen.defined());
   CHECK(torch::equal(tracked_seen, plain_seen));
   CHECK(torch::equal(tracked_grad, plain_grad));  // doubled by the user's hook in both
-  CHECK(transitions(t) == Strings{"fw enter Linear", "fw exit Linear", "fw enter Linear", "fw exit Linear",
-                                  "bw enter Linear", "bw exit Linear", "bw enter Linear", "bw exit Linear"});
+  // Two distinct roots of one type: the second is told apart, and said so.
+  CHECK(transitions(t) == Strings{"fw enter Linear", "fw exit Linear", "fw enter Linear#2", "fw exit Linear#2",
+                                  "bw enter Linear#2", "bw exit Linear#2", "bw enter Linear", "bw exit Linear"});
+  REQUIRE(diags.size() == 1);
+  CHECK(diags[0].code == modtracker::Diagnostic::Code::fqn_collision);
+  CHECK(diags[0].fqn == "Linear#2");
 }
 

@@ -36,10 +36,18 @@ class Backend final : public HookBackend {
   [[nodiscard]] std::uint64_t backward_pass() const override;
   bool add_gradient_hooks(ValuesRef values, std::span<GradientHook> hooks, Registration* removal) override;
   void at_end_of_backward(std::function<void()> fn) override;
+  [[nodiscard]] bool holds_values(ValuesRef values) const override;
+  [[nodiscard]] std::uint64_t gradient_stamp(ModuleRef module) const override;
+  [[nodiscard]] bool has_nonzero_gradient(ModuleRef module) const override;
+  std::uint64_t start_watch() override;
+  std::string stop_watch(std::uint64_t watch) override;
 };
 
 /// The process-wide LibTorch backend.
 Backend& backend();
+
+/// A number no other module of this process has (Tracked modules carry one).
+std::uint64_t next_module_serial() noexcept;
 
 /// The ModuleRef of a LibTorch module.
 inline ModuleRef module_ref(const torch::nn::Module& m) noexcept { return ModuleRef{static_cast<const void*>(&m)}; }

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <concepts>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
@@ -72,6 +73,19 @@ class Sequential : public torch::nn::ModuleHolder<libtorch::SequentialImpl> {
   using torch::nn::ModuleHolder<libtorch::SequentialImpl>::ModuleHolder;
   Sequential() : torch::nn::ModuleHolder<libtorch::SequentialImpl>() {}
   Sequential(std::initializer_list<torch::nn::NamedAnyModule> named);
+  /// A tracked Sequential over the same children (shared, not copied).
+  explicit Sequential(const torch::nn::Sequential& plain);
+  explicit Sequential(torch::nn::Sequential& plain) : Sequential(std::as_const(plain)) {}  // not the variadic one
+  explicit Sequential(torch::nn::Sequential&& plain) : Sequential(std::as_const(plain)) {}
+  /// Refused, naming the fix: a torch::nn::Sequential would call the same
+  /// children untracked.
+  template <class T>
+    requires std::same_as<T, torch::nn::Sequential>
+  operator T() const {  // NOLINT(google-explicit-constructor): only here to refuse
+    static_assert(!std::same_as<T, T>,
+                  "modtracker: a torch::nn::Sequential made from a tracked one would call its children untracked; "
+                  "keep modtracker::libtorch::nn::Sequential, or say so: std::shared_ptr<torch::nn::SequentialImpl>(seq.ptr())");
+  }
   template <class... Args>
   decltype(auto) operator()(Args&&... args) {
     return this->get()->forward(std::forward<Args>(args)...);

@@ -124,4 +124,13 @@ struct Flatten<torch::OrderedDict<K, V>> {
   }
 };
 
+template <>
+struct Flatten<torch::nn::ASMoutput> {  // AdaptiveLogSoftmaxWithLoss (its loss is a double)
+  static void into(const torch::nn::ASMoutput& v, Tensors& out) { out.push(v.output); }
+};
+template <>
+struct Flatten<torch::nn::utils::rnn::PackedSequence> {  // packed RNN inputs and outputs
+  static void into(const torch::nn::utils::rnn::PackedSequence& v, Tensors& out) { out.push(v.data()); }
+};
+
 }  // namespace modtracker::libtorch
