@@ -1,0 +1,65 @@
+// What the benchmark's parts share: timing, the row of a LibTorch case, options.
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+using clock_type = std::chrono::steady_clock;
+
+/// The best wall time of `runs` calls of `body`, in microseconds.
+inline double best_us(int runs, const std::function<void()>& body) {
+  double best = 1e300;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = clock_type::now();
+    body();
+    best = std::min(best, std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  }
+  return best;
+}
+
+/// Plain against tracked, one case and mode.
+struct TorchRow {
+  int modules, width;
+  const char* mode;
+  double base_us, tracked_us;
+  [[nodiscard]] double overhead_per_module() const { return (tracked_us - base_us) / modules; }
+  [[nodiscard]] double ratio() const { return tracked_us / base_us; }
+};
+
+struct Options {
+  std::string only_mode;  // --mode: one mode only (for profiling)
+  int runs = 60;          // --runs: best of how many runs
+  int reps = 1;           // --reps: calls per timed run
+};
+
+/// Reading the journal, timed on its own (outside the tracked runs: reading
+/// is the reader's cost, paid when and where it reads).
+struct Journal {
+  double ns = 0.0;
+  std::uint64_t transitions = 0;
+};
+
+// core.cpp: one module's enter and exit on the scripted backend, no grad.
+double core_ns(bool noop_hooks);
+// sequential.cpp: a Sequential of n Linear(d, d), plain LibTorch against the tracked drop-in.
+std::vector<TorchRow> sequential_rows(int n, int d, const Options& options, Journal& journal);
+// sequential.cpp: the statistics tools over plain tracking, per activation.
+double stats_overhead_us_per_activation(int n);
+
+/// A model of n separate Linear(d, d) layers called in a loop, as layer(x) or
+/// layer->forward(x): plain torch::nn, the tracked holders with no tracker
+/// active, and tracked.
+struct CallRow {
+  const char* style;
+  double plain_us, idle_us, tracked_us;
+  int modules;
+};
+// calls.cpp
+std::vector<CallRow> call_rows(int n, int d, const Options& options);
+
+}  // namespace bench

@@ -1,0 +1,115 @@
+// modtracker-bench: the tracker's own cost. Prints tables; --json prints one
+// JSON object. Best of several runs, plain and tracked runs alternating.
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench.hpp"
+
+namespace {
+int usage() {
+  std::fprintf(stderr,
+               "usage: modtracker-bench [--json] [--torch-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
+               "                        [--runs N] [--reps N]\n");
+  return 2;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  bench::Options options;
+  bool json = false, core = true;
+  std::vector<std::pair<int, int>> cases{{100, 8}, {1000, 8}, {100, 256}};
+  for (int i = 1; i < argc; ++i) {
+    int n = 0, d = 0;
+    const bool has_value = i + 1 < argc;
+    if (std::strcmp(argv[i], "--json") == 0) {
+      json = true;
+    } else if (std::strcmp(argv[i], "--mode") == 0 && has_value &&
+               (std::strcmp(argv[i + 1], "fw_nograd") == 0 || std::strcmp(argv[i + 1], "fw_grad") == 0 ||
+                std::strcmp(argv[i + 1], "fwbw") == 0)) {
+      options.only_mode = argv[++i];
+    } else if (std::strcmp(argv[i], "--runs") == 0 && has_value && std::atoi(argv[i + 1]) > 0) {
+      options.runs = std::atoi(argv[++i]);  // more runs: steadier minimum, or a longer profile
+    } else if (std::strcmp(argv[i], "--reps") == 0 && has_value && std::atoi(argv[i + 1]) > 0) {
+      options.reps = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--torch-only") == 0) {
+      core = false;
+    } else if (std::strcmp(argv[i], "--case") == 0 && has_value && std::sscanf(argv[i + 1], "%dx%d", &n, &d) == 2 &&
+               n > 0 && d > 0) {
+      cases = {{n, d}};  // one size only, e.g. --case 1000x8
+      ++i;
+    } else {
+      return usage();
+    }
+  }
+  at::set_num_threads(1);
+  const bool all = options.only_mode.empty();
+  const double no_hooks = core ? bench::core_ns(false) : 0.0;
+  const double noop_hooks = core ? bench::core_ns(true) : 0.0;
+  bench::Journal journal;
+  std::vector<bench::TorchRow> rows;
+  for (auto [n, d] : cases)
+    for (const auto& r : bench::sequential_rows(n, d, options, journal))
+      if (all || options.only_mode == r.mode) rows.push_back(r);
+  const int call_modules = cases.size() == 1 ? cases.front().first : 1000;
+  const auto calls = all ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
+  const double stats_us = all ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
+
+  if (json) {
+    std::printf("{");
+    if (all) std::printf("\"stats\": {\"overhead_us_per_activation\": %.3f}, ", stats_us);
+    if (core)
+      std::printf("\"core\": {\"enter_exit_ns_no_hooks\": %.1f, \"enter_exit_ns_noop_hooks\": %.1f}, ", no_hooks,
+                  noop_hooks);
+    if (journal.transitions > 0)
+      std::printf("\"journal_read_ns_per_transition\": %.1f, ", journal.ns / static_cast<double>(journal.transitions));
+    std::printf("\"calls\": [");
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+      const auto& c = calls[i];
+      std::printf("%s{\"style\": \"%s\", \"modules\": %d, \"plain_us\": %.1f, \"idle_us\": %.1f, \"tracked_us\": %.1f, "
+                  "\"idle_ratio\": %.4f, \"tracked_overhead_us_per_module\": %.3f}",
+                  i ? ", " : "", c.style, c.modules, c.plain_us, c.idle_us, c.tracked_us, c.idle_us / c.plain_us,
+                  (c.tracked_us - c.plain_us) / c.modules);
+    }
+    std::printf("], \"torch\": [");
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const auto& r = rows[i];
+      std::printf("%s{\"modules\": %d, \"width\": %d, \"mode\": \"%s\", \"baseline_us\": %.1f, "
+                  "\"tracked_us\": %.1f, \"overhead_us_per_module\": %.3f, \"ratio\": %.3f}",
+                  i ? ", " : "", r.modules, r.width, r.mode, r.base_us, r.tracked_us, r.overhead_per_module(), r.ratio());
+    }
+    std::printf("]}\n");
+    return 0;
+  }
+  if (all) std::printf("statistics (shapes + per-module table) over plain tracking: %.3f us per activation\n\n", stats_us);
+  if (core) {
+    std::printf("core (scripted backend, one module enter+exit)\n");
+    std::printf("  no user hooks      %8.1f ns\n", no_hooks);
+    std::printf("  four no-op hooks   %8.1f ns\n\n", noop_hooks);
+  }
+  if (journal.transitions > 0)
+    std::printf("reading the journal (not in the times below): %.1f ns per transition\n\n",
+                journal.ns / static_cast<double>(journal.transitions));
+  std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of %d runs of %d call%s, alternating\n", options.runs,
+              options.reps, options.reps == 1 ? "" : "s");
+  std::printf("%8s %6s %10s %12s %12s %16s %7s\n", "modules", "width", "mode", "baseline_us", "tracked_us",
+              "overhead_us/mod", "ratio");
+  for (const auto& r : rows)
+    std::printf("%8d %6d %10s %12.1f %12.1f %16.3f %7.3f\n", r.modules, r.width, r.mode, r.base_us, r.tracked_us,
+                r.overhead_per_module(), r.ratio());
+  if (!calls.empty()) {
+    std::printf("\n%d separate Linear(8, 8) called in a loop, forward without grad: plain torch::nn holders,\n"
+                "the tracked holders with no tracker active (idle), and tracked\n", calls.front().modules);
+    std::printf("%14s %10s %10s %12s %11s %16s\n", "style", "plain_us", "idle_us", "tracked_us", "idle/plain",
+                "overhead_us/mod");
+    for (const auto& c : calls)
+      std::printf("%14s %10.1f %10.1f %12.1f %11.4f %16.3f\n", c.style, c.plain_us, c.idle_us, c.tracked_us,
+                  c.idle_us / c.plain_us, (c.tracked_us - c.plain_us) / c.modules);
+  }
+  return 0;
+}
