@@ -6,6 +6,8 @@
 //   libtorch/sequential.hpp  the tracked Sequential
 //   libtorch/nn.hpp          tracked drop-ins for torch::nn layers
 //   libtorch/stats.hpp       LibTorch tools: parameters and output shapes for the statistics
+//   libtorch/flops.hpp       FlopCounter: FLOPs per module and operator
+//   libtorch/memory.hpp      MemoryTracker: memory per module, phase and category
 #pragma once
 
 #include <torch/torch.h>
@@ -16,5 +18,7 @@
 #include <modtracker/libtorch/sequential.hpp>
 #include <modtracker/libtorch/nn.hpp>
 #include <modtracker/libtorch/stats.hpp>
+#include <modtracker/libtorch/flops.hpp>
+#include <modtracker/libtorch/memory.hpp>
 
 import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats

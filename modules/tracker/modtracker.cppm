@@ -10,9 +10,10 @@ export import :transitions;
 export import :hooks;
 export import :tracker;
 
-// The shared vocabulary a tracker's user meets in transitions and walks.
+// The shared vocabulary a tracker's user meets in transitions, walks and listeners.
 export namespace modtracker {
 using modtracker::Kind;
 using modtracker::ModuleRef;
 using modtracker::Phase;
+using modtracker::Registration;
 }  // namespace modtracker

@@ -34,6 +34,21 @@ using ErasedFilter = std::function<bool(std::string_view, ModuleRef)>;
 
 export namespace modtracker {
 
+/// Sees each transition as the tracker records it, on the thread that makes
+/// it, under the tracker's state lock: for tools that attribute what happens
+/// meanwhile (FLOPs, memory) to the modules running. It must be quick and
+/// must not call into the tracker. Transitions of modules the filter leaves
+/// out are not seen, as in the journal.
+class TransitionListener {
+ public:
+  virtual void on_transition(const Transition& t) = 0;
+  /// A tracking scope of the tracker started (true) or ended (false).
+  virtual void on_scope(bool started) { (void)started; }
+
+ protected:
+  ~TransitionListener() = default;
+};
+
 /// What every tracker has, whatever its backend: tracking scopes, `parents`,
 /// `is_bw`, the journal of transitions, diagnostics.
 class TrackerBase {
@@ -86,6 +101,11 @@ class TrackerBase {
   }
   /// Transitions lost to the journal's bounded capacity so far.
   [[nodiscard]] std::uint64_t dropped_transitions() const;
+
+  /// Calls `listener` for every transition from now on, until the returned
+  /// handle is removed or destroyed (a handle that outlives the tracker
+  /// removes nothing).
+  [[nodiscard]] Registration add_listener(TransitionListener& listener);
 
  protected:
   TrackerBase(HookBackend& backend, TrackerOptions options);

@@ -49,6 +49,7 @@ class Engine final : public ForwardObserver {
   // journal.cpp
   Generator<Transition> drain();
   [[nodiscard]] std::uint64_t dropped() const;
+  Registration add_listener(TransitionListener& listener);
 
   // config.cpp
   void set_hooks(ErasedHooks hooks, const std::array<bool, 4>& given);
@@ -99,6 +100,14 @@ class Engine final : public ForwardObserver {
   void check_scope_end();
   void first_call_seen();
 
+  // journal.cpp: every transition goes to the journal and the listeners (state lock held).
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, StepClock& clock);
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth) {
+    StepClock clock;
+    record(phase, kind, fqn, depth, clock);
+  }
+  void notify_scope(bool started);
+
   // config.cpp
   void diagnose(Diagnostic d);
   // Says `d` unless this tracker said the same code for the same fqn before.
@@ -116,6 +125,9 @@ class Engine final : public ForwardObserver {
   ModuleNames names_;
   ParentCounts counts_;
   Journal journal_;
+  std::vector<TransitionListener*> listeners_;
+  // What a listener's handle holds: it outlives the engine harmlessly.
+  std::shared_ptr<Engine*> self_ = std::make_shared<Engine*>(this);
   std::uint64_t tick0_;
   std::uint64_t activations_ = 0;          // activations started: the next one's sequence
   std::uint32_t last_activation_fqn_ = 0;  // see Activation::previous_fqn

@@ -107,7 +107,7 @@ void Engine::enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& c
   e.reported = info.reported;
   e.reentered = counts_.active(e.fqn) && !e.in_bw();
   counts_.add(e.fqn, Phase::forward);
-  if (e.reported) journal_.record(Phase::forward, Kind::enter, e.fqn, call.depth, clock);
+  if (e.reported) record(Phase::forward, Kind::enter, e.fqn, call.depth, clock);
   if (e.reentered) e.name = names_.fqn(e.fqn);  // only the diagnostic needs it (a cold string)
   if (auto* act = e.act) {
     act->fqn = e.fqn;
@@ -162,7 +162,7 @@ void Engine::undo_enter(const ForwardCall& call, PendingEnter& e) noexcept {
     dropped = ActivationRef::adopt(e.act);
   }
   if (counts_.count(e.fqn, Phase::forward) > 0) counts_.sub(e.fqn, Phase::forward);
-  if (e.reported) journal_.record(Phase::forward, Kind::exit, e.fqn, call.depth);
+  if (e.reported) record(Phase::forward, Kind::exit, e.fqn, call.depth);
 }
 
 // Forward exit under the state lock: count - 1 and the journal.
@@ -170,7 +170,7 @@ void Engine::exit_forward_locked(std::uint32_t fqn, bool reported, std::uint32_t
   if (fqn == global_id || counts_.count(fqn, Phase::forward) == 0)
     throw std::logic_error("modtracker: forward exit without a matching enter");
   counts_.sub(fqn, Phase::forward);
-  if (reported) journal_.record(Phase::forward, Kind::exit, fqn, depth, clock);
+  if (reported) record(Phase::forward, Kind::exit, fqn, depth, clock);
 }
 
 // The whole exit of a call whose post hook does not run, under the state

@@ -40,6 +40,34 @@ Generator<Transition> Engine::drain() {
   }
 }
 
+void Engine::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, StepClock& clock) {
+  journal_.record(phase, kind, fqn, depth, clock);
+  if (listeners_.empty()) [[likely]] return;
+  const auto ns = static_cast<std::int64_t>(static_cast<double>(clock.read() - tick0_) * ns_per_tick());
+  const Transition t{phase, kind, names_.fqn(fqn), depth, journal_.recorded() - 1, std::chrono::nanoseconds(ns),
+                     thread_index()};
+  for (auto* l : listeners_) l->on_transition(t);
+}
+
+void Engine::notify_scope(bool started) {
+  std::lock_guard<SpinLock> lock(state_);
+  for (auto* l : listeners_) l->on_scope(started);
+}
+
+Registration Engine::add_listener(TransitionListener& listener) {
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    listeners_.push_back(&listener);
+    if (tracking()) listener.on_scope(true);
+  }
+  return Registration([self = std::weak_ptr<Engine*>(self_), l = &listener] {
+    if (const auto engine = self.lock()) {
+      std::lock_guard<SpinLock> lock((*engine)->state_);
+      std::erase((*engine)->listeners_, l);
+    }
+  });
+}
+
 std::uint64_t Engine::dropped() const {
   std::lock_guard<SpinLock> lock(state_);
   return journal_.dropped();

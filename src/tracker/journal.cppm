@@ -75,6 +75,8 @@ class Journal {
     return n;
   }
   [[nodiscard]] std::uint64_t dropped() const noexcept { return dropped_; }
+  /// Transitions recorded so far (the next one's sequence number).
+  [[nodiscard]] std::uint64_t recorded() const noexcept { return recorded_; }
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
 
  private:

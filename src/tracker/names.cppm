@@ -16,10 +16,10 @@ struct ModuleInfo {
   bool weak_known;  // `weak` can tell whether it was freed
   bool root;        // named after its type (no tracked parent named it)
   WeakModule weak;
-  std::uint64_t generation;      // which module at this address (addresses are reused)
-  std::uint64_t serial = 0;      // ForwardCall::serial, once a call gave one
-  std::uint64_t grad_stamp = 0;  // HookBackend::gradient_stamp at the scope's start (or its naming)
+  std::uint64_t generation;  // which module at this address (addresses are reused)
+  std::uint64_t serial = 0;  // ForwardCall::serial, once a call gave one
 };
+static_assert(sizeof(ModuleInfo) == 40);  // with its key, 48 bytes a slot of the lookup: keep it so
 
 /// Not thread-safe: the engine's state lock guards it. The backend and filter
 /// calls made while naming must not call back into the tracker.
@@ -62,6 +62,9 @@ class ModuleNames {
   }
   /// Names every child below `module` not named yet (first name wins).
   void name_subtree(ModuleRef module, std::uint32_t fqn, const ErasedFilter& filter);
+  /// HookBackend::gradient_stamp of the module named `fqn`, at the scope's
+  /// start or its naming (cold: kept apart from the lookup's slots).
+  [[nodiscard]] std::uint64_t& grad_stamp(std::uint32_t fqn) noexcept { return grad_stamps_[fqn]; }
   /// The entry at an address, whatever module it was.
   [[nodiscard]] const ModuleInfo* at(const void* address) const noexcept { return modules_.find(address); }
   /// Starts loading the lookup of `module` (it is likely called next).
@@ -89,6 +92,7 @@ class ModuleNames {
   std::deque<std::string> names_;  // interned fqns; stable addresses
   std::unordered_map<std::string_view, std::uint32_t> ids_;
   std::vector<Owner> owners_;  // by fqn id
+  std::vector<std::uint64_t> grad_stamps_;  // by fqn id
   AddressMap<ModuleInfo> modules_;
   std::uint64_t generation_ = 0;
 };

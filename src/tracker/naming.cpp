@@ -30,6 +30,7 @@ std::uint32_t ModuleNames::intern(std::string fqn) {
   names_.push_back(std::move(fqn));
   ids_.emplace(names_.back(), id);
   owners_.emplace_back();
+  grad_stamps_.emplace_back();
   return id;
 }
 
@@ -71,8 +72,8 @@ const ModuleInfo& ModuleNames::remember(ModuleRef module, std::string fqn, bool 
                             "holder (MODTRACKER_MODULE) or a std::shared_ptr"});
   const auto generation = ++generation_;
   owners_[id] = Owner{module.ptr, generation};
-  return modules_.assign(module.ptr, ModuleInfo{id, reported, weak_known, root, std::move(weak), generation,
-                                                0, backend_.gradient_stamp(module)});
+  grad_stamps_[id] = backend_.gradient_stamp(module);
+  return modules_.assign(module.ptr, ModuleInfo{id, reported, weak_known, root, std::move(weak), generation});
 }
 
 void ModuleNames::name_subtree(ModuleRef module, std::uint32_t fqn, const ErasedFilter& filter) {

@@ -44,7 +44,7 @@ void Engine::start() {
     counts_.reset_entries();
     names_.for_each([&](const void* ptr, ModuleInfo& info) {
       if (const auto alive = info.weak_known ? info.weak.lock() : nullptr)
-        info.grad_stamp = backend_.gradient_stamp(ModuleRef{ptr});
+        names_.grad_stamp(info.fqn) = backend_.gradient_stamp(ModuleRef{ptr});
     });
   }
   watch_ = backend_.start_watch();
@@ -60,6 +60,7 @@ void Engine::start() {
     first_call_seen();  // ends the watch
     throw;
   }
+  notify_scope(true);
 }
 
 void Engine::first_call_seen() {
@@ -86,7 +87,7 @@ void Engine::check_scope_end() {
       auto alive = info.weak.lock();
       if (!alive) return;
       const auto stamp = backend_.gradient_stamp(ModuleRef{ptr});
-      if (stamp != 0 && stamp != info.grad_stamp) candidates.emplace_back(names_.fqn(info.fqn), std::move(alive));
+      if (stamp != 0 && stamp != names_.grad_stamp(info.fqn)) candidates.emplace_back(names_.fqn(info.fqn), std::move(alive));
     });
   }
   for (const auto& [fqn, module] : candidates) {
@@ -107,6 +108,7 @@ void Engine::stop() {
     check_scope_end();
   } catch (...) {  // a sink that throws: the scope still ends
   }
+  notify_scope(false);
   // Calls still running will never report their end to this scope: forget
   // them, and every count but Global's.
   std::vector<ActivationRef> abandoned;  // freed after the lock

@@ -34,6 +34,7 @@ void TrackerBase::set_filter(detail::ErasedFilter filter) { engine_->set_filter(
 void TrackerBase::clear_filter() { engine_->set_filter({}); }
 void TrackerBase::set_diagnostics(DiagnosticSink sink) { engine_->set_sink(std::move(sink)); }
 Generator<Transition> TrackerBase::drain_transitions() { return engine_->drain(); }
+Registration TrackerBase::add_listener(TransitionListener& listener) { return engine_->add_listener(listener); }
 std::uint64_t TrackerBase::dropped_transitions() const { return engine_->dropped(); }
 
 namespace detail {
@@ -45,6 +46,7 @@ Engine::Engine(HookBackend& backend, TrackerOptions options)
 }
 
 Engine::~Engine() {
+  self_.reset();  // listeners' handles remove nothing from here on
   if (!epoch_) return;
   try {
     stop();

@@ -1,0 +1,305 @@
+// FlopCounter: a RecordFunction callback sees every operator (forward, and
+// backward's inside the engine's nodes) with its inputs; the formulas below
+// count the matmul and convolution family; a transition listener keeps the
+// set of modules running, which each count is credited to. Built with NDEBUG
+// always (CMakeLists.txt): RecordFunction's layout differs without it, and
+// LibTorch is built with it.
+#include <torch/torch.h>
+#include <torch/csrc/autograd/graph_task.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "detail/spin_lock.hpp"
+#include "modtracker/libtorch/flops.hpp"
+
+namespace modtracker::libtorch {
+
+namespace {
+
+using modtracker::detail::SpinLock;
+
+// --- the formulas: hand counts, 2 FLOPs per multiply-add ----------------------
+enum Operator : std::uint8_t { mm, addmm, bmm, baddbmm, convolution, convolution_backward, operators };
+constexpr std::array<std::string_view, operators> operator_names{"aten::mm",      "aten::addmm",       "aten::bmm",
+                                                                 "aten::baddbmm", "aten::convolution", "aten::convolution_backward"};
+
+using Inputs = c10::ArrayRef<const c10::IValue>;
+
+std::int64_t product(c10::IntArrayRef v, std::size_t from = 0) {
+  std::int64_t p = 1;
+  for (std::size_t i = from; i < v.size(); ++i) p *= v[i];
+  return p;
+}
+
+// A convolution's forward FLOPs: 2 * batch * (output positions, or for a
+// transposed one input positions) * every weight element.
+std::uint64_t convolution_flops(c10::IntArrayRef x, c10::IntArrayRef w, c10::IntArrayRef out_spatial, bool transposed) {
+  const auto positions = transposed ? product(x, 2) : product(out_spatial);
+  return static_cast<std::uint64_t>(2 * x[0] * positions * product(w));
+}
+
+std::int64_t at_or_first(const c10::List<std::int64_t>& v, std::size_t i) { return v.size() > i ? v.get(i) : v.get(0); }
+
+// Throws c10::Error on arguments of unexpected types or shapes.
+std::uint64_t flops_of(Operator op, Inputs in) {
+  switch (op) {
+    case mm:
+    case addmm: {
+      const auto a = in[op == mm ? 0 : 1].toTensor().sizes(), b = in[op == mm ? 1 : 2].toTensor().sizes();
+      TORCH_CHECK(a.size() == 2 && b.size() == 2, "not matrices");
+      return static_cast<std::uint64_t>(2 * a[0] * a[1] * b[1]);
+    }
+    case bmm:
+    case baddbmm: {
+      const auto a = in[op == bmm ? 0 : 1].toTensor().sizes(), b = in[op == bmm ? 1 : 2].toTensor().sizes();
+      TORCH_CHECK(a.size() == 3 && b.size() == 3, "not batches of matrices");
+      return static_cast<std::uint64_t>(2 * a[0] * a[1] * a[2] * b[2]);
+    }
+    case convolution: {  // (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+      const auto x = in[0].toTensor().sizes(), w = in[1].toTensor().sizes();
+      const bool transposed = in[6].toBool();
+      TORCH_CHECK(x.size() >= 3 && x.size() == w.size(), "not a convolution's shapes");
+      const auto stride = in[3].toIntList(), padding = in[4].toIntList(), dilation = in[5].toIntList();
+      std::vector<std::int64_t> out;
+      for (std::size_t i = 2; i < x.size(); ++i) {
+        const auto k = i - 2;
+        out.push_back((x[i] + 2 * at_or_first(padding, k) - at_or_first(dilation, k) * (w[i] - 1) - 1) /
+                          at_or_first(stride, k) + 1);
+      }
+      return convolution_flops(x, w, out, transposed);
+    }
+    case convolution_backward: {  // (grad_output, input, weight, bias_sizes, stride, padding, dilation,
+                                  //  transposed, output_padding, groups, output_mask)
+      const auto g = in[0].toTensor().sizes(), x = in[1].toTensor().sizes(), w = in[2].toTensor().sizes();
+      const bool transposed = in[7].toBool();
+      const auto mask = in[10].toBoolList();
+      TORCH_CHECK(g.size() >= 3 && mask.size() >= 2, "not a convolution's backward");
+      // The input's and the weight's gradients each cost a forward; the bias's is a sum.
+      const std::uint64_t gradients = (mask.get(0) ? 1 : 0) + (mask.get(1) ? 1 : 0);
+      return gradients * convolution_flops(x, w, g.slice(2), transposed);
+    }
+    case operators: break;
+  }
+  return 0;
+}
+
+// Which operator a RecordFunction is, from its name: schema names are
+// stable strings, so each thread remembers its answers by address, and for
+// an operator without a formula, whether the counters listening now have
+// it listed (`listed` against `listings`, which a counter's new scope moves on).
+constexpr std::int8_t not_an_operator = -2, uncounted = -1;
+struct NameCache {
+  struct Slot {
+    const char* name = nullptr;
+    std::int8_t op = not_an_operator;
+    std::uint32_t listed = 0;
+  };
+  std::array<Slot, 256> slots{};
+};
+[[gnu::tls_model("initial-exec")]] thread_local NameCache name_cache;
+std::atomic<std::uint32_t> listings{1};
+
+NameCache::Slot& classify(const char* name) {
+  auto& slot = name_cache.slots[(reinterpret_cast<std::uintptr_t>(name) >> 4) & 255];
+  if (slot.name == name) return slot;
+  std::int8_t op = not_an_operator;
+  if (std::strncmp(name, "aten::", 6) == 0) {
+    op = uncounted;
+    for (std::size_t i = 0; i < operator_names.size(); ++i)
+      if (operator_names[i] == name) op = static_cast<std::int8_t>(i);
+  }
+  slot = {name, op, 0};
+  return slot;
+}
+
+}  // namespace
+
+struct FlopCounter::State {
+  SpinLock lock;  // guards all below
+  bool active = false;
+  std::unordered_map<const char*, std::uint32_t> ids{{nullptr, 0}};  // the tracker's interned fqn -> index
+  std::vector<std::string> names{"Global"};
+  std::vector<std::uint32_t> running{1};       // per index: its activations running now ("Global": always)
+  std::vector<std::uint32_t> running_list{0};  // the indices running
+  std::array<std::vector<std::array<std::uint64_t, operators>>, 2> flops{std::vector<std::array<std::uint64_t, operators>>(1),
+                                                                         std::vector<std::array<std::uint64_t, operators>>(1)};
+  std::vector<std::uint64_t> all_flops{0};           // per index, both phases: for activations
+  std::vector<std::vector<std::uint64_t>> open{{}};  // per index: all_flops at each running activation's enter
+  std::map<std::uint64_t, std::uint64_t> by_activation;  // exit sequence -> FLOPs (the latest 65536)
+  std::set<std::string> uncounted;
+
+  std::uint32_t index(std::string_view fqn) {
+    const auto [it, fresh] = ids.try_emplace(fqn.data(), static_cast<std::uint32_t>(names.size()));
+    if (fresh) {
+      names.emplace_back(fqn);
+      running.push_back(0);
+      flops[0].emplace_back();
+      flops[1].emplace_back();
+      all_flops.push_back(0);
+      open.emplace_back();
+    }
+    return it->second;
+  }
+  void credit(Operator op, Phase phase, std::uint64_t n) {
+    const auto p = static_cast<std::size_t>(phase);
+    for (const auto i : running_list) {
+      flops[p][i][op] += n;
+      all_flops[i] += n;
+    }
+  }
+};
+
+namespace {
+
+// Every counter's state, for the one RecordFunction callback (a plain function).
+struct Counters {
+  SpinLock lock;
+  std::vector<FlopCounter::State*> all;
+  at::CallbackHandle callback = 0;
+};
+Counters& counters() {
+  static Counters c;
+  return c;
+}
+
+std::unique_ptr<at::ObserverContext> count_operator(const at::RecordFunction& fn) {
+  const char* name = fn.name();
+  auto& slot = classify(name);
+  const auto op = slot.op;
+  if (op == not_an_operator) return nullptr;
+  auto& c = counters();
+  if (op == uncounted) {
+    const auto now = listings.load(std::memory_order_relaxed);
+    if (slot.listed == now) return nullptr;  // listed already: the usual case
+    slot.listed = now;
+    std::lock_guard<SpinLock> lock(c.lock);
+    for (auto* s : c.all) {
+      std::lock_guard<SpinLock> inner(s->lock);
+      if (s->active) s->uncounted.emplace(name);
+    }
+    return nullptr;
+  }
+  std::uint64_t n = 0;
+  bool understood = true;
+  try {
+    n = flops_of(static_cast<Operator>(op), fn.inputs());
+  } catch (const std::exception&) {  // arguments of unexpected types: count zero, and list it
+    understood = false;
+  }
+  const auto phase = torch::autograd::get_current_graph_task_exec_info() ? Phase::backward : Phase::forward;
+  std::lock_guard<SpinLock> lock(c.lock);
+  for (auto* s : c.all) {
+    std::lock_guard<SpinLock> inner(s->lock);
+    if (!s->active) continue;
+    if (understood) s->credit(static_cast<Operator>(op), phase, n);
+    else s->uncounted.emplace(std::string(name) + " (arguments not understood)");
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+FlopCounter::FlopCounter(Tracker& tracker) : state_(std::make_shared<State>()) {
+  {
+    auto& c = counters();
+    std::lock_guard<SpinLock> lock(c.lock);
+    if (c.all.empty())
+      c.callback = at::addGlobalCallback(
+          at::RecordFunctionCallback(&count_operator).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
+    c.all.push_back(state_.get());
+  }
+  listening_ = tracker.add_listener(*this);
+}
+
+FlopCounter::~FlopCounter() {
+  listening_ = Registration{};
+  auto& c = counters();
+  std::lock_guard<SpinLock> lock(c.lock);
+  std::erase(c.all, state_.get());
+  if (c.all.empty()) at::removeCallback(std::exchange(c.callback, 0));
+}
+
+void FlopCounter::on_scope(bool started) {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  state_->active = started;
+  if (started) {
+    listings.fetch_add(1, std::memory_order_relaxed);  // every thread lists its uncounted operators anew
+    return;
+  }
+  for (std::size_t i = 1; i < state_->running.size(); ++i) state_->running[i] = 0;  // the scope's calls end with it
+  state_->running_list.assign(1, 0);
+  for (auto& o : state_->open) o.clear();
+}
+
+void FlopCounter::on_transition(const Transition& t) {
+  auto& s = *state_;
+  std::lock_guard<SpinLock> lock(s.lock);
+  const auto i = s.index(t.fqn);
+  if (t.kind == Kind::enter) {
+    if (s.running[i]++ == 0) s.running_list.push_back(i);
+    s.open[i].push_back(s.all_flops[i]);
+    return;
+  }
+  if (s.running[i] == 0) return;  // entered before this counter listened
+  if (--s.running[i] == 0) std::erase(s.running_list, i);
+  if (s.open[i].empty()) return;
+  const auto flops = s.all_flops[i] - s.open[i].back();
+  s.open[i].pop_back();
+  if (flops == 0) return;
+  s.by_activation[t.sequence] = flops;
+  if (s.by_activation.size() > (1u << 16)) s.by_activation.erase(s.by_activation.begin());
+}
+
+std::uint64_t FlopCounter::total(Phase phase) const {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  std::uint64_t sum = 0;
+  for (const auto n : state_->flops[static_cast<std::size_t>(phase)][0]) sum += n;
+  return sum;
+}
+
+std::map<std::string, std::map<std::string, std::uint64_t>> FlopCounter::counts(Phase phase) const {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  std::map<std::string, std::map<std::string, std::uint64_t>> out;
+  const auto& per = state_->flops[static_cast<std::size_t>(phase)];
+  for (std::size_t i = 0; i < per.size(); ++i)
+    for (std::size_t op = 0; op < operators; ++op)
+      if (per[i][op] != 0) out[state_->names[i]][std::string(operator_names[op])] = per[i][op];
+  return out;
+}
+
+std::uint64_t FlopCounter::activation_flops(std::uint64_t exit_sequence) const {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  const auto it = state_->by_activation.find(exit_sequence);
+  return it == state_->by_activation.end() ? 0 : it->second;
+}
+
+std::vector<std::string> FlopCounter::uncounted_operators() const {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  return {state_->uncounted.begin(), state_->uncounted.end()};
+}
+
+void FlopCounter::reset() {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  for (auto& per : state_->flops)
+    for (auto& row : per) row.fill(0);
+  std::fill(state_->all_flops.begin(), state_->all_flops.end(), 0);
+  for (auto& o : state_->open) std::fill(o.begin(), o.end(), 0);
+  state_->by_activation.clear();
+  state_->uncounted.clear();
+  listings.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace modtracker::libtorch
