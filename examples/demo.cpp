@@ -1,7 +1,9 @@
 // modtracker-demo: trains a small model on synthetic data under a tracker,
-// then prints the per-module table and writes a Chrome/Perfetto trace.
+// with a FLOP counter and a memory tracker on it, then prints the per-module
+// table and the biggest consumers, and writes a Chrome/Perfetto trace.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -95,7 +97,9 @@ int usage(std::FILE* to, int code) {
                "  --depth D       table rows down to depth D (fqn dots + 1), 0 = all (default 0)\n"
                "  --trace PATH    where to write the trace (default trace.json)\n"
                "  --sort COLUMN   flat table sorted by module, fw_calls, fw_incl, fw_excl, bw_calls,\n"
-               "                  bw_incl, bw_excl, params or bytes (default: tree order)\n"
+               "                  bw_incl, bw_excl, params, bytes, fw_flops, bw_flops, fw_peak,\n"
+               "                  kept or bw_peak (default: tree order)\n"
+               "  --tools on|off  count FLOPs and memory per module (default on)\n"
                "  --help          this text\n");
   return code;
 }
@@ -107,11 +111,55 @@ std::optional<long> to_number(const char* s, long min) {
   return v;
 }
 
+// The modules without children (a layer's cost, not its parents' sum).
+std::vector<const modtracker::ModuleStats*> leaves(const modtracker::Statistics& stats) {
+  const auto rows = stats.rows();  // tree order: a module's children right after it
+  std::vector<const modtracker::ModuleStats*> out;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (i + 1 == rows.size() || !rows[i + 1]->fqn.starts_with(rows[i]->fqn + ".")) out.push_back(rows[i]);
+  return out;
+}
+
+template <class Key>
+void print_top(const char* what, std::vector<const modtracker::ModuleStats*> rows, Key key, std::uint64_t total,
+               std::string (*format)(std::uint64_t)) {
+  std::stable_sort(rows.begin(), rows.end(), [&](auto* a, auto* b) { return key(*a) > key(*b); });
+  std::printf("  %-24s", what);
+  for (std::size_t i = 0; i < rows.size() && i < 3 && key(*rows[i]) > 0; ++i)
+    std::printf("%s%s %s (%.0f%%)", i ? ", " : "", rows[i]->fqn.c_str(), format(key(*rows[i])).c_str(),
+                total ? 100.0 * static_cast<double>(key(*rows[i])) / static_cast<double>(total) : 0.0);
+  std::printf("\n");
+}
+
+void print_consumers(const modtracker::Statistics& stats, const lt::FlopCounter& flops, const lt::MemoryTracker& memory) {
+  using modtracker::Phase;
+  const auto layers = leaves(stats);
+  const auto total = flops.total(Phase::forward) + flops.total(Phase::backward);
+  std::printf("biggest consumers (layers, of all the steps):\n");
+  print_top("FLOPs (fw + bw):", layers, [](const auto& r) { return r.fw_flops.value_or(0) + r.bw_flops.value_or(0); },
+            total, modtracker::format_count);
+  std::uint64_t kept = 0;
+  for (const auto* r : layers) kept += r->fw_kept_bytes.value_or(0);
+  print_top("kept for backward:", layers, [](const auto& r) { return r.fw_kept_bytes.value_or(0); }, kept,
+            modtracker::format_bytes);
+  const auto peak = memory.peak();
+  std::printf("  %-24s%s in %s (%s):", "peak memory:", modtracker::format_bytes(peak.bytes).c_str(),
+              peak.fqn.empty() ? "no module" : peak.fqn.c_str(), peak.phase == Phase::forward ? "forward" : "backward");
+  for (std::size_t c = 0; c < lt::memory_categories; ++c)
+    if (peak.by_category[c])
+      std::printf(" %s %s", std::string(lt::category_name(static_cast<lt::MemoryCategory>(c))).c_str(),
+                  modtracker::format_bytes(peak.by_category[c]).c_str());
+  const auto uncounted = flops.uncounted_operators();
+  std::printf("\n  FLOPs count the matmul and convolution family; %zu other operators ran and count zero%s\n",
+              uncounted.size(), uncounted.empty() ? "" : (" (" + uncounted.front() + ", ...)").c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_name = "classifier", trace_path = "trace.json";
   long steps = 20, warmup = 1, depth = 0;
+  bool tools = true;
   modtracker::TableOptions table;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
@@ -126,6 +174,8 @@ int main(int argc, char** argv) {
       warmup = *to_number(value, 0);
     } else if (arg == "--depth" && to_number(value, 0)) {
       depth = *to_number(value, 0);
+    } else if (arg == "--tools" && (value == std::string_view("on") || value == std::string_view("off"))) {
+      tools = value == std::string_view("on");
     } else if (arg == "--trace" && *value) {
       trace_path = value;
     } else if (arg == "--sort" && modtracker::column_from_name(value)) {
@@ -153,6 +203,15 @@ int main(int argc, char** argv) {
   lt::ShapeRecorder shapes;
   modtracker::Statistics stats;
   modtracker::ChromeTraceWriter trace(trace_file, "modtracker-demo " + model_name);
+  std::optional<lt::FlopCounter> flops;
+  std::optional<lt::MemoryTracker> memory;
+  if (tools) {
+    flops.emplace(tracker);
+    memory.emplace(tracker);
+    memory->track(*model->module);
+    memory->track(opt);
+    lt::annotate(trace, *flops);
+  }
   const bool tty = isatty(fileno(stdout)) != 0;
   std::printf("modtracker-demo: %s, %ld steps on synthetic data (after %ld warm-up step%s)\n", model_name.c_str(), steps,
               warmup, warmup == 1 ? "" : "s");
@@ -172,6 +231,10 @@ int main(int argc, char** argv) {
       for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {  // read and dropped
       }
     }
+    if (tools) {
+      flops->reset();
+      memory->reset();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     for (long step = 1; step <= steps; ++step) {
       const auto loss = train_step();
@@ -189,9 +252,15 @@ int main(int argc, char** argv) {
       }
     }
   }
-  trace.finish();
   lt::annotate(stats, tracker, *model->module, &shapes);
+  if (tools) {
+    lt::annotate(trace, *memory);
+    lt::annotate(stats, *flops);
+    lt::annotate(stats, *memory);
+  }
+  trace.finish();
   std::printf("%s\n%s\n", tty ? "\n" : "", stats.table(table).c_str());
+  if (tools) print_consumers(stats, *flops, *memory);
   std::printf("trace: %s (%llu slices)\n", std::filesystem::absolute(trace_path).c_str(),
               static_cast<unsigned long long>(trace.slices()));
   std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");

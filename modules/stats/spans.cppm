@@ -30,6 +30,7 @@ struct Span {
   /// False when it closed below another open span (they overlap: backward
   /// through a graph whose branches share an input).
   bool nested = true;
+  std::uint64_t exit_sequence = 0;  ///< the sequence number of its exit transition
   [[nodiscard]] std::chrono::nanoseconds inclusive() const noexcept { return end - start; }
   [[nodiscard]] std::chrono::nanoseconds exclusive() const noexcept { return inclusive() - children; }
 };

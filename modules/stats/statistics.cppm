@@ -25,11 +25,19 @@ struct ModuleStats {
   std::uint64_t params_trainable = 0, params_frozen = 0;  ///< of the module and its children
   std::uint64_t bytes_trainable = 0, bytes_frozen = 0;
   std::string output_shape;  ///< of the last forward call, as the backend spells it
+  /// From tools, when attached (their columns show only then): FLOPs of
+  /// each phase (summed over calls, submodules included), and memory: the
+  /// most live bytes above the level at entry in forward and in backward
+  /// (over calls), and the bytes its forwards kept (summed).
+  std::optional<std::uint64_t> fw_flops, bw_flops, fw_peak_bytes, fw_kept_bytes, bw_peak_bytes;
   [[nodiscard]] std::size_t depth() const noexcept;  ///< dots in the fqn + 1
 };
 
 /// The table's sortable columns (their names are the keys of --sort).
-enum class Column { module, fw_calls, fw_inclusive, fw_exclusive, bw_calls, bw_inclusive, bw_exclusive, params, bytes };
+enum class Column {
+  module, fw_calls, fw_inclusive, fw_exclusive, bw_calls, bw_inclusive, bw_exclusive, params, bytes,
+  fw_flops, bw_flops, fw_peak, fw_kept, bw_peak
+};
 /// "fw_incl" etc. to a Column; nothing for an unknown name.
 [[nodiscard]] std::optional<Column> column_from_name(std::string_view name);
 [[nodiscard]] std::string_view column_name(Column c);

@@ -4,8 +4,14 @@ module;
 // <cstdint> first in every module unit: clang 16 otherwise finds two
 // definitions of std entities that name its typedefs (std::align).
 #include <cstdint>
+#include <chrono>
+#include <functional>
+#include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 export module modtracker.stats:trace;
 import modtracker;
 import :spans;
@@ -27,6 +33,12 @@ class ChromeTraceWriter {
   void consume_all(Range&& transitions) {
     for (const auto& t : transitions) consume(t);
   }
+  /// Gives every slice consumed from now on the argument `name`, valued
+  /// `value(span)` where that is not empty (a tool's FLOPs, for instance).
+  void add_slice_arg(std::string name, std::function<std::optional<std::uint64_t>(const Span&)> value);
+  /// A sample of the process's counter track `track` (series `series`) at
+  /// `time` (the transitions' clock): a memory curve, for instance.
+  void counter(std::string_view track, std::string_view series, std::chrono::nanoseconds time, double value);
   /// Closes the JSON document (also done by the destructor).
   void finish();
   [[nodiscard]] std::uint64_t slices() const noexcept { return slices_; }
@@ -35,6 +47,7 @@ class ChromeTraceWriter {
   void write(const Span& s);
   std::ostream& out_;
   SpanMatcher matcher_;
+  std::vector<std::pair<std::string, std::function<std::optional<std::uint64_t>(const Span&)>>> slice_args_;
   std::uint64_t slices_ = 0, async_ids_ = 0;
   bool finished_ = false;
 };

@@ -1,8 +1,12 @@
-// LibTorch annotations of the statistics: parameters and output shapes.
+// LibTorch annotations of the statistics and traces: parameters, output
+// shapes, and the FLOP counter's and memory tracker's numbers.
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_set>
 
@@ -59,6 +63,54 @@ void annotate(Statistics& stats, const Tracker& tracker, const torch::nn::Module
     }
     if (shapes) row.output_shape = shapes->shape_of(module);
   }
+}
+
+}  // namespace modtracker::libtorch
+
+namespace modtracker::libtorch {
+
+void annotate(Statistics& stats, const FlopCounter& flops) {
+  std::array<std::map<std::string, std::map<std::string, std::uint64_t>>, 2> counts{flops.counts(Phase::forward),
+                                                                                      flops.counts(Phase::backward)};
+  for (const auto& per : counts)
+    for (const auto& [fqn, ops] : per)
+      if (fqn != "Global") stats.at(fqn);
+  const auto sum = [](const auto& per, const std::string& fqn) {
+    std::uint64_t n = 0;
+    if (const auto it = per.find(fqn); it != per.end())
+      for (const auto& [op, f] : it->second) n += f;
+    return n;
+  };
+  for (const auto* row : stats.rows()) {
+    auto& r = stats.at(row->fqn);
+    r.fw_flops = sum(counts[0], r.fqn);
+    r.bw_flops = sum(counts[1], r.fqn);
+  }
+}
+
+void annotate(Statistics& stats, const MemoryTracker& memory) {
+  const auto all = memory.modules();
+  for (const auto& [fqn, phases] : all) stats.at(fqn);
+  for (const auto* row : stats.rows()) {
+    auto& r = stats.at(row->fqn);
+    const auto it = all.find(r.fqn);
+    const auto& fw = it == all.end() ? ModuleMemory{} : it->second[0];
+    const auto& bw = it == all.end() ? ModuleMemory{} : it->second[1];
+    r.fw_peak_bytes = fw.peak;
+    r.fw_kept_bytes = fw.kept;
+    r.bw_peak_bytes = bw.peak;
+  }
+}
+
+void annotate(ChromeTraceWriter& trace, const FlopCounter& flops) {
+  trace.add_slice_arg("flops", [&flops](const Span& s) -> std::optional<std::uint64_t> {
+    const auto n = flops.activation_flops(s.exit_sequence);
+    return n ? std::optional<std::uint64_t>(n) : std::nullopt;
+  });
+}
+
+void annotate(ChromeTraceWriter& trace, const MemoryTracker& memory) {
+  for (const auto& [time, bytes] : memory.timeline()) trace.counter("memory", "live bytes", time, static_cast<double>(bytes));
 }
 
 }  // namespace modtracker::libtorch

@@ -32,7 +32,7 @@ std::optional<Span> SpanMatcher::consume(const Transition& t) {
   open.erase(std::next(it).base());
   auto& calls = calls_[{closed.fqn, t.phase}];
   return Span{closed.fqn, t.phase, t.thread, closed.depth, calls++, closed.start, t.time,
-              (t.time - closed.start) - closed.innermost, top};
+              (t.time - closed.start) - closed.innermost, top, t.sequence};
 }
 
 std::size_t SpanMatcher::open() const noexcept {

@@ -12,6 +12,7 @@ module;
 #include <string_view>
 #include <vector>
 
+#include <range/v3/algorithm/any_of.hpp>
 #include <range/v3/algorithm/find_if.hpp>
 #include <range/v3/algorithm/max.hpp>
 #include <range/v3/numeric/accumulate.hpp>
@@ -26,9 +27,11 @@ namespace modtracker {
 namespace {
 
 // The totals line: calls and exclusive times over every module, parameters of the roots.
+// FLOPs and kept bytes of the roots summed, peaks the largest root's.
 struct Totals {
   std::uint64_t fw_calls = 0, bw_calls = 0, params = 0, frozen = 0, bytes = 0;
   std::chrono::nanoseconds fw{}, bw{};
+  std::uint64_t fw_flops = 0, bw_flops = 0, fw_peak = 0, fw_kept = 0, bw_peak = 0;
 };
 
 struct ColumnSpec {
@@ -39,6 +42,8 @@ struct ColumnSpec {
   std::string (*cell)(const ModuleStats&);
   double (*sort_key)(const ModuleStats&);  // larger first; null: by name
   std::string (*total)(const Totals&);
+  // A tool's column: shown when some row has its value.
+  const std::optional<std::uint64_t> ModuleStats::*tool = nullptr;
 };
 
 // A container never called itself (a ModuleList) shows no times, not zeros.
@@ -46,6 +51,11 @@ std::string time_cell(std::uint64_t calls, std::chrono::nanoseconds d) { return 
 double as_key(std::uint64_t n) { return static_cast<double>(n); }
 double as_key(std::chrono::nanoseconds d) { return static_cast<double>(d.count()); }
 std::string none(const Totals&) { return {}; }
+template <auto Field>
+double tool_key(const ModuleStats& r) { return as_key((r.*Field).value_or(0)); }
+// A tool's cell: "-" where the tool gave nothing or the phase never ran (a container's).
+template <auto Field, auto Calls, std::string (*Format)(std::uint64_t)>
+std::string tool_cell(const ModuleStats& r) { return (r.*Field) && r.*Calls ? Format(*(r.*Field)) : "-"; }
 
 constexpr ColumnSpec columns[] = {
     {"module", true, Column::module, "module", [](const ModuleStats& r) { return r.fqn; }, nullptr,
@@ -77,6 +87,19 @@ constexpr ColumnSpec columns[] = {
      [](const ModuleStats& r) { return as_key(r.bytes_trainable + r.bytes_frozen); },
      [](const Totals& t) { return format_bytes(t.bytes); }},
     {"output", true, std::nullopt, "", [](const ModuleStats& r) { return r.output_shape; }, nullptr, none},
+    {"fw FLOPs", false, Column::fw_flops, "fw_flops", tool_cell<&ModuleStats::fw_flops, &ModuleStats::fw_calls, format_count>,
+     tool_key<&ModuleStats::fw_flops>, [](const Totals& t) { return format_count(t.fw_flops); }, &ModuleStats::fw_flops},
+    {"bw FLOPs", false, Column::bw_flops, "bw_flops", tool_cell<&ModuleStats::bw_flops, &ModuleStats::bw_calls, format_count>,
+     tool_key<&ModuleStats::bw_flops>, [](const Totals& t) { return format_count(t.bw_flops); }, &ModuleStats::bw_flops},
+    {"fw peak", false, Column::fw_peak, "fw_peak", tool_cell<&ModuleStats::fw_peak_bytes, &ModuleStats::fw_calls, format_bytes>,
+     tool_key<&ModuleStats::fw_peak_bytes>, [](const Totals& t) { return format_bytes(t.fw_peak); },
+     &ModuleStats::fw_peak_bytes},
+    {"kept", false, Column::fw_kept, "kept", tool_cell<&ModuleStats::fw_kept_bytes, &ModuleStats::fw_calls, format_bytes>,
+     tool_key<&ModuleStats::fw_kept_bytes>, [](const Totals& t) { return format_bytes(t.fw_kept); },
+     &ModuleStats::fw_kept_bytes},
+    {"bw peak", false, Column::bw_peak, "bw_peak", tool_cell<&ModuleStats::bw_peak_bytes, &ModuleStats::bw_calls, format_bytes>,
+     tool_key<&ModuleStats::bw_peak_bytes>, [](const Totals& t) { return format_bytes(t.bw_peak); },
+     &ModuleStats::bw_peak_bytes},
 };
 
 constexpr std::span<const ColumnSpec> all_columns{columns};
@@ -87,11 +110,12 @@ const ColumnSpec* spec_of(Column c) {
 }
 
 // Cells padded to their column's width, two blanks apart, no trailing blanks.
-std::string line(const std::vector<std::string>& cells, const std::vector<std::size_t>& width) {
+std::string line(const std::vector<const ColumnSpec*>& used, const std::vector<std::string>& cells,
+                 const std::vector<std::size_t>& width) {
   std::string out;
   for (std::size_t i = 0; i < cells.size(); ++i) {
     const std::string pad(width[i] - cells[i].size(), ' ');
-    out += columns[i].text ? cells[i] + pad : pad + cells[i];
+    out += used[i]->text ? cells[i] + pad : pad + cells[i];
     if (i + 1 != cells.size()) out += "  ";
   }
   out.erase(out.find_last_not_of(' ') + 1);
@@ -127,13 +151,23 @@ std::string Statistics::table(const TableOptions& options) const {
     totals.params += r.params_trainable + r.params_frozen;
     totals.frozen += r.params_frozen;
     totals.bytes += r.bytes_trainable + r.bytes_frozen;
+    totals.fw_flops += r.fw_flops.value_or(0);
+    totals.bw_flops += r.bw_flops.value_or(0);
+    totals.fw_kept += r.fw_kept_bytes.value_or(0);
+    totals.fw_peak = std::max(totals.fw_peak, r.fw_peak_bytes.value_or(0));
+    totals.bw_peak = std::max(totals.bw_peak, r.bw_peak_bytes.value_or(0));
   }
 
+  // The tools' columns only where a tool gave a row its value.
+  const auto used = all_columns | ranges::views::filter([&](const ColumnSpec& s) {
+                      return !s.tool || ranges::any_of(rows_, [&](const auto& kv) { return (kv.second.*s.tool).has_value(); });
+                    }) |
+                    ranges::views::transform([](const ColumnSpec& s) { return &s; }) | ranges::to<std::vector>();
   std::vector<std::vector<std::string>> cells;
-  cells.push_back(all_columns | ranges::views::transform([](const ColumnSpec& s) { return std::string(s.header); }) |
+  cells.push_back(used | ranges::views::transform([](const ColumnSpec* s) { return std::string(s->header); }) |
                   ranges::to<std::vector>());
   for (const auto* r : shown) {
-    auto row = all_columns | ranges::views::transform([r](const ColumnSpec& s) { return s.cell(*r); }) |
+    auto row = used | ranges::views::transform([r](const ColumnSpec* s) { return s->cell(*r); }) |
                ranges::to<std::vector>();
     if (tree) {  // indented, by the last segment of the fqn
       const auto dot = r->fqn.rfind('.');
@@ -141,18 +175,18 @@ std::string Statistics::table(const TableOptions& options) const {
     }
     cells.push_back(std::move(row));
   }
-  cells.push_back(all_columns | ranges::views::transform([&](const ColumnSpec& s) { return s.total(totals); }) |
+  cells.push_back(used | ranges::views::transform([&](const ColumnSpec* s) { return s->total(totals); }) |
                   ranges::to<std::vector>());
 
   std::vector<std::size_t> width;
-  for (std::size_t i = 0; i < std::size(columns); ++i)
+  for (std::size_t i = 0; i < used.size(); ++i)
     width.push_back(ranges::max(cells | ranges::views::transform([i](const auto& row) { return row[i].size(); })));
   const auto rule = ranges::accumulate(width, std::size_t{0}) + 2 * (width.size() - 1);
 
   std::string out;
   for (std::size_t r = 0; r < cells.size(); ++r) {
     if (r + 1 == cells.size()) out += std::string(rule, '-') + '\n';
-    out += line(cells[r], width);
+    out += line(used, cells[r], width);
   }
   return out;
 }

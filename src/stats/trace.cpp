@@ -6,6 +6,8 @@ module;
 #include <cstdint>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -64,7 +66,10 @@ void ChromeTraceWriter::write(const Span& s) {
                 << "\",\"cat\":\"" << phase << "\",";
   };
   auto args = [&]() -> std::ostream& {
-    return out_ << "\"args\":{\"fqn\":\"" << fqn << "\",\"phase\":\"" << phase << "\",\"call\":" << s.call << "}}";
+    out_ << "\"args\":{\"fqn\":\"" << fqn << "\",\"phase\":\"" << phase << "\",\"call\":" << s.call;
+    for (const auto& [name, value] : slice_args_)
+      if (const auto v = value(s)) out_ << ",\"" << json_escape(name) << "\":" << *v;
+    return out_ << "}}";
   };
   if (s.nested) {
     head("X") << "\"ts\":" << us(s.start) << ",";
@@ -77,6 +82,21 @@ void ChromeTraceWriter::write(const Span& s) {
     head("e") << "\"id\":" << id << ",\"ts\":" << us(s.end) << "}";
   }
   ++slices_;
+}
+
+void ChromeTraceWriter::add_slice_arg(std::string name,
+                                      std::function<std::optional<std::uint64_t>(const Span&)> value) {
+  slice_args_.emplace_back(std::move(name), std::move(value));
+}
+
+void ChromeTraceWriter::counter(std::string_view track, std::string_view series, std::chrono::nanoseconds time,
+                                double value) {
+  if (finished_) return;
+  char ts[48], num[48];
+  std::snprintf(ts, sizeof ts, "%.3f", static_cast<double>(time.count()) / 1e3);
+  std::snprintf(num, sizeof num, "%.17g", value);
+  out_ << ",\n{\"ph\":\"C\",\"pid\":1,\"tid\":0,\"name\":\"" << json_escape(track) << "\",\"ts\":" << ts
+       << ",\"args\":{\"" << json_escape(series) << "\":" << num << "}}";
 }
 
 void ChromeTraceWriter::finish() {

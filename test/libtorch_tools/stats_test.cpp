@@ -89,3 +89,57 @@ TEST_CASE("Chrome trace of a LibTorch step: forward and backward slices, nested,
     CHECK(inner.at("tid") == outer.at("tid"));
   }
 }
+
+TEST_CASE("the table gains FLOPs and memory columns when those tools are attached, and the trace their data") {
+  torch::manual_seed(0);
+  lt::nn::Sequential seq(lt::nn::Linear(4, 8), lt::nn::ReLU(), lt::nn::Linear(8, 2));
+  lt::Tracker tracker;
+  lt::FlopCounter flops(tracker);
+  lt::MemoryTracker memory(tracker);
+  modtracker::Statistics stats;
+  std::ostringstream out;
+  {
+    modtracker::ChromeTraceWriter trace(out);
+    lt::annotate(trace, flops);
+    {
+      auto scope = tracker.track();
+      seq(torch::randn({3, 4}, torch::requires_grad())).sum().backward();
+      for (const auto& t : tracker.drain_transitions()) {
+        stats.consume(t);
+        trace.consume(t);
+      }
+    }
+    lt::annotate(trace, memory);
+  }
+  const auto plain = stats.table();
+  CHECK(plain.find("FLOPs") == std::string::npos);  // not annotated yet: no tools' columns
+  CHECK(plain.find("kept") == std::string::npos);
+  lt::annotate(stats, flops);
+  lt::annotate(stats, memory);
+  const auto* first = stats.find("Sequential.0");
+  CHECK(first->fw_flops == 2 * 3 * 4 * 8);
+  CHECK(first->bw_flops == 2 * 2 * 3 * 4 * 8);  // the input's gradient and the weight's
+  CHECK(stats.find("Sequential.1")->fw_flops == 0);
+  CHECK(first->fw_kept_bytes == 3 * 8 * 4);
+  CHECK(stats.find("Sequential")->fw_flops == 2 * 3 * (4 * 8 + 8 * 2));
+  const auto table = stats.table();
+  for (const char* header : {"fw FLOPs", "bw FLOPs", "fw peak", "kept", "bw peak"})
+    CHECK(table.find(header) != std::string::npos);
+  CHECK(stats.table({.sort_by = modtracker::column_from_name("fw_flops")}).find("Sequential ") <
+        stats.table({.sort_by = modtracker::column_from_name("fw_flops")}).find("Sequential.2"));
+
+  const auto doc = json::parse(out.str());
+  std::uint64_t counted = 0, samples = 0;
+  for (const auto& e : doc.at("traceEvents")) {
+    if (e.at("ph") == "C") {
+      CHECK(e.at("name") == "memory");
+      CHECK(e.at("args").at("live bytes").get<double>() > 0);
+      ++samples;
+    }
+    if (e.at("ph") == "X" && e.at("name") == "Sequential.0")
+      counted += e.at("args").at("flops").get<std::uint64_t>();
+  }
+  CHECK(counted == 3 * 2 * 3 * 4 * 8);  // its forward slice and its backward slice
+  CHECK(samples == memory.timeline().size());
+  CHECK(samples == 16);  // an enter and an exit of 4 modules in each phase
+}

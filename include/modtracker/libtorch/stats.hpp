@@ -1,5 +1,6 @@
 // Statistics for LibTorch models: what the framework-neutral Statistics
-// cannot know by itself (parameter counts and bytes, output shapes).
+// cannot know by itself (parameter counts and bytes, output shapes, FLOPs
+// and memory), and the tools' data in a trace.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,8 @@
 #include <vector>
 
 #include <modtracker/libtorch/backend.hpp>
+#include <modtracker/libtorch/flops.hpp>
+#include <modtracker/libtorch/memory.hpp>
 
 import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats
 
@@ -39,5 +42,17 @@ class ShapeRecorder final : public ForwardObserver {
 /// module with its children; and the last output shape if `shapes` saw it.
 void annotate(Statistics& stats, const Tracker& tracker, const torch::nn::Module& model,
               const ShapeRecorder* shapes = nullptr);
+/// Adds the FLOPs of each phase to every row, and a row for each module the
+/// counter saw: the table gains its "fw FLOPs" and "bw FLOPs" columns.
+void annotate(Statistics& stats, const FlopCounter& flops);
+/// Adds each module's forward and backward peaks and kept bytes: the table
+/// gains its "fw peak", "kept" and "bw peak" columns.
+void annotate(Statistics& stats, const MemoryTracker& memory);
+/// Gives each slice the trace consumes from now on a "flops" argument (its
+/// activation's FLOPs, both phases' own): `flops` must outlive the writing.
+void annotate(ChromeTraceWriter& trace, const FlopCounter& flops);
+/// Writes the memory tracker's timeline of live bytes as the trace's
+/// "memory" counter track.
+void annotate(ChromeTraceWriter& trace, const MemoryTracker& memory);
 
 }  // namespace modtracker::libtorch
