@@ -90,7 +90,7 @@ class MemoryTracker final : public TransitionListener {
   struct State;
 
  private:
-  std::shared_ptr<State> state_;
+  State* state_;  // the process's one counting state
   Registration listening_;
 };
 
