@@ -10,11 +10,20 @@ namespace modtracker::detail {
 
 namespace {
 // Once per code and fqn, to stderr.
+// Once per code and module, and at most `shown` of one code: a thousand
+// roots of one loop would otherwise bury the first message (a sink of the
+// user's own gets every one).
 void default_sink(const Diagnostic& d) {
+  constexpr std::size_t shown = 8;
   static std::mutex mutex;
   static std::set<std::pair<Diagnostic::Code, std::string>> reported;
+  static std::map<Diagnostic::Code, std::size_t> per_code;
   std::lock_guard<std::mutex> lock(mutex);
-  if (reported.emplace(d.code, d.fqn).second) std::fprintf(stderr, "modtracker: %s\n", d.message.c_str());
+  if (!reported.emplace(d.code, d.fqn).second) return;
+  const auto n = ++per_code[d.code];
+  if (n <= shown) std::fprintf(stderr, "modtracker: %s\n", d.message.c_str());
+  if (n == shown)
+    std::fprintf(stderr, "modtracker: (more of this kind are not printed; a sink given to set_diagnostics gets them all)\n");
 }
 }  // namespace
 
