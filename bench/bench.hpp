@@ -62,4 +62,12 @@ struct CallRow {
 // calls.cpp
 std::vector<CallRow> call_rows(int n, int d, const Options& options);
 
+/// The tools' costs (tools.cpp): ns per allocation+free, per operator, us per training step.
+struct ToolCosts {
+  double alloc_ns = 0, alloc_tracked_ns = 0;
+  double op_ns = 0, op_bare_callback_ns = 0, op_flop_counter_ns = 0, op_profiler_ns = 0;
+  double step_us = 0, step_memory_us = 0, step_flops_us = 0, step_both_us = 0, step_bare_callback_us = 0;
+};
+ToolCosts tool_costs(const Options& options);
+
 }  // namespace bench

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,7 +15,7 @@
 namespace {
 int usage() {
   std::fprintf(stderr,
-               "usage: modtracker-bench [--json] [--torch-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
+               "usage: modtracker-bench [--json] [--torch-only | --tools-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
                "                        [--runs N] [--reps N]\n");
   return 2;
 }
@@ -22,7 +23,7 @@ int usage() {
 
 int main(int argc, char** argv) {
   bench::Options options;
-  bool json = false, core = true;
+  bool json = false, core = true, tools_only = false;
   std::vector<std::pair<int, int>> cases{{100, 8}, {1000, 8}, {100, 256}};
   for (int i = 1; i < argc; ++i) {
     int n = 0, d = 0;
@@ -37,6 +38,8 @@ int main(int argc, char** argv) {
       options.runs = std::atoi(argv[++i]);  // more runs: steadier minimum, or a longer profile
     } else if (std::strcmp(argv[i], "--reps") == 0 && has_value && std::atoi(argv[i + 1]) > 0) {
       options.reps = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--tools-only") == 0) {
+      tools_only = true;
     } else if (std::strcmp(argv[i], "--torch-only") == 0) {
       core = false;
     } else if (std::strcmp(argv[i], "--case") == 0 && has_value && std::sscanf(argv[i + 1], "%dx%d", &n, &d) == 2 &&
@@ -48,6 +51,7 @@ int main(int argc, char** argv) {
     }
   }
   at::set_num_threads(1);
+  if (tools_only) core = false, cases.clear();
   const bool all = options.only_mode.empty();
   const double no_hooks = core ? bench::core_ns(false) : 0.0;
   const double noop_hooks = core ? bench::core_ns(true) : 0.0;
@@ -57,12 +61,21 @@ int main(int argc, char** argv) {
     for (const auto& r : bench::sequential_rows(n, d, options, journal))
       if (all || options.only_mode == r.mode) rows.push_back(r);
   const int call_modules = cases.size() == 1 ? cases.front().first : 1000;
-  const auto calls = all ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
-  const double stats_us = all ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
+  const auto calls = all && !tools_only ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
+  const double stats_us = all && !tools_only ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
+  const auto tools = all ? std::optional(bench::tool_costs(options)) : std::nullopt;
 
   if (json) {
     std::printf("{");
-    if (all) std::printf("\"stats\": {\"overhead_us_per_activation\": %.3f}, ", stats_us);
+    if (all && !tools_only) std::printf("\"stats\": {\"overhead_us_per_activation\": %.3f}, ", stats_us);
+    if (tools)
+      std::printf("\"tools\": {\"alloc_free_ns\": %.1f, \"alloc_free_memory_tracker_ns\": %.1f, \"op_ns\": %.1f, "
+                  "\"op_bare_callback_ns\": %.1f, \"op_flop_counter_ns\": %.1f, \"op_profiler_flops_memory_ns\": %.1f, "
+                  "\"step_us\": %.1f, \"step_memory_tracker_us\": %.1f, \"step_flop_counter_us\": %.1f, "
+                  "\"step_both_us\": %.1f, \"step_bare_callback_us\": %.1f}, ",
+                  tools->alloc_ns, tools->alloc_tracked_ns, tools->op_ns, tools->op_bare_callback_ns,
+                  tools->op_flop_counter_ns, tools->op_profiler_ns, tools->step_us, tools->step_memory_us,
+                  tools->step_flops_us, tools->step_both_us, tools->step_bare_callback_us);
     if (core)
       std::printf("\"core\": {\"enter_exit_ns_no_hooks\": %.1f, \"enter_exit_ns_noop_hooks\": %.1f}, ", no_hooks,
                   noop_hooks);
@@ -86,7 +99,22 @@ int main(int argc, char** argv) {
     std::printf("]}\n");
     return 0;
   }
-  if (all) std::printf("statistics (shapes + per-module table) over plain tracking: %.3f us per activation\n\n", stats_us);
+  if (all && !tools_only)
+    std::printf("statistics (shapes + per-module table) over plain tracking: %.3f us per activation\n\n", stats_us);
+  if (tools) {
+    const auto& t = *tools;
+    std::printf("tools (best of %d rounds, every variant in each)\n", options.runs);
+    std::printf("  allocation + free of 256 B    allocator %6.1f ns   with MemoryTracker %6.1f ns   (+%.1f ns)\n",
+                t.alloc_ns, t.alloc_tracked_ns, t.alloc_tracked_ns - t.alloc_ns);
+    std::printf("  operator (mm, add of 4x4)     none %6.1f ns   bare callback +%.1f ns   FlopCounter +%.1f ns (%.2fx the "
+                "bare callback's)   profiler (FLOPs, memory) +%.1f ns\n",
+                t.op_ns, t.op_bare_callback_ns - t.op_ns, t.op_flop_counter_ns - t.op_ns,
+                (t.op_flop_counter_ns - t.op_ns) / (t.op_bare_callback_ns - t.op_ns), t.op_profiler_ns - t.op_ns);
+    std::printf("  training step, demo model     tracked %6.1f us   + MemoryTracker %+.1f%%   + FlopCounter %+.1f%%   "
+                "+ both %+.1f%%   (+ a bare callback %+.1f%%)\n\n",
+                t.step_us, 100 * (t.step_memory_us / t.step_us - 1), 100 * (t.step_flops_us / t.step_us - 1),
+                100 * (t.step_both_us / t.step_us - 1), 100 * (t.step_bare_callback_us / t.step_us - 1));
+  }
   if (core) {
     std::printf("core (scripted backend, one module enter+exit)\n");
     std::printf("  no user hooks      %8.1f ns\n", no_hooks);
@@ -95,6 +123,7 @@ int main(int argc, char** argv) {
   if (journal.transitions > 0)
     std::printf("reading the journal (not in the times below): %.1f ns per transition\n\n",
                 journal.ns / static_cast<double>(journal.transitions));
+  if (tools_only) return 0;
   std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of %d runs of %d call%s, alternating\n", options.runs,
               options.reps, options.reps == 1 ? "" : "s");
   std::printf("%8s %6s %10s %12s %12s %16s %7s\n", "modules", "width", "mode", "baseline_us", "tracked_us",
