@@ -89,7 +89,8 @@ class TrackerBase {
   void clear_user_hooks();
   /// Every module calls the user hooks and appears in transitions again.
   void clear_filter();
-  /// Where diagnostics go (default, or an empty sink: stderr, once per code and fqn).
+  /// Where diagnostics go (default, or an empty sink: stderr, once per code and
+  /// fqn, at most 8 of one code).
   void set_diagnostics(DiagnosticSink sink);
 
   /// Yields the recorded transitions in order and removes them from the

@@ -111,6 +111,15 @@ struct NameCache {
 };
 [[gnu::tls_model("initial-exec")]] thread_local NameCache name_cache;
 std::atomic<std::uint32_t> listings{1};
+// Counted operators running on this thread: one inside another (a
+// formula's operator calling another) is not counted again. Valid for one
+// installation of the callback (`installs`): an operator running while the
+// callback went away never sees its end.
+struct Depth {
+  std::uint32_t install = 0, depth = 0;
+};
+[[gnu::tls_model("initial-exec")]] thread_local Depth counted;
+std::atomic<std::uint32_t> installs{0};
 
 NameCache::Slot& classify(const char* name) {
   auto& slot = name_cache.slots[(reinterpret_cast<std::uintptr_t>(name) >> 4) & 255];
@@ -180,6 +189,10 @@ std::unique_ptr<at::ObserverContext> count_operator(const at::RecordFunction& fn
   auto& slot = classify(name);
   const auto op = slot.op;
   if (op == not_an_operator) return nullptr;
+  if (op >= 0) {
+    if (const auto now = installs.load(std::memory_order_relaxed); counted.install != now) counted = {now, 0};
+    if (counted.depth++ > 0) return nullptr;  // inside a counted one: its FLOPs are that one's
+  }
   auto& c = counters();
   if (op == uncounted) {
     const auto now = listings.load(std::memory_order_relaxed);
@@ -210,15 +223,22 @@ std::unique_ptr<at::ObserverContext> count_operator(const at::RecordFunction& fn
   return nullptr;
 }
 
+void end_operator(const at::RecordFunction& fn, at::ObserverContext*) {
+  if (classify(fn.name()).op >= 0 && counted.depth > 0 && counted.install == installs.load(std::memory_order_relaxed))
+    --counted.depth;
+}
+
 }  // namespace
 
 FlopCounter::FlopCounter(Tracker& tracker) : state_(std::make_shared<State>()) {
   {
     auto& c = counters();
     std::lock_guard<SpinLock> lock(c.lock);
-    if (c.all.empty())
+    if (c.all.empty()) {
+      installs.fetch_add(1, std::memory_order_relaxed);
       c.callback = at::addGlobalCallback(
-          at::RecordFunctionCallback(&count_operator).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
+          at::RecordFunctionCallback(&count_operator, &end_operator).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
+    }
     c.all.push_back(state_.get());
   }
   listening_ = tracker.add_listener(*this);

@@ -141,3 +141,24 @@ TEST_CASE("FLOPs: only while a scope is on, two counters alike, and a counter th
   CHECK(one.total(Phase::forward) == 0);
   CHECK(one.counts(Phase::forward).empty());
 }
+
+TEST_CASE("FLOPs: an operator inside a counted one counts once, and arguments of unexpected types count zero, listed") {
+  const auto a = torch::randn({4, 5}), b = torch::randn({5, 6});
+  lt::Tracker tracker;
+  lt::FlopCounter counter(tracker);
+  {
+    auto scope = tracker.track();
+    {
+      RECORD_FUNCTION("aten::mm", std::vector<c10::IValue>({a, b}));  // an outer range around the real one
+      (void)torch::mm(a, b);
+    }
+    CHECK(counter.total(Phase::forward) == 2 * 4 * 5 * 6);
+    {
+      RECORD_FUNCTION("aten::addmm", std::vector<c10::IValue>({c10::IValue(1), c10::IValue("x")}));
+    }
+    (void)torch::mm(a, b);  // counting goes on after both
+  }
+  CHECK(counter.total(Phase::forward) == 2 * 2 * 4 * 5 * 6);
+  const auto uncounted = counter.uncounted_operators();
+  CHECK(std::find(uncounted.begin(), uncounted.end(), "aten::addmm (arguments not understood)") != uncounted.end());
+}
