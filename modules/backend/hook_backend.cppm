@@ -94,6 +94,10 @@ class HookBackend {
     (void)watch;
     return {};
   }
+  /// A tracking scope is ending on this thread, still observing: report now
+  /// the ends of calls the backend knows were abandoned (a TorchScript call
+  /// unwound by an exception, whose exit operator never ran).
+  virtual void scope_ending() {}
 
  private:
   ForwardDispatcher dispatcher_;

@@ -23,6 +23,7 @@
 #include "libtorch/passes.hpp"
 #include "modtracker/libtorch/backend.hpp"
 #include "modtracker/libtorch/calls.hpp"
+#include "libtorch/jit_calls.hpp"
 
 // `modtracker` first: clang 16 then merges the std headers of both modules cleanly.
 import modtracker;
@@ -221,5 +222,7 @@ std::string Backend::stop_watch(std::uint64_t watch) {
   if (w.open.empty()) at::removeCallback(std::exchange(w.callback, 0));
   return report;
 }
+
+void Backend::scope_ending() { jit::detail::unwind_this_thread(); }
 
 }  // namespace modtracker::libtorch

@@ -77,7 +77,9 @@ void Engine::check_scope_end() {
                      "this tracking scope saw no tracked module call, but " + work +
                          ": the model's modules are not tracked. Declare them with modtracker::libtorch::nn "
                          "(namespace nn = modtracker::libtorch::nn;) and MODTRACKER_MODULE in place of "
-                         "TORCH_MODULE, or call them through modtracker::libtorch::call (docs/tracking.md)"});
+                         "TORCH_MODULE, or call them through modtracker::libtorch::call; a TorchScript model needs "
+                         "modtracker::libtorch::jit::instrument before its first run (a model that ran keeps its "
+                         "compiled plan: instrument a clone()) (docs/tracking.md)"});
   }
   std::vector<std::pair<std::string, std::shared_ptr<const void>>> candidates;
   {
@@ -102,6 +104,10 @@ void Engine::check_scope_end() {
 
 void Engine::stop() {
   if (!epoch_) throw std::logic_error("modtracker: this tracker is not tracking");
+  try {
+    backend_.scope_ending();
+  } catch (...) {  // a hook that throws: the scope still ends
+  }
   observer_.remove();  // throws inside one of its own forward hooks: the scope stays
   close_epoch(*std::exchange(epoch_, nullptr));  // waits for gradient callbacks running now
   try {

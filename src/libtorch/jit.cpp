@@ -1,0 +1,337 @@
+// TorchScript modules as tracked modules. instrument() edits the forward
+// graph of every TorchScript class in a model once: at its start a
+// `modtracker::enter(self, inputs)` and before its return a
+// `modtracker::exit(self, outputs)`, both pass-through operators (tensors in,
+// the same tensors out) registered with CONSERVATIVE alias analysis, which
+// keeps the JIT from removing or moving them (with FROM_SCHEMA an operator
+// whose outputs look unused is dead code). When the call needs gradients each
+// operator puts one autograd node of its own between the module and the
+// rest of the graph, so every call has its own boundary nodes in backward
+// (shared tensors, residuals and f(f(x)) then nest exactly); the LibTorch
+// backend's gradient hooks go on those nodes as on an eager call's tensors.
+// A tracker sees each TorchScript module through a ScriptedModule stand-in.
+#include <torch/torch.h>
+#include <torch/script.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include <gsl/gsl>
+
+#include "detail/spin_lock.hpp"
+#include "libtorch/jit_calls.hpp"
+#include "modtracker/libtorch/backend.hpp"
+#include "modtracker/libtorch/jit.hpp"
+
+import modtracker.libtorch;
+
+namespace modtracker::libtorch::jit {
+
+std::shared_ptr<ScriptedModule> make_stand_in(const torch::jit::Module& module, const ScriptedModule* parent) {
+  const auto& type = module.type()->name();
+  auto standin = std::make_shared<ScriptedModule>(module, type ? type->qualifiedName() : std::string("Module"));
+  standin->parent_ = parent;
+  return standin;
+}
+
+namespace {
+using c10::ivalue::Object;
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+
+const c10::Symbol enter_symbol = c10::Symbol::fromQualString("modtracker::enter");
+const c10::Symbol exit_symbol = c10::Symbol::fromQualString("modtracker::exit");
+
+// --- the stand-ins, by TorchScript object
+struct Known {
+  c10::weak_intrusive_ptr<Object> object;
+  std::shared_ptr<ScriptedModule> stand_in;
+};
+struct Registry {
+  modtracker::detail::SpinLock lock;  // per module call: find() only
+  std::unordered_map<const Object*, Known> known;
+  std::size_t swept_at = 64;
+};
+Registry& registry() {
+  static auto* r = new Registry;  // never freed: operators may run during static destruction
+  return *r;
+}
+
+bool alive(const Known& k, const Object* obj) {
+  const auto strong = k.object.lock();
+  return strong && strong.get() == obj;
+}
+
+// The stand-in of `obj` and of its subtree, made where missing (lock held).
+std::shared_ptr<ScriptedModule> stand_in_locked(Registry& r, const c10::intrusive_ptr<Object>& obj,
+                                                const ScriptedModule* parent) {
+  if (const auto it = r.known.find(obj.get()); it != r.known.end() && alive(it->second, obj.get()))
+    return it->second.stand_in;
+  if (r.known.size() >= r.swept_at) {  // forget the freed (their stand-ins expire with them)
+    std::erase_if(r.known, [](const auto& kv) { return !alive(kv.second, kv.first); });
+    r.swept_at = 2 * r.known.size() + 64;
+  }
+  const torch::jit::Module module(obj);
+  auto standin = make_stand_in(module, parent);
+  r.known.insert_or_assign(obj.get(), Known{c10::weak_intrusive_ptr<Object>(obj), standin});
+  for (const auto& p : module.named_parameters(/*recurse=*/false))
+    standin->register_parameter(p.name, p.value, p.value.requires_grad());
+  for (const auto& b : module.named_buffers(/*recurse=*/false)) standin->register_buffer(b.name, b.value);
+  for (const auto& c : module.named_children())
+    standin->register_module(c.name, stand_in_locked(r, c.value._ivalue(), standin.get()));
+  return standin;
+}
+
+std::shared_ptr<ScriptedModule> stand_in(const c10::intrusive_ptr<Object>& obj) {
+  auto& r = registry();
+  std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
+  return stand_in_locked(r, obj, nullptr);
+}
+
+// The stand-in of the module running an operator (made on first sight: an
+// instance of an instrumented class that instrument() never saw).
+const Known* known_of(const c10::IValue& self) {
+  auto& r = registry();
+  const auto* obj = &self.toObjectRef();
+  {
+    std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
+    if (const auto it = r.known.find(obj); it != r.known.end() && alive(it->second, obj)) return &it->second;
+  }
+  (void)stand_in(self.toObject());
+  std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
+  return &r.known.at(obj);  // node-based map: the entry stays put
+}
+
+// --- the boundary nodes
+struct Boundary final : torch::autograd::Node {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override { return std::move(grads); }
+  [[nodiscard]] std::string name() const override { return "modtracker::ModuleBoundary"; }
+};
+
+// The tensors with a boundary node of their own (those that need gradients;
+// the others pass unchanged). detach() gives a plain alias sharing the version
+// counter, so in-place ops on either side still work and are still checked.
+std::vector<at::Tensor> through_boundary(std::vector<at::Tensor> xs) {
+  if (!at::GradMode::is_enabled()) return xs;
+  std::vector<at::Tensor> needing;
+  for (const auto& x : xs)
+    if (x.defined() && x.requires_grad()) needing.push_back(x);
+  if (needing.empty()) return xs;
+  const auto node = std::shared_ptr<Boundary>(new Boundary(), torch::autograd::deleteNode);
+  node->set_next_edges(torch::autograd::collect_next_edges(needing));
+  for (auto& x : xs)
+    if (x.defined() && x.requires_grad()) {
+      x = x.detach();
+      torch::autograd::set_history(x, node);
+    }
+  return xs;
+}
+
+// --- the calls running on this thread, innermost last
+struct Frame {
+  const ScriptedModule* module;
+  std::vector<at::Tensor> inputs;
+  Tensors seen;
+  std::optional<ForwardDispatcher::Call> call;
+  explicit Frame(const ScriptedModule* m) : module(m) {}
+};
+thread_local std::deque<Frame> frames;
+thread_local int in_operator = 0;  // operators of this thread running (a hook may end a scope)
+
+bool encloses(const ScriptedModule* outer, const ScriptedModule* inner) {
+  for (const auto* p = inner->parent(); p != nullptr; p = p->parent())
+    if (p == outer) return true;
+  return false;
+}
+
+void enter_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  ++in_operator;
+  const auto done = gsl::finally([] { --in_operator; });
+  auto xs = torch::jit::pop(*stack).toTensorVector();
+  const auto self = torch::jit::pop(*stack);
+  auto& d = backend().dispatcher();
+  if (d.idle()) {
+    torch::jit::push(*stack, std::move(xs));
+    return;
+  }
+  const auto* known = known_of(self);
+  // A call still open here that does not enclose this one was unwound by an
+  // exception in scripted code (which skips the exit operators): it exits now.
+  while (!frames.empty() && !encloses(frames.back().module, known->stand_in.get())) frames.pop_back();
+  auto out = through_boundary(std::move(xs));
+  auto& f = frames.emplace_back(known->stand_in.get());
+  for (const auto& t : out) f.seen.push(t);
+  try {
+    f.call.emplace(d, ForwardCall{.module = module_ref(*f.module), .inputs = ValuesRef{&f.seen}});
+  } catch (...) {
+    frames.pop_back();
+    throw;
+  }
+  torch::jit::push(*stack, std::move(out));
+}
+
+void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  ++in_operator;
+  const auto done = gsl::finally([] { --in_operator; });
+  auto ys = torch::jit::pop(*stack).toTensorVector();
+  const auto self = torch::jit::pop(*stack);
+  const ScriptedModule* module = nullptr;
+  if (!frames.empty()) {
+    auto& r = registry();
+    std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
+    if (const auto it = r.known.find(&self.toObjectRef()); it != r.known.end()) module = it->second.stand_in.get();
+  }
+  auto match = frames.rbegin();
+  while (match != frames.rend() && match->module != module) ++match;
+  if (module == nullptr || match == frames.rend()) {  // its call started untracked
+    torch::jit::push(*stack, std::move(ys));
+    return;
+  }
+  while (&frames.back() != &*match) frames.pop_back();  // unwound inside it (see enter_operator)
+  auto out = through_boundary(std::move(ys));
+  Tensors seen;
+  for (const auto& t : out) seen.push(t);
+  try {
+    frames.back().call->finish(ValuesRef{&seen});
+  } catch (...) {
+    frames.pop_back();
+    throw;
+  }
+  frames.pop_back();
+  torch::jit::push(*stack, std::move(out));
+}
+
+}  // namespace
+
+void detail::unwind_this_thread() noexcept {
+  if (in_operator != 0) return;
+  while (!frames.empty()) frames.pop_back();  // each reports a forward that threw
+}
+
+namespace {
+
+// --- the graphs
+bool instrumented(const Graph& g) {
+  for (const auto* n : g.nodes())
+    if (n->kind() == enter_symbol) return true;
+  return false;
+}
+
+Value* pass(Graph& g, c10::Symbol op, Value* self, const std::vector<Value*>& tensors, Node** unpack) {
+  auto* list = g.insertNode(g.createList(c10::TensorType::get(), tensors))->output();
+  auto* call = g.insertNode(g.create(op, {self, list}, 1));
+  call->output()->setType(c10::ListType::ofTensors());
+  *unpack = g.insertNode(g.createListUnpack(call->output(), tensors.size()));
+  return call->output();
+}
+
+bool is_tensor(const Value* v) { return v->type()->cast<c10::TensorType>() != nullptr; }
+
+void instrument_graph(Graph& g, const std::string& where) {
+  if (g.inputs().empty()) throw std::invalid_argument("modtracker: " + where + " has no self");
+  if (g.outputs().size() != 1) throw std::invalid_argument("modtracker: " + where + " does not return one value");
+  auto* self = g.inputs()[0];
+  std::vector<Value*> inputs;
+  for (std::size_t i = 1; i < g.inputs().size(); ++i)
+    if (is_tensor(g.inputs()[i])) inputs.push_back(g.inputs()[i]);
+  {
+    torch::jit::WithInsertPoint at_start(g.block()->nodes().front());
+    Node* unpack = nullptr;
+    pass(g, enter_symbol, self, inputs, &unpack);
+    for (std::size_t k = 0; k < inputs.size(); ++k) inputs[k]->replaceAllUsesAfterNodeWith(unpack, unpack->output(k));
+  }
+  torch::jit::WithInsertPoint at_return(g.return_node());
+  auto* out = g.outputs()[0];
+  Node* unpack = nullptr;
+  if (is_tensor(out)) {
+    pass(g, exit_symbol, self, {out}, &unpack);
+    g.return_node()->replaceInput(0, unpack->output(0));
+  } else if (const auto tuple = out->type()->cast<c10::TupleType>()) {
+    auto* parts = g.insertNode(g.createTupleUnpack(out));
+    std::vector<Value*> elements(parts->outputs().begin(), parts->outputs().end()), tensors;
+    for (auto* e : elements)
+      if (is_tensor(e)) tensors.push_back(e);
+    pass(g, exit_symbol, self, tensors, &unpack);
+    for (std::size_t i = 0, k = 0; i < elements.size(); ++i)
+      if (is_tensor(elements[i])) elements[i] = unpack->output(k++);
+    auto* rebuilt = g.insertNode(g.createTuple(elements, tuple->schema() ? tuple : nullptr));
+    g.return_node()->replaceInput(0, rebuilt->output());
+  } else {
+    pass(g, exit_symbol, self, {}, &unpack);  // a module call all the same (no tensor out: no backward)
+  }
+}
+
+// torch::jit::freeze drops the `training` attribute (Python-scripted modules
+// have it, C++-built ones may not) and folds the parameters into constants.
+bool frozen(const torch::jit::Module& model) {
+  if (model.hasattr("training")) return false;
+  const auto forward = model.find_method("forward");
+  if (!forward) return false;
+  for (const auto* n : torch::jit::toGraphFunction(forward->function()).graph()->nodes())
+    if (n->kind() == c10::prim::Constant && n->output()->type()->cast<c10::TensorType>()) return true;
+  return false;
+}
+}  // namespace
+
+ScriptedModule::ScriptedModule(const torch::jit::Module& module, std::string qualified)
+    : torch::nn::Module(c10::QualifiedName(qualified).name()),
+      object_(module._ivalue()),
+      qualified_(std::move(qualified)) {}
+
+std::optional<torch::jit::Module> ScriptedModule::script() const {
+  if (auto obj = object_.lock()) return torch::jit::Module(std::move(obj));
+  return std::nullopt;
+}
+
+void instrument(torch::jit::Module& model) {
+  if (frozen(model))
+    throw std::invalid_argument("modtracker: cannot instrument a frozen TorchScript model (torch::jit::freeze, or "
+                                "saved after freezing): its submodules are gone. Instrument it before freezing");
+  std::unordered_set<const c10::ClassType*> done;
+  for (const auto& m : model.modules()) {
+    const auto type = m.type();
+    if (!done.insert(type.get()).second) continue;
+    const auto forward = m.find_method("forward");
+    if (!forward) continue;  // a container with no forward of its own
+    auto& fn = torch::jit::toGraphFunction(forward->function());
+    auto& g = *fn.graph();
+    if (instrumented(g)) continue;
+    instrument_graph(g, "the forward of " + type->repr_str());
+    fn.clear_optimized_graphs();  // callers inline the edited graph
+  }
+  (void)stand_in(model._ivalue());
+}
+
+bool is_instrumented(const torch::jit::Module& model) {
+  const auto forward = model.find_method("forward");
+  return forward && instrumented(*torch::jit::toGraphFunction(forward->function()).graph());
+}
+
+std::shared_ptr<ScriptedModule> module_of(const torch::jit::Module& module) { return stand_in(module._ivalue()); }
+
+const ScriptedModule* as_scripted(const torch::nn::Module& m) noexcept { return dynamic_cast<const ScriptedModule*>(&m); }
+
+}  // namespace modtracker::libtorch::jit
+
+TORCH_LIBRARY(modtracker, m) {
+  m.def(torch::schema("enter(Any self, Tensor[] inputs) -> Tensor[]", c10::AliasAnalysisKind::CONSERVATIVE));
+  m.def(torch::schema("exit(Any self, Tensor[] outputs) -> Tensor[]", c10::AliasAnalysisKind::CONSERVATIVE));
+  m.impl("enter", c10::DispatchKey::CompositeImplicitAutograd,
+         torch::CppFunction::makeFromBoxedFunction<&modtracker::libtorch::jit::enter_operator>());
+  m.impl("exit", c10::DispatchKey::CompositeImplicitAutograd,
+         torch::CppFunction::makeFromBoxedFunction<&modtracker::libtorch::jit::exit_operator>());
+}
