@@ -94,6 +94,8 @@ class HookBackend {
     (void)watch;
     return {};
   }
+  /// A tracking scope is starting (each is ended by one scope_ending).
+  virtual void scope_starting() {}
   /// A tracking scope is ending on this thread, still observing: report now
   /// the ends of calls the backend knows were abandoned (a TorchScript call
   /// unwound by an exception, whose exit operator never ran).

@@ -223,6 +223,7 @@ std::string Backend::stop_watch(std::uint64_t watch) {
   return report;
 }
 
-void Backend::scope_ending() { jit::detail::unwind_this_thread(); }
+void Backend::scope_starting() { jit::detail::scope_started(); }
+void Backend::scope_ending() { jit::detail::scope_ended(); }
 
 }  // namespace modtracker::libtorch

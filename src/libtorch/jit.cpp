@@ -17,6 +17,8 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 
+#include <ATen/record_function.h>
+
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -215,12 +217,65 @@ void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   torch::jit::push(*stack, std::move(out));
 }
 
+
+// The unwinding watch: a TorchScript function frame notes how many calls were
+// open when it started; when it ends (returning, or destroyed by the
+// exception unwinding it) the calls opened inside it and still open exit.
+struct Depth final : at::ObserverContext {
+  std::size_t open;
+  explicit Depth(std::size_t n) : open(n) {}
+};
+std::unique_ptr<at::ObserverContext> frame_starts(const at::RecordFunction&) {
+  return std::make_unique<Depth>(frames.size());
+}
+void frame_ends(const at::RecordFunction&, at::ObserverContext* ctx) {
+  const auto open = static_cast<Depth*>(ctx)->open;
+  while (frames.size() > open) frames.pop_back();  // each reports a forward that threw
+}
+
+struct Watch {
+  std::mutex mutex;
+  int scopes = 0;
+  bool wanted = false;  // a model was instrumented
+  at::CallbackHandle handle = 0;
+  void update() {  // mutex held
+    const bool on = wanted && scopes > 0;
+    if (on && handle == 0)
+      handle = at::addGlobalCallback(at::RecordFunctionCallback(&frame_starts, &frame_ends)
+                                         .needsInputs(false)
+                                         .scopes({at::RecordScope::TORCHSCRIPT_FUNCTION}));
+    else if (!on && handle != 0)
+      at::removeCallback(std::exchange(handle, 0));
+  }
+};
+Watch& watch() {
+  static auto* w = new Watch;  // never freed: scopes may end during static destruction
+  return *w;
+}
 }  // namespace
 
-void detail::unwind_this_thread() noexcept {
+namespace detail {
+void scope_started() {
+  auto& w = watch();
+  std::lock_guard<std::mutex> lock(w.mutex);
+  ++w.scopes;
+  w.update();
+}
+
+void scope_ended() noexcept {
+  {
+    auto& w = watch();
+    std::lock_guard<std::mutex> lock(w.mutex);
+    --w.scopes;
+    try {
+      w.update();
+    } catch (...) {  // the callback stays: it costs time, not correctness
+    }
+  }
   if (in_operator != 0) return;
   while (!frames.empty()) frames.pop_back();  // each reports a forward that threw
 }
+}  // namespace detail
 
 namespace {
 
@@ -314,6 +369,10 @@ void instrument(torch::jit::Module& model) {
     fn.clear_optimized_graphs();  // callers inline the edited graph
   }
   (void)stand_in(model._ivalue());
+  auto& w = watch();
+  std::lock_guard<std::mutex> lock(w.mutex);
+  w.wanted = true;
+  w.update();
 }
 
 bool is_instrumented(const torch::jit::Module& model) {

@@ -47,6 +47,7 @@ void Engine::start() {
         names_.grad_stamp(info.fqn) = backend_.gradient_stamp(ModuleRef{ptr});
     });
   }
+  backend_.scope_starting();
   watch_ = backend_.start_watch();
   seen_call_.store(false, std::memory_order_relaxed);
   auto& epoch = open_epoch(*this);
@@ -58,6 +59,7 @@ void Engine::start() {
     epoch_ = nullptr;
     close_epoch(epoch);
     first_call_seen();  // ends the watch
+    backend_.scope_ending();
     throw;
   }
   notify_scope(true);

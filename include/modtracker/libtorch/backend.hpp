@@ -41,6 +41,7 @@ class Backend final : public HookBackend {
   [[nodiscard]] bool has_nonzero_gradient(ModuleRef module) const override;
   std::uint64_t start_watch() override;
   std::string stop_watch(std::uint64_t watch) override;
+  void scope_starting() override;
   void scope_ending() override;
 };
 
