@@ -31,6 +31,44 @@ struct Model {
   std::vector<std::int64_t> input_shape;
 };
 
+// A TorchScript model file (torch.jit.script(m).save(path) in Python, or
+// torch::jit::Module::save), instrumented, trained on inputs of `shape`.
+std::optional<Model> load_model(const std::string& path, std::vector<std::int64_t> shape) {
+  torch::jit::Module script;
+  try {
+    script = torch::jit::load(path);
+    lt::jit::instrument(script);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "modtracker-demo: cannot use '%s' as a TorchScript model: %s\n", path.c_str(),
+                 std::string(e.what()).substr(0, std::string(e.what()).find('\n')).c_str());
+    return std::nullopt;
+  }
+  script.train();
+  return Model{lt::jit::module_of(script),
+               [script](torch::Tensor x) mutable {
+                 auto out = script.forward({std::move(x)});
+                 if (out.isTuple()) out = out.toTupleRef().elements().at(0);
+                 if (!out.isTensor()) throw std::runtime_error("its forward returns no tensor");
+                 return out.toTensor();
+               },
+               std::move(shape)};
+}
+
+std::optional<std::vector<std::int64_t>> to_shape(std::string_view s) {
+  std::vector<std::int64_t> shape;
+  while (!s.empty()) {
+    const auto comma = s.find(',');
+    const std::string part(s.substr(0, comma));
+    char* end = nullptr;
+    const long v = std::strtol(part.c_str(), &end, 10);
+    if (part.empty() || *end != '\0' || v < 1) return std::nullopt;
+    shape.push_back(v);
+    s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
+  }
+  if (shape.empty()) return std::nullopt;
+  return shape;
+}
+
 std::optional<Model> make_model(std::string_view name) {
   if (name == "classifier") {
     models::Classifier m;
@@ -48,7 +86,11 @@ int usage(std::FILE* to, int code) {
                "usage: modtracker-demo [options]\n"
                "Trains an embedded model on synthetic data under modtracker, prints per-module\n"
                "statistics and writes a Chrome/Perfetto trace.\n\n"
-               "  --model NAME    classifier (default) or convnet\n"
+               "  --model NAME    classifier (default) or convnet, or a TorchScript model file\n"
+               "                  (a path ending in .pt, saved by torch.jit.script(m).save(path))\n"
+               "  --input SHAPE   a TorchScript model's input shape, e.g. 64,16 (default 64,16);\n"
+               "                  a 2-D output of C columns is trained as C classes, any other\n"
+               "                  towards zero (mean square)\n"
                "  --steps N       training steps, N >= 1 (default 20)\n"
                "  --warmup N      steps run first and left out of the table and trace, N >= 0\n"
                "                  (default 1: LibTorch's first calls load and set up kernels)\n"
@@ -116,6 +158,7 @@ void print_consumers(const modtracker::Statistics& stats, const lt::FlopCounter&
 
 int main(int argc, char** argv) {
   std::string model_name = "classifier", trace_path = "trace.json";
+  std::vector<std::int64_t> input_shape{64, 16};
   long steps = 20, warmup = 1, depth = 0;
   bool tools = true;
   modtracker::TableOptions table;
@@ -126,6 +169,8 @@ int main(int argc, char** argv) {
     const char* value = argv[++i];
     if (arg == "--model") {
       model_name = value;
+    } else if (arg == "--input" && to_shape(value)) {
+      input_shape = *to_shape(value);
     } else if (arg == "--steps" && to_number(value, 1)) {
       steps = *to_number(value, 1);
     } else if (arg == "--warmup" && to_number(value, 0)) {
@@ -143,7 +188,9 @@ int main(int argc, char** argv) {
       return usage(stderr, 2);
     }
   }
-  auto model = make_model(model_name);
+  const bool scripted = model_name.ends_with(".pt") || model_name.find('/') != std::string::npos;
+  auto model = scripted ? load_model(model_name, input_shape) : make_model(model_name);
+  if (scripted && !model) return 1;
   if (!model) {
     std::fprintf(stderr, "modtracker-demo: unknown model '%s'\n\n", model_name.c_str());
     return usage(stderr, 2);
@@ -173,13 +220,15 @@ int main(int argc, char** argv) {
   const bool tty = isatty(fileno(stdout)) != 0;
   std::printf("modtracker-demo: %s, %ld steps on synthetic data (after %ld warm-up step%s)\n", model_name.c_str(), steps,
               warmup, warmup == 1 ? "" : "s");
-  {
+  try {
     auto scope = tracker.track();
     auto train_step = [&] {
       const auto x = torch::randn(model->input_shape);
-      const auto y = torch::randint(0, 4, {model->input_shape[0]});
       opt.zero_grad();
-      auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+      const auto out = model->forward(x);
+      auto loss = out.dim() == 2 && out.size(1) > 1
+                      ? torch::nn::functional::cross_entropy(out, torch::randint(0, out.size(1), {out.size(0)}))
+                      : out.square().mean();
       loss.backward();
       opt.step();
       return loss;
@@ -209,6 +258,12 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    std::fprintf(stderr, "\nmodtracker-demo: the model failed on an input of shape %s: %s\n",
+                 c10::IntArrayRef(model->input_shape).vec().empty() ? "[]" : c10::str(c10::IntArrayRef(model->input_shape)).c_str(),
+                 what.substr(0, what.find('\n')).c_str());
+    return 1;
   }
   lt::annotate(stats, tracker, *model->module, &shapes);
   if (tools) {

@@ -17,6 +17,7 @@
 #include <modtracker/libtorch/calls.hpp>
 #include <modtracker/libtorch/sequential.hpp>
 #include <modtracker/libtorch/nn.hpp>
+#include <modtracker/libtorch/jit.hpp>
 #include <modtracker/libtorch/stats.hpp>
 #include <modtracker/libtorch/flops.hpp>
 #include <modtracker/libtorch/memory.hpp>
