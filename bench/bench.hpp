@@ -62,6 +62,15 @@ struct CallRow {
 // calls.cpp
 std::vector<CallRow> call_rows(int n, int d, const Options& options);
 
+/// A scripted model of n Linear(d, d) called in sequence: plain, instrumented
+/// with no tracker active (idle), instrumented and tracked (script.cpp).
+struct ScriptRow {
+  const char* mode;
+  double plain_us, idle_us, tracked_us;
+  int modules;
+};
+std::vector<ScriptRow> script_rows(int n, int d, const Options& options);
+
 /// The tools' costs (tools.cpp): ns per allocation+free, per operator, us per training step.
 struct ToolCosts {
   double alloc_ns = 0, alloc_tracked_ns = 0;

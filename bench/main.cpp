@@ -15,7 +15,7 @@
 namespace {
 int usage() {
   std::fprintf(stderr,
-               "usage: modtracker-bench [--json] [--torch-only | --tools-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
+               "usage: modtracker-bench [--json] [--torch-only | --tools-only | --script-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
                "                        [--runs N] [--reps N]\n");
   return 2;
 }
@@ -23,7 +23,7 @@ int usage() {
 
 int main(int argc, char** argv) {
   bench::Options options;
-  bool json = false, core = true, tools_only = false;
+  bool json = false, core = true, tools_only = false, script_only = false;
   std::vector<std::pair<int, int>> cases{{100, 8}, {1000, 8}, {100, 256}};
   for (int i = 1; i < argc; ++i) {
     int n = 0, d = 0;
@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
       options.runs = std::atoi(argv[++i]);  // more runs: steadier minimum, or a longer profile
     } else if (std::strcmp(argv[i], "--reps") == 0 && has_value && std::atoi(argv[i + 1]) > 0) {
       options.reps = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--script-only") == 0) {
+      script_only = true;
     } else if (std::strcmp(argv[i], "--tools-only") == 0) {
       tools_only = true;
     } else if (std::strcmp(argv[i], "--torch-only") == 0) {
@@ -51,7 +53,7 @@ int main(int argc, char** argv) {
     }
   }
   at::set_num_threads(1);
-  if (tools_only) core = false, cases.clear();
+  if (tools_only || script_only) core = false, cases.clear();
   const bool all = options.only_mode.empty();
   const double no_hooks = core ? bench::core_ns(false) : 0.0;
   const double noop_hooks = core ? bench::core_ns(true) : 0.0;
@@ -61,9 +63,10 @@ int main(int argc, char** argv) {
     for (const auto& r : bench::sequential_rows(n, d, options, journal))
       if (all || options.only_mode == r.mode) rows.push_back(r);
   const int call_modules = cases.size() == 1 ? cases.front().first : 1000;
-  const auto calls = all && !tools_only ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
-  const double stats_us = all && !tools_only ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
-  const auto tools = all ? std::optional(bench::tool_costs(options)) : std::nullopt;
+  const auto calls = all && !tools_only && !script_only ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
+  const auto script = all && !tools_only ? bench::script_rows(100, 8, options) : std::vector<bench::ScriptRow>{};
+  const double stats_us = all && !tools_only && !script_only ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
+  const auto tools = all && !script_only ? std::optional(bench::tool_costs(options)) : std::nullopt;
 
   if (json) {
     std::printf("{");
@@ -89,6 +92,14 @@ int main(int argc, char** argv) {
                   i ? ", " : "", c.style, c.modules, c.plain_us, c.idle_us, c.tracked_us, c.idle_us / c.plain_us,
                   (c.tracked_us - c.plain_us) / c.modules);
     }
+    std::printf("], \"script\": [");
+    for (std::size_t i = 0; i < script.size(); ++i) {
+      const auto& c = script[i];
+      std::printf("%s{\"mode\": \"%s\", \"modules\": %d, \"plain_us\": %.1f, \"idle_us\": %.1f, \"tracked_us\": %.1f, "
+                  "\"idle_ratio\": %.4f, \"tracked_overhead_us_per_call\": %.3f}",
+                  i ? ", " : "", c.mode, c.modules, c.plain_us, c.idle_us, c.tracked_us, c.idle_us / c.plain_us,
+                  (c.tracked_us - c.plain_us) / c.modules);
+    }
     std::printf("], \"torch\": [");
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const auto& r = rows[i];
@@ -99,7 +110,7 @@ int main(int argc, char** argv) {
     std::printf("]}\n");
     return 0;
   }
-  if (all && !tools_only)
+  if (all && !tools_only && !script_only)
     std::printf("statistics (shapes + per-module table) over plain tracking: %.3f us per activation\n\n", stats_us);
   if (tools) {
     const auto& t = *tools;
@@ -124,20 +135,31 @@ int main(int argc, char** argv) {
     std::printf("reading the journal (not in the times below): %.1f ns per transition\n\n",
                 journal.ns / static_cast<double>(journal.transitions));
   if (tools_only) return 0;
-  std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of %d runs of %d call%s, alternating\n", options.runs,
-              options.reps, options.reps == 1 ? "" : "s");
-  std::printf("%8s %6s %10s %12s %12s %16s %7s\n", "modules", "width", "mode", "baseline_us", "tracked_us",
-              "overhead_us/mod", "ratio");
-  for (const auto& r : rows)
-    std::printf("%8d %6d %10s %12.1f %12.1f %16.3f %7.3f\n", r.modules, r.width, r.mode, r.base_us, r.tracked_us,
-                r.overhead_per_module(), r.ratio());
-  if (!calls.empty()) {
-    std::printf("\n%d separate Linear(8, 8) called in a loop, forward without grad: plain torch::nn holders,\n"
-                "the tracked holders with no tracker active (idle), and tracked\n", calls.front().modules);
-    std::printf("%14s %10s %10s %12s %11s %16s\n", "style", "plain_us", "idle_us", "tracked_us", "idle/plain",
-                "overhead_us/mod");
-    for (const auto& c : calls)
-      std::printf("%14s %10.1f %10.1f %12.1f %11.4f %16.3f\n", c.style, c.plain_us, c.idle_us, c.tracked_us,
+  if (!script_only) {
+    std::printf("LibTorch Sequential of Linear(d, d), 1 thread, best of %d runs of %d call%s, alternating\n", options.runs,
+                options.reps, options.reps == 1 ? "" : "s");
+    std::printf("%8s %6s %10s %12s %12s %16s %7s\n", "modules", "width", "mode", "baseline_us", "tracked_us",
+                "overhead_us/mod", "ratio");
+    for (const auto& r : rows)
+      std::printf("%8d %6d %10s %12.1f %12.1f %16.3f %7.3f\n", r.modules, r.width, r.mode, r.base_us, r.tracked_us,
+                  r.overhead_per_module(), r.ratio());
+    if (!calls.empty()) {
+      std::printf("\n%d separate Linear(8, 8) called in a loop, forward without grad: plain torch::nn holders,\n"
+                  "the tracked holders with no tracker active (idle), and tracked\n", calls.front().modules);
+      std::printf("%14s %10s %10s %12s %11s %16s\n", "style", "plain_us", "idle_us", "tracked_us", "idle/plain",
+                  "overhead_us/mod");
+      for (const auto& c : calls)
+        std::printf("%14s %10.1f %10.1f %12.1f %11.4f %16.3f\n", c.style, c.plain_us, c.idle_us, c.tracked_us,
+                    c.idle_us / c.plain_us, (c.tracked_us - c.plain_us) / c.modules);
+    }
+  }
+  if (!script.empty()) {
+    std::printf("\nTorchScript: %d Linear(8, 8) in a scripted model, called in sequence: plain, instrumented\n"
+                "with no tracker active (idle), and instrumented and tracked\n", script.front().modules);
+    std::printf("%14s %10s %10s %12s %11s %17s\n", "mode", "plain_us", "idle_us", "tracked_us", "idle/plain",
+                "overhead_us/call");
+    for (const auto& c : script)
+      std::printf("%14s %10.1f %10.1f %12.1f %11.4f %17.3f\n", c.mode, c.plain_us, c.idle_us, c.tracked_us,
                   c.idle_us / c.plain_us, (c.tracked_us - c.plain_us) / c.modules);
   }
   return 0;

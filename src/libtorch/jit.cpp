@@ -4,16 +4,15 @@
 // `modtracker::exit(self, outputs)`, both pass-through operators (tensors in,
 // the same tensors out) registered with CONSERVATIVE alias analysis, which
 // keeps the JIT from removing or moving them (with FROM_SCHEMA an operator
-// whose outputs look unused is dead code). When the call needs gradients each
-// operator puts one autograd node of its own between the module and the
-// rest of the graph, so every call has its own boundary nodes in backward
-// (shared tensors, residuals and f(f(x)) then nest exactly); the LibTorch
-// backend's gradient hooks go on those nodes as on an eager call's tensors.
+// whose outputs look unused is dead code). They report the call to the
+// trackers as an eager call is reported, and the LibTorch backend's
+// gradient hooks go on the call's tensors as on an eager call's: its
+// per-node dispatch orders shared tensors, residuals and f(f(x)) as in eager
+// code, so the calls need no autograd nodes of their own (with one boundary
+// node per operator, forward+backward cost twice as much: docs/performance.md).
 // A tracker sees each TorchScript module through a ScriptedModule stand-in.
 #include <torch/torch.h>
 #include <torch/script.h>
-#include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 
@@ -118,31 +117,6 @@ const Known* known_of(const c10::IValue& self) {
   return &r.known.at(obj);  // node-based map: the entry stays put
 }
 
-// --- the boundary nodes
-struct Boundary final : torch::autograd::Node {
-  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override { return std::move(grads); }
-  [[nodiscard]] std::string name() const override { return "modtracker::ModuleBoundary"; }
-};
-
-// The tensors with a boundary node of their own (those that need gradients;
-// the others pass unchanged). detach() gives a plain alias sharing the version
-// counter, so in-place ops on either side still work and are still checked.
-std::vector<at::Tensor> through_boundary(std::vector<at::Tensor> xs) {
-  if (!at::GradMode::is_enabled()) return xs;
-  std::vector<at::Tensor> needing;
-  for (const auto& x : xs)
-    if (x.defined() && x.requires_grad()) needing.push_back(x);
-  if (needing.empty()) return xs;
-  const auto node = std::shared_ptr<Boundary>(new Boundary(), torch::autograd::deleteNode);
-  node->set_next_edges(torch::autograd::collect_next_edges(needing));
-  for (auto& x : xs)
-    if (x.defined() && x.requires_grad()) {
-      x = x.detach();
-      torch::autograd::set_history(x, node);
-    }
-  return xs;
-}
-
 // --- the calls running on this thread, innermost last
 struct Frame {
   const ScriptedModule* module;
@@ -174,16 +148,15 @@ void enter_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   // A call still open here that does not enclose this one was unwound by an
   // exception in scripted code (which skips the exit operators): it exits now.
   while (!frames.empty() && !encloses(frames.back().module, known->stand_in.get())) frames.pop_back();
-  auto out = through_boundary(std::move(xs));
   auto& f = frames.emplace_back(known->stand_in.get());
-  for (const auto& t : out) f.seen.push(t);
+  for (const auto& t : xs) f.seen.push(t);
   try {
     f.call.emplace(d, ForwardCall{.module = module_ref(*f.module), .inputs = ValuesRef{&f.seen}});
   } catch (...) {
     frames.pop_back();
     throw;
   }
-  torch::jit::push(*stack, std::move(out));
+  torch::jit::push(*stack, std::move(xs));
 }
 
 void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
@@ -204,9 +177,8 @@ void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     return;
   }
   while (&frames.back() != &*match) frames.pop_back();  // unwound inside it (see enter_operator)
-  auto out = through_boundary(std::move(ys));
   Tensors seen;
-  for (const auto& t : out) seen.push(t);
+  for (const auto& t : ys) seen.push(t);
   try {
     frames.back().call->finish(ValuesRef{&seen});
   } catch (...) {
@@ -214,7 +186,7 @@ void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     throw;
   }
   frames.pop_back();
-  torch::jit::push(*stack, std::move(out));
+  torch::jit::push(*stack, std::move(ys));
 }
 
 

@@ -305,3 +305,33 @@ def forward(self, x):
   REQUIRE(diags.size() == 1);  // the output of Shape holds no tensor while its input requires grad
   CHECK(diags[0].fqn == "Shape");
 }
+
+TEST_CASE("jit: in-place operators on a call's output and input keep working, with the same gradients") {
+  torch::jit::Module net("InPlace");
+  net.register_module("fc", linear_module("Lin", 4, 4));
+  net.define(R"(
+def forward(self, x):
+    y = self.fc.forward(x)
+    y.relu_()
+    z = self.fc.forward(y)
+    return z.mul_(2)
+)");
+  auto plain = net.clone();
+  lt::jit::instrument(net);
+  lt::Tracker t;
+  auto scope = t.track();
+  for (int run = 0; run < 3; ++run) {
+    auto x0 = torch::randn({3, 4}, torch::requires_grad());
+    auto x1 = x0.detach().clone().requires_grad_(true);
+    auto y0 = plain.forward({x0}).toTensor();
+    auto y1 = net.forward({x1}).toTensor();
+    CHECK(torch::equal(y0, y1));
+    y0.sum().backward();
+    y1.sum().backward();
+    CHECK(torch::equal(x0.grad(), x1.grad()));
+    CHECK(transitions(t) == Strings{"fw enter InPlace", "fw enter InPlace.fc", "fw exit InPlace.fc",
+                                    "fw enter InPlace.fc", "fw exit InPlace.fc", "fw exit InPlace",
+                                    "bw enter InPlace", "bw enter InPlace.fc", "bw exit InPlace.fc",
+                                    "bw enter InPlace.fc", "bw exit InPlace.fc", "bw exit InPlace"});
+  }
+}

@@ -1,0 +1,78 @@
+// TorchScript: a scripted model of n Linear(d, d) called in sequence, plain
+// against instrumented (no tracker active, and tracked), forward without
+// grad and forward+backward. Every variant in every round.
+#include <torch/torch.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include <modtracker/torch.hpp>
+
+#include "bench.hpp"
+
+namespace bench {
+namespace lt = modtracker::libtorch;
+
+namespace {
+torch::jit::Module scripted_chain(int n, int d) {
+  // One class for the layers, as Python's scripting gives a ModuleList of
+  // nn.Linear (C++ define() of a forward calling many distinct classes takes
+  // time and memory exponential in their number in LibTorch 1.13).
+  torch::jit::Module proto("Linear");
+  proto.register_parameter("weight", (torch::randn({d, d}) * 0.1).requires_grad_(), false);
+  proto.register_parameter("bias", torch::zeros({d}).requires_grad_(), false);
+  proto.define("def forward(self, x):\n    return torch.linear(x, self.weight, self.bias)\n");
+  torch::jit::Module root("Chain");
+  std::string src = "def forward(self, x):\n";
+  for (int i = 0; i < n; ++i) {
+    root.register_module("l" + std::to_string(i), proto.deepcopy());
+    src += "    x = self.l" + std::to_string(i) + ".forward(x)\n";
+  }
+  src += "    return x\n";
+  root.define(src);
+  return root;
+}
+}  // namespace
+
+std::vector<ScriptRow> script_rows(int n, int d, const Options& options) {
+  torch::manual_seed(0);
+  auto plain = scripted_chain(n, d);
+  auto inst = plain.clone();
+  lt::jit::instrument(inst);
+  lt::Tracker tracker;
+  std::vector<ScriptRow> rows;
+  for (const bool backward : {false, true}) {
+    const auto x = torch::randn({4, d}, torch::requires_grad(backward));
+    auto run = [&](torch::jit::Module& m) {
+      if (backward) {
+        m.forward({x}).toTensor().sum().backward();
+      } else {
+        torch::NoGradGuard no_grad;
+        (void)m.forward({x});
+      }
+    };
+    for (int warm = 0; warm < 5; ++warm) {  // the profiling executor optimizes after its first runs
+      run(plain);
+      run(inst);
+      auto scope = tracker.track();
+      run(inst);
+      for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {
+      }
+    }
+    ScriptRow row{backward ? "fwbw" : "fw_nograd", 1e300, 1e300, 1e300, n};
+    for (int r = 0; r < options.runs; ++r) {
+      row.plain_us = std::min(row.plain_us, best_us(1, [&] { run(plain); }));
+      row.idle_us = std::min(row.idle_us, best_us(1, [&] { run(inst); }));
+      auto scope = tracker.track();
+      row.tracked_us = std::min(row.tracked_us, best_us(1, [&] { run(inst); }));
+      for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {
+      }
+    }
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+}  // namespace bench
