@@ -144,11 +144,19 @@ void enter_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     torch::jit::push(*stack, std::move(xs));
     return;
   }
-  const auto* known = known_of(self);
+  const auto* module = known_of(self)->stand_in.get();
   // A call still open here that does not enclose this one was unwound by an
   // exception in scripted code (which skips the exit operators): it exits now.
-  while (!frames.empty() && !encloses(frames.back().module, known->stand_in.get())) frames.pop_back();
-  auto& f = frames.emplace_back(known->stand_in.get());
+  while (!frames.empty() && frames.back().module != module && !encloses(frames.back().module, module))
+    frames.pop_back();
+  // A method of the module running now (self.helper(x) in its forward) is
+  // part of that call, not a call of its own.
+  const bool own_method = !frames.empty() && frames.back().module == module;
+  auto& f = frames.emplace_back(module);
+  if (own_method) {
+    torch::jit::push(*stack, std::move(xs));
+    return;
+  }
   for (const auto& t : xs) f.seen.push(t);
   try {
     f.call.emplace(d, ForwardCall{.module = module_ref(*f.module), .inputs = ValuesRef{&f.seen}});
@@ -180,7 +188,7 @@ void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   Tensors seen;
   for (const auto& t : ys) seen.push(t);
   try {
-    frames.back().call->finish(ValuesRef{&seen});
+    if (frames.back().call) frames.back().call->finish(ValuesRef{&seen});
   } catch (...) {
     frames.pop_back();
     throw;
@@ -332,13 +340,16 @@ void instrument(torch::jit::Module& model) {
   for (const auto& m : model.modules()) {
     const auto type = m.type();
     if (!done.insert(type.get()).second) continue;
-    const auto forward = m.find_method("forward");
-    if (!forward) continue;  // a container with no forward of its own
-    auto& fn = torch::jit::toGraphFunction(forward->function());
-    auto& g = *fn.graph();
-    if (instrumented(g)) continue;
-    instrument_graph(g, "the forward of " + type->repr_str());
-    fn.clear_optimized_graphs();  // callers inline the edited graph
+    // forward and the other methods (a parent's self.encoder.encode(x) is a
+    // call of encoder); not the special ones (__getstate__, ...).
+    for (const auto& method : m.get_methods()) {
+      if (method.name().starts_with("__")) continue;
+      auto& fn = torch::jit::toGraphFunction(method.function());
+      auto& g = *fn.graph();
+      if (instrumented(g)) continue;
+      instrument_graph(g, "method " + method.name() + " of " + type->repr_str());
+      fn.clear_optimized_graphs();  // callers inline the edited graph
+    }
   }
   (void)stand_in(model._ivalue());
   auto& w = watch();

@@ -335,3 +335,35 @@ def forward(self, x):
                                     "bw enter InPlace.fc", "bw exit InPlace.fc", "bw exit InPlace"});
   }
 }
+
+TEST_CASE("jit: a submodule's other method is a call of that submodule, a module's own helper is part of its call") {
+  torch::jit::Module enc("Encoder");
+  enc.register_module("fc", linear_module("Lin", 4, 4));
+  enc.define(R"(
+def helper(self, x):
+    return self.fc.forward(x) * 2
+
+def encode(self, x):
+    return self.helper(x) + 1
+
+def forward(self, x):
+    return self.encode(x)
+)");
+  torch::jit::Module net("Auto");
+  net.register_module("encoder", enc);
+  net.define(R"(
+def forward(self, x):
+    return self.encoder.encode(x) + self.encoder.forward(x)
+)");
+  lt::jit::instrument(net);
+  lt::Tracker t;
+  auto scope = t.track();
+  net.forward({torch::randn({2, 4}, torch::requires_grad())}).toTensor().sum().backward();
+  const auto tr = transitions(t);
+  CHECK(Strings(tr.begin(), tr.begin() + 10) ==
+        Strings{"fw enter Auto", "fw enter Auto.encoder", "fw enter Auto.encoder.fc", "fw exit Auto.encoder.fc",
+                "fw exit Auto.encoder", "fw enter Auto.encoder", "fw enter Auto.encoder.fc", "fw exit Auto.encoder.fc",
+                "fw exit Auto.encoder", "fw exit Auto"});
+  CHECK(tr.size() == 20);
+  CHECK(parents(t) == "Global");
+}
