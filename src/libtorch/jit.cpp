@@ -56,6 +56,8 @@ using torch::jit::Value;
 
 const c10::Symbol enter_symbol = c10::Symbol::fromQualString("modtracker::enter");
 const c10::Symbol exit_symbol = c10::Symbol::fromQualString("modtracker::exit");
+const c10::Symbol enter1_symbol = c10::Symbol::fromQualString("modtracker::enter1");
+const c10::Symbol exit1_symbol = c10::Symbol::fromQualString("modtracker::exit1");
 
 // --- the stand-ins, by TorchScript object
 struct Known {
@@ -134,16 +136,11 @@ bool encloses(const ScriptedModule* outer, const ScriptedModule* inner) {
   return false;
 }
 
-void enter_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+// A call's start: `xs` are the tensors among its arguments.
+void enter_call(const c10::IValue& self, const std::vector<at::Tensor>& xs) {
   ++in_operator;
   const auto done = gsl::finally([] { --in_operator; });
-  auto xs = torch::jit::pop(*stack).toTensorVector();
-  const auto self = torch::jit::pop(*stack);
   auto& d = backend().dispatcher();
-  if (d.idle()) {
-    torch::jit::push(*stack, std::move(xs));
-    return;
-  }
   const auto* module = known_of(self)->stand_in.get();
   // A call still open here that does not enclose this one was unwound by an
   // exception in scripted code (which skips the exit operators): it exits now.
@@ -153,10 +150,7 @@ void enter_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   // part of that call, not a call of its own.
   const bool own_method = !frames.empty() && frames.back().module == module;
   auto& f = frames.emplace_back(module);
-  if (own_method) {
-    torch::jit::push(*stack, std::move(xs));
-    return;
-  }
+  if (own_method) return;
   for (const auto& t : xs) f.seen.push(t);
   try {
     f.call.emplace(d, ForwardCall{.module = module_ref(*f.module), .inputs = ValuesRef{&f.seen}});
@@ -164,27 +158,22 @@ void enter_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     frames.pop_back();
     throw;
   }
-  torch::jit::push(*stack, std::move(xs));
 }
 
-void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+// A call's end: `ys` are the tensors of its output.
+void exit_call(const c10::IValue& self, const std::vector<at::Tensor>& ys) {
   ++in_operator;
   const auto done = gsl::finally([] { --in_operator; });
-  auto ys = torch::jit::pop(*stack).toTensorVector();
-  const auto self = torch::jit::pop(*stack);
   const ScriptedModule* module = nullptr;
-  if (!frames.empty()) {
+  {
     auto& r = registry();
     std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
     if (const auto it = r.known.find(&self.toObjectRef()); it != r.known.end()) module = it->second.stand_in.get();
   }
   auto match = frames.rbegin();
   while (match != frames.rend() && match->module != module) ++match;
-  if (module == nullptr || match == frames.rend()) {  // its call started untracked
-    torch::jit::push(*stack, std::move(ys));
-    return;
-  }
-  while (&frames.back() != &*match) frames.pop_back();  // unwound inside it (see enter_operator)
+  if (module == nullptr || match == frames.rend()) return;  // its call started untracked
+  while (&frames.back() != &*match) frames.pop_back();     // unwound inside it (see enter_call)
   Tensors seen;
   for (const auto& t : ys) seen.push(t);
   try {
@@ -194,7 +183,21 @@ void exit_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     throw;
   }
   frames.pop_back();
-  torch::jit::push(*stack, std::move(ys));
+}
+
+// The operators: the tensors pass through unchanged (the pass-through makes
+// the module's body depend on `enter` and `exit` on the body). One tensor in
+// or out, the common case, has operators of its own: no list to build and
+// unpack in the graph.
+template <void (*report)(const c10::IValue&, const std::vector<at::Tensor>&), bool one>
+void pass_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  auto values = torch::jit::pop(*stack);  // the tensors, or the one tensor
+  const auto self = torch::jit::pop(*stack);
+  if (!backend().dispatcher().idle()) {
+    if constexpr (one) report(self, {values.toTensor()});
+    else report(self, values.toTensorVector());
+  }
+  torch::jit::push(*stack, std::move(values));
 }
 
 
@@ -262,16 +265,22 @@ namespace {
 // --- the graphs
 bool instrumented(const Graph& g) {
   for (const auto* n : g.nodes())
-    if (n->kind() == enter_symbol) return true;
+    if (n->kind() == enter_symbol || n->kind() == enter1_symbol) return true;
   return false;
 }
 
-Value* pass(Graph& g, c10::Symbol op, Value* self, const std::vector<Value*>& tensors, Node** unpack) {
+// `op` (enter or exit) over `tensors`, at the insertion point: what replaces them.
+std::vector<Value*> pass(Graph& g, bool enter, Value* self, const std::vector<Value*>& tensors) {
+  if (tensors.size() == 1) {
+    auto* call = g.insertNode(g.create(enter ? enter1_symbol : exit1_symbol, {self, tensors[0]}, 1));
+    call->output()->setType(tensors[0]->type());
+    return {call->output()};
+  }
   auto* list = g.insertNode(g.createList(c10::TensorType::get(), tensors))->output();
-  auto* call = g.insertNode(g.create(op, {self, list}, 1));
+  auto* call = g.insertNode(g.create(enter ? enter_symbol : exit_symbol, {self, list}, 1));
   call->output()->setType(c10::ListType::ofTensors());
-  *unpack = g.insertNode(g.createListUnpack(call->output(), tensors.size()));
-  return call->output();
+  auto* unpack = g.insertNode(g.createListUnpack(call->output(), tensors.size()));
+  return {unpack->outputs().begin(), unpack->outputs().end()};
 }
 
 bool is_tensor(const Value* v) { return v->type()->cast<c10::TensorType>() != nullptr; }
@@ -285,28 +294,26 @@ void instrument_graph(Graph& g, const std::string& where) {
     if (is_tensor(g.inputs()[i])) inputs.push_back(g.inputs()[i]);
   {
     torch::jit::WithInsertPoint at_start(g.block()->nodes().front());
-    Node* unpack = nullptr;
-    pass(g, enter_symbol, self, inputs, &unpack);
-    for (std::size_t k = 0; k < inputs.size(); ++k) inputs[k]->replaceAllUsesAfterNodeWith(unpack, unpack->output(k));
+    const auto passed = pass(g, true, self, inputs);
+    for (std::size_t k = 0; k < inputs.size(); ++k)
+      inputs[k]->replaceAllUsesAfterNodeWith(passed[k]->node(), passed[k]);
   }
   torch::jit::WithInsertPoint at_return(g.return_node());
   auto* out = g.outputs()[0];
-  Node* unpack = nullptr;
   if (is_tensor(out)) {
-    pass(g, exit_symbol, self, {out}, &unpack);
-    g.return_node()->replaceInput(0, unpack->output(0));
+    g.return_node()->replaceInput(0, pass(g, false, self, {out})[0]);
   } else if (const auto tuple = out->type()->cast<c10::TupleType>()) {
     auto* parts = g.insertNode(g.createTupleUnpack(out));
     std::vector<Value*> elements(parts->outputs().begin(), parts->outputs().end()), tensors;
     for (auto* e : elements)
       if (is_tensor(e)) tensors.push_back(e);
-    pass(g, exit_symbol, self, tensors, &unpack);
+    const auto passed = pass(g, false, self, tensors);
     for (std::size_t i = 0, k = 0; i < elements.size(); ++i)
-      if (is_tensor(elements[i])) elements[i] = unpack->output(k++);
+      if (is_tensor(elements[i])) elements[i] = passed[k++];
     auto* rebuilt = g.insertNode(g.createTuple(elements, tuple->schema() ? tuple : nullptr));
     g.return_node()->replaceInput(0, rebuilt->output());
   } else {
-    pass(g, exit_symbol, self, {}, &unpack);  // a module call all the same (no tensor out: no backward)
+    pass(g, false, self, {});  // a module call all the same (no tensor out: no backward)
   }
 }
 
@@ -370,10 +377,17 @@ const ScriptedModule* as_scripted(const torch::nn::Module& m) noexcept { return 
 }  // namespace modtracker::libtorch::jit
 
 TORCH_LIBRARY(modtracker, m) {
-  m.def(torch::schema("enter(Any self, Tensor[] inputs) -> Tensor[]", c10::AliasAnalysisKind::CONSERVATIVE));
-  m.def(torch::schema("exit(Any self, Tensor[] outputs) -> Tensor[]", c10::AliasAnalysisKind::CONSERVATIVE));
-  m.impl("enter", c10::DispatchKey::CompositeImplicitAutograd,
-         torch::CppFunction::makeFromBoxedFunction<&modtracker::libtorch::jit::enter_operator>());
-  m.impl("exit", c10::DispatchKey::CompositeImplicitAutograd,
-         torch::CppFunction::makeFromBoxedFunction<&modtracker::libtorch::jit::exit_operator>());
+  using modtracker::libtorch::jit::enter_call;
+  using modtracker::libtorch::jit::exit_call;
+  using modtracker::libtorch::jit::pass_operator;
+  constexpr auto conservative = c10::AliasAnalysisKind::CONSERVATIVE;
+  constexpr auto composite = c10::DispatchKey::CompositeImplicitAutograd;
+  m.def(torch::schema("enter(Any self, Tensor[] inputs) -> Tensor[]", conservative));
+  m.def(torch::schema("exit(Any self, Tensor[] outputs) -> Tensor[]", conservative));
+  m.def(torch::schema("enter1(Any self, Tensor input) -> Tensor", conservative));
+  m.def(torch::schema("exit1(Any self, Tensor output) -> Tensor", conservative));
+  m.impl("enter", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&enter_call, false>>());
+  m.impl("exit", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&exit_call, false>>());
+  m.impl("enter1", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&enter_call, true>>());
+  m.impl("exit1", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&exit_call, true>>());
 }
