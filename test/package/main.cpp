@@ -21,8 +21,20 @@ int main() {
   }
   lt::annotate(stats, tracker, *layer);
   const auto* row = stats.find("Linear");
-  const bool ok = tracker.known_fqn(*layer) == "Linear" && pre_bw == 1 && tracker.parents().size() == 1 && row &&
-                  row->fw_calls == 1 && row->bw_calls == 1 && row->params_trainable == 10;
+  bool ok = tracker.known_fqn(*layer) == "Linear" && pre_bw == 1 && tracker.parents().size() == 1 && row &&
+            row->fw_calls == 1 && row->bw_calls == 1 && row->params_trainable == 10;
+  // A TorchScript model, instrumented.
+  torch::jit::Module script("Net");
+  script.register_parameter("w", torch::randn({4, 2}).requires_grad_(), false);
+  script.define("def forward(self, x):\n    return torch.mm(x, self.w)\n");
+  lt::jit::instrument(script);
+  {
+    auto scope = tracker.track();
+    script.forward({torch::randn({3, 4})}).toTensor().sum().backward();
+    int transitions = 0;
+    for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) ++transitions;
+    ok = ok && transitions == 4 && pre_bw == 2;
+  }
   std::printf("%s\nconsumer: %s\n", stats.table().c_str(), ok ? "ok" : "FAILED");
   return ok ? 0 : 1;
 }
