@@ -62,14 +62,10 @@ struct CallRow {
 // calls.cpp
 std::vector<CallRow> call_rows(int n, int d, const Options& options);
 
-/// A scripted model of n Linear(d, d) called in sequence: plain, instrumented
-/// with no tracker active (idle), instrumented and tracked (script.cpp).
-struct ScriptRow {
-  const char* mode;
-  double plain_us, idle_us, tracked_us;
-  int modules;
-};
-std::vector<ScriptRow> script_rows(int n, int d, const Options& options);
+/// A scripted model of n Linear(d, d) called in sequence, a row per mode
+/// (`style`: fw_nograd, fwbw): plain, instrumented with no tracker active
+/// (idle), instrumented and tracked (script.cpp).
+std::vector<CallRow> script_rows(int n, int d, const Options& options);
 
 /// The tools' costs (tools.cpp): ns per allocation+free, per operator, us per training step.
 struct ToolCosts {

@@ -19,6 +19,26 @@ int usage() {
                "                        [--runs N] [--reps N]\n");
   return 2;
 }
+
+// Rows of plain / idle / tracked: as JSON (`label`: the row's key, `per`:
+// what the overhead is per) and as a table.
+void print_json(const std::vector<bench::CallRow>& rows, const char* label, const char* per) {
+  std::printf("[");
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto& c = rows[i];
+    std::printf("%s{\"%s\": \"%s\", \"modules\": %d, \"plain_us\": %.1f, \"idle_us\": %.1f, \"tracked_us\": %.1f, "
+                "\"idle_ratio\": %.4f, \"tracked_overhead_us_per_%s\": %.3f}",
+                i ? ", " : "", label, c.style, c.modules, c.plain_us, c.idle_us, c.tracked_us, c.idle_us / c.plain_us,
+                per, (c.tracked_us - c.plain_us) / c.modules);
+  }
+  std::printf("]");
+}
+void print_table(const std::vector<bench::CallRow>& rows, const char* label, const char* overhead) {
+  std::printf("%14s %10s %10s %12s %11s %17s\n", label, "plain_us", "idle_us", "tracked_us", "idle/plain", overhead);
+  for (const auto& c : rows)
+    std::printf("%14s %10.1f %10.1f %12.1f %11.4f %17.3f\n", c.style, c.plain_us, c.idle_us, c.tracked_us,
+                c.idle_us / c.plain_us, (c.tracked_us - c.plain_us) / c.modules);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -64,7 +84,7 @@ int main(int argc, char** argv) {
       if (all || options.only_mode == r.mode) rows.push_back(r);
   const int call_modules = cases.size() == 1 ? cases.front().first : 1000;
   const auto calls = all && !tools_only && !script_only ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
-  const auto script = all && !tools_only ? bench::script_rows(100, 8, options) : std::vector<bench::ScriptRow>{};
+  const auto script = all && !tools_only ? bench::script_rows(100, 8, options) : std::vector<bench::CallRow>{};
   const double stats_us = all && !tools_only && !script_only ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
   const auto tools = all && !script_only ? std::optional(bench::tool_costs(options)) : std::nullopt;
 
@@ -84,23 +104,11 @@ int main(int argc, char** argv) {
                   noop_hooks);
     if (journal.transitions > 0)
       std::printf("\"journal_read_ns_per_transition\": %.1f, ", journal.ns / static_cast<double>(journal.transitions));
-    std::printf("\"calls\": [");
-    for (std::size_t i = 0; i < calls.size(); ++i) {
-      const auto& c = calls[i];
-      std::printf("%s{\"style\": \"%s\", \"modules\": %d, \"plain_us\": %.1f, \"idle_us\": %.1f, \"tracked_us\": %.1f, "
-                  "\"idle_ratio\": %.4f, \"tracked_overhead_us_per_module\": %.3f}",
-                  i ? ", " : "", c.style, c.modules, c.plain_us, c.idle_us, c.tracked_us, c.idle_us / c.plain_us,
-                  (c.tracked_us - c.plain_us) / c.modules);
-    }
-    std::printf("], \"script\": [");
-    for (std::size_t i = 0; i < script.size(); ++i) {
-      const auto& c = script[i];
-      std::printf("%s{\"mode\": \"%s\", \"modules\": %d, \"plain_us\": %.1f, \"idle_us\": %.1f, \"tracked_us\": %.1f, "
-                  "\"idle_ratio\": %.4f, \"tracked_overhead_us_per_call\": %.3f}",
-                  i ? ", " : "", c.mode, c.modules, c.plain_us, c.idle_us, c.tracked_us, c.idle_us / c.plain_us,
-                  (c.tracked_us - c.plain_us) / c.modules);
-    }
-    std::printf("], \"torch\": [");
+    std::printf("\"calls\": ");
+    print_json(calls, "style", "module");
+    std::printf(", \"script\": ");
+    print_json(script, "mode", "call");
+    std::printf(", \"torch\": [");
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const auto& r = rows[i];
       std::printf("%s{\"modules\": %d, \"width\": %d, \"mode\": \"%s\", \"baseline_us\": %.1f, "
@@ -146,21 +154,13 @@ int main(int argc, char** argv) {
     if (!calls.empty()) {
       std::printf("\n%d separate Linear(8, 8) called in a loop, forward without grad: plain torch::nn holders,\n"
                   "the tracked holders with no tracker active (idle), and tracked\n", calls.front().modules);
-      std::printf("%14s %10s %10s %12s %11s %16s\n", "style", "plain_us", "idle_us", "tracked_us", "idle/plain",
-                  "overhead_us/mod");
-      for (const auto& c : calls)
-        std::printf("%14s %10.1f %10.1f %12.1f %11.4f %16.3f\n", c.style, c.plain_us, c.idle_us, c.tracked_us,
-                    c.idle_us / c.plain_us, (c.tracked_us - c.plain_us) / c.modules);
+      print_table(calls, "style", "overhead_us/mod");
     }
   }
   if (!script.empty()) {
     std::printf("\nTorchScript: %d Linear(8, 8) in a scripted model, called in sequence: plain, instrumented\n"
                 "with no tracker active (idle), and instrumented and tracked\n", script.front().modules);
-    std::printf("%14s %10s %10s %12s %11s %17s\n", "mode", "plain_us", "idle_us", "tracked_us", "idle/plain",
-                "overhead_us/call");
-    for (const auto& c : script)
-      std::printf("%14s %10.1f %10.1f %12.1f %11.4f %17.3f\n", c.mode, c.plain_us, c.idle_us, c.tracked_us,
-                  c.idle_us / c.plain_us, (c.tracked_us - c.plain_us) / c.modules);
+    print_table(script, "mode", "overhead_us/call");
   }
   return 0;
 }

@@ -27,7 +27,9 @@ torch::jit::Module scripted_chain(int n, int d) {
   torch::jit::Module root("Chain");
   std::string src = "def forward(self, x):\n";
   for (int i = 0; i < n; ++i) {
-    root.register_module("l" + std::to_string(i), proto.deepcopy());
+    auto layer = proto.deepcopy();  // its tensors are copies made under autograd: make them leaves again
+    for (const auto& p : layer.named_parameters(false)) layer.setattr(p.name, p.value.detach().requires_grad_());
+    root.register_module("l" + std::to_string(i), layer);
     src += "    x = self.l" + std::to_string(i) + ".forward(x)\n";
   }
   src += "    return x\n";
@@ -36,13 +38,14 @@ torch::jit::Module scripted_chain(int n, int d) {
 }
 }  // namespace
 
-std::vector<ScriptRow> script_rows(int n, int d, const Options& options) {
+std::vector<CallRow> script_rows(int n, int d, const Options& options) {
   torch::manual_seed(0);
   auto plain = scripted_chain(n, d);
-  auto inst = plain.clone();
+  torch::manual_seed(0);
+  auto inst = scripted_chain(n, d);
   lt::jit::instrument(inst);
   lt::Tracker tracker;
-  std::vector<ScriptRow> rows;
+  std::vector<CallRow> rows;
   for (const bool backward : {false, true}) {
     const auto x = torch::randn({4, d}, torch::requires_grad(backward));
     auto run = [&](torch::jit::Module& m) {
@@ -61,7 +64,7 @@ std::vector<ScriptRow> script_rows(int n, int d, const Options& options) {
       for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {
       }
     }
-    ScriptRow row{backward ? "fwbw" : "fw_nograd", 1e300, 1e300, 1e300, n};
+    CallRow row{backward ? "fwbw" : "fw_nograd", 1e300, 1e300, 1e300, n};
     for (int r = 0; r < options.runs; ++r) {
       row.plain_us = std::min(row.plain_us, best_us(1, [&] { run(plain); }));
       row.idle_us = std::min(row.idle_us, best_us(1, [&] { run(inst); }));

@@ -184,6 +184,7 @@ bool Backend::holds_values(ValuesRef values) const {
 std::uint64_t Backend::gradient_stamp(ModuleRef module) const {
   std::uint64_t stamp = 0;
   for (const auto& p : module_of(module).parameters(/*recurse=*/false)) {
+    if (!p.is_leaf()) continue;  // gets no .grad (LibTorch warns when asked)
     const auto& g = p.grad();
     if (!g.defined()) continue;
     // A new gradient tensor, or one accumulated into in place (its version moves).
@@ -196,7 +197,7 @@ std::uint64_t Backend::gradient_stamp(ModuleRef module) const {
 bool Backend::has_nonzero_gradient(ModuleRef module) const {
   torch::NoGradGuard no_grad;
   for (const auto& p : module_of(module).parameters(/*recurse=*/false))
-    if (const auto& g = p.grad(); g.defined() && torch::any(g != 0).item<bool>()) return true;
+    if (const auto& g = p.is_leaf() ? p.grad() : at::Tensor(); g.defined() && torch::any(g != 0).item<bool>()) return true;
   return false;
 }
 

@@ -81,7 +81,7 @@ void Engine::check_scope_end() {
                          "(namespace nn = modtracker::libtorch::nn;) and MODTRACKER_MODULE in place of "
                          "TORCH_MODULE, or call them through modtracker::libtorch::call; a TorchScript model needs "
                          "modtracker::libtorch::jit::instrument before its first run (a model that ran keeps its "
-                         "compiled plan: instrument a clone()) (docs/tracking.md)"});
+                         "compiled plan: load it again and instrument the new one) (docs/tracking.md)"});
   }
   std::vector<std::pair<std::string, std::shared_ptr<const void>>> candidates;
   {

@@ -64,7 +64,9 @@ struct ProgImpl : torch::nn::Module {
 
 torch::jit::Module script_of(const Spec& s, const torch::jit::Module& lin) {
   torch::jit::Module m("Prog");
-  m.register_module("lin", lin.deepcopy());
+  auto layer = lin.deepcopy();  // its tensors are copies made under autograd: make them leaves again
+  for (const auto& p : layer.named_parameters(false)) layer.setattr(p.name, p.value.detach().requires_grad_());
+  m.register_module("lin", layer);
   for (std::size_t k = 0; k < s.kids.size(); ++k) m.register_module("n" + std::to_string(k), script_of(s.kids[k], lin));
   std::string src = "def forward(self, x):\n    x = self.lin.forward(x)\n    last = x\n    acc = x\n";
   for (const int k : s.calls) {

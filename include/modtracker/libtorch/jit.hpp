@@ -43,7 +43,7 @@ class ScriptedModule : public torch::nn::Module {
 /// every call of their `forward` is a tracked module call for any active
 /// modtracker::libtorch::Tracker. Outputs and gradients stay bit-identical.
 /// Instrumenting again is a no-op. Call it before the model first runs
-/// (a model that ran keeps its compiled plan: instrument a clone() then).
+/// (a model that ran keeps its compiled plan: load it again, and instrument that).
 /// Throws std::invalid_argument for a frozen model (instrument before
 /// torch::jit::freeze) or a module whose forward cannot be instrumented.
 void instrument(torch::jit::Module& model);
