@@ -74,10 +74,8 @@ Registry& registry() {
   return *r;
 }
 
-bool alive(const Known& k, const Object* obj) {
-  const auto strong = k.object.lock();
-  return strong && strong.get() == obj;
-}
+// The entry of `obj` is its own, not a freed object's at the same address.
+bool alive(const Known& k, const Object*) { return !k.object.expired(); }
 
 // The stand-in of `obj` and of its subtree, made where missing (lock held).
 std::shared_ptr<ScriptedModule> stand_in_locked(Registry& r, const c10::intrusive_ptr<Object>& obj,
@@ -121,11 +119,11 @@ const Known* known_of(const c10::IValue& self) {
 
 // --- the calls running on this thread, innermost last
 struct Frame {
+  const Object* object;  // what the exit operator gets, compared without a lookup
   const ScriptedModule* module;
-  std::vector<at::Tensor> inputs;
   Tensors seen;
   std::optional<ForwardDispatcher::Call> call;
-  explicit Frame(const ScriptedModule* m) : module(m) {}
+  Frame(const Object* o, const ScriptedModule* m) : object(o), module(m) {}
 };
 thread_local std::deque<Frame> frames;
 thread_local int in_operator = 0;  // operators of this thread running (a hook may end a scope)
@@ -137,7 +135,7 @@ bool encloses(const ScriptedModule* outer, const ScriptedModule* inner) {
 }
 
 // A call's start: `xs` are the tensors among its arguments.
-void enter_call(const c10::IValue& self, const std::vector<at::Tensor>& xs) {
+void enter_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> xs) {
   ++in_operator;
   const auto done = gsl::finally([] { --in_operator; });
   auto& d = backend().dispatcher();
@@ -149,7 +147,7 @@ void enter_call(const c10::IValue& self, const std::vector<at::Tensor>& xs) {
   // A method of the module running now (self.helper(x) in its forward) is
   // part of that call, not a call of its own.
   const bool own_method = !frames.empty() && frames.back().module == module;
-  auto& f = frames.emplace_back(module);
+  auto& f = frames.emplace_back(&self.toObjectRef(), module);
   if (own_method) return;
   for (const auto& t : xs) f.seen.push(t);
   try {
@@ -161,18 +159,13 @@ void enter_call(const c10::IValue& self, const std::vector<at::Tensor>& xs) {
 }
 
 // A call's end: `ys` are the tensors of its output.
-void exit_call(const c10::IValue& self, const std::vector<at::Tensor>& ys) {
+void exit_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> ys) {
   ++in_operator;
   const auto done = gsl::finally([] { --in_operator; });
-  const ScriptedModule* module = nullptr;
-  {
-    auto& r = registry();
-    std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
-    if (const auto it = r.known.find(&self.toObjectRef()); it != r.known.end()) module = it->second.stand_in.get();
-  }
+  const auto* object = &self.toObjectRef();
   auto match = frames.rbegin();
-  while (match != frames.rend() && match->module != module) ++match;
-  if (module == nullptr || match == frames.rend()) return;  // its call started untracked
+  while (match != frames.rend() && match->object != object) ++match;
+  if (match == frames.rend()) return;  // its call started untracked
   while (&frames.back() != &*match) frames.pop_back();     // unwound inside it (see enter_call)
   Tensors seen;
   for (const auto& t : ys) seen.push(t);
@@ -189,13 +182,13 @@ void exit_call(const c10::IValue& self, const std::vector<at::Tensor>& ys) {
 // the module's body depend on `enter` and `exit` on the body). One tensor in
 // or out, the common case, has operators of its own: no list to build and
 // unpack in the graph.
-template <void (*report)(const c10::IValue&, const std::vector<at::Tensor>&), bool one>
+template <void (*report)(const c10::IValue&, c10::ArrayRef<at::Tensor>), bool one>
 void pass_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   auto values = torch::jit::pop(*stack);  // the tensors, or the one tensor
   const auto self = torch::jit::pop(*stack);
   if (!backend().dispatcher().idle()) {
-    if constexpr (one) report(self, {values.toTensor()});
-    else report(self, values.toTensorVector());
+    if constexpr (one) report(self, c10::ArrayRef<at::Tensor>(values.toTensor()));
+    else report(self, values.toTensorList().vec());
   }
   torch::jit::push(*stack, std::move(values));
 }

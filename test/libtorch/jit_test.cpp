@@ -220,6 +220,17 @@ TEST_CASE("jit: freezing an instrumented model keeps its calls, and a frozen mod
   (void)frozen.forward({torch::randn({2, 4})});
   CHECK(transitions(t).size() == 6);
   CHECK_THROWS_WITH_AS(lt::jit::instrument(frozen), doctest::Contains("frozen"), std::invalid_argument);
+  SUBCASE("optimize_for_inference keeps them too, on a model scripted from Python") {
+    auto conv = torch::jit::load(std::string(MODTRACKER_FIXTURES) + "/backbone_traced.pt");
+    conv.eval();
+    lt::jit::instrument(conv);
+    auto fast = torch::jit::optimize_for_inference(conv);
+    (void)fast.forward({torch::randn({1, 3, 8, 8})});
+    CHECK(transitions(t) == Strings{"fw enter Backbone", "fw enter Backbone.conv", "fw exit Backbone.conv",
+                                    "fw enter Backbone.bn", "fw exit Backbone.bn", "fw enter Backbone.pool",
+                                    "fw exit Backbone.pool", "fw enter Backbone.flatten", "fw exit Backbone.flatten",
+                                    "fw exit Backbone"});
+  }
 }
 
 TEST_CASE("jit: a saved instrumented model loads instrumented") {
