@@ -23,6 +23,14 @@ def forward(self, x):
   return m;
 }
 
+/// A module of class `cls` with one Lin(4, 4) child `fc`, and the given methods.
+torch::jit::Module with_fc(const std::string& cls, const std::string& source) {
+  torch::jit::Module m(cls);
+  m.register_module("fc", linear_module("Lin", 4, 4));
+  m.define(source);
+  return m;
+}
+
 torch::jit::Module two_layer_net() {
   torch::jit::Module net("Net");
   net.register_module("fc1", linear_module("Lin", 4, 5));
@@ -137,9 +145,7 @@ TEST_CASE("jit: without grad only forward events, with no tracker active nothing
 }
 
 TEST_CASE("jit: tuple outputs keep their backward, and instrumenting twice changes nothing") {
-  torch::jit::Module net("Pair");
-  net.register_module("fc", linear_module("Lin", 4, 4));
-  net.define(R"(
+  auto net = with_fc("Pair", R"(
 def forward(self, x):
     y = self.fc.forward(x)
     return (y, 2 * y)
@@ -323,9 +329,7 @@ def forward(self, x):
 }
 
 TEST_CASE("jit: in-place operators on a call's output and input keep working, with the same gradients") {
-  torch::jit::Module net("InPlace");
-  net.register_module("fc", linear_module("Lin", 4, 4));
-  net.define(R"(
+  auto net = with_fc("InPlace", R"(
 def forward(self, x):
     y = self.fc.forward(x)
     y.relu_()
@@ -348,9 +352,7 @@ def forward(self, x):
 }
 
 TEST_CASE("jit: a submodule's other method is a call of that submodule, a module's own helper is part of its call") {
-  torch::jit::Module enc("Encoder");
-  enc.register_module("fc", linear_module("Lin", 4, 4));
-  enc.define(R"(
+  auto enc = with_fc("Encoder", R"(
 def helper(self, x):
     return self.fc.forward(x) * 2
 
