@@ -1,4 +1,4 @@
-// TorchScript modules as tracked modules. instrument() edits the forward
+// TorchScript modules as tracked modules. instrument() edits every method
 // graph of every TorchScript class in a model once: at its start a
 // `modtracker::enter(self, inputs)` and before its return a
 // `modtracker::exit(self, outputs)`, both pass-through operators (tensors in,
@@ -8,8 +8,8 @@
 // trackers as an eager call is reported, and the LibTorch backend's
 // gradient hooks go on the call's tensors as on an eager call's: its
 // per-node dispatch orders shared tensors, residuals and f(f(x)) as in eager
-// code, so the calls need no autograd nodes of their own (with one boundary
-// node per operator, forward+backward cost twice as much: docs/performance.md).
+// code, so the calls need no autograd nodes of their own (an autograd node
+// per operator, the first design, cost more: docs/performance.md).
 // A tracker sees each TorchScript module through a ScriptedModule stand-in.
 #include <torch/torch.h>
 #include <torch/script.h>
