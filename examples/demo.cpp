@@ -31,6 +31,12 @@ struct Model {
   std::vector<std::int64_t> input_shape;
 };
 
+// LibTorch's messages run on with a backtrace: their first line says it.
+std::string first_line(const std::exception& e) {
+  const std::string what = e.what();
+  return what.substr(0, what.find('\n'));
+}
+
 // A TorchScript model file (torch.jit.script(m).save(path) in Python, or
 // torch::jit::Module::save), instrumented, trained on inputs of `shape`.
 std::optional<Model> load_model(const std::string& path, std::vector<std::int64_t> shape) {
@@ -40,7 +46,7 @@ std::optional<Model> load_model(const std::string& path, std::vector<std::int64_
     lt::jit::instrument(script);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "modtracker-demo: cannot use '%s' as a TorchScript model: %s\n", path.c_str(),
-                 std::string(e.what()).substr(0, std::string(e.what()).find('\n')).c_str());
+                 first_line(e).c_str());
     return std::nullopt;
   }
   script.train();
@@ -259,10 +265,8 @@ int main(int argc, char** argv) {
       }
     }
   } catch (const std::exception& e) {
-    const std::string what = e.what();
     std::fprintf(stderr, "\nmodtracker-demo: the model failed on an input of shape %s: %s\n",
-                 c10::IntArrayRef(model->input_shape).vec().empty() ? "[]" : c10::str(c10::IntArrayRef(model->input_shape)).c_str(),
-                 what.substr(0, what.find('\n')).c_str());
+                 c10::str(c10::IntArrayRef(model->input_shape)).c_str(), first_line(e).c_str());
     return 1;
   }
   lt::annotate(stats, tracker, *model->module, &shapes);

@@ -74,16 +74,16 @@ Registry& registry() {
   return *r;
 }
 
-// The entry of `obj` is its own, not a freed object's at the same address.
-bool alive(const Known& k, const Object*) { return !k.object.expired(); }
+// An entry is its object's, not a freed object's at the same address.
+bool alive(const Known& k) { return !k.object.expired(); }
 
 // The stand-in of `obj` and of its subtree, made where missing (lock held).
 std::shared_ptr<ScriptedModule> stand_in_locked(Registry& r, const c10::intrusive_ptr<Object>& obj,
                                                 const ScriptedModule* parent) {
-  if (const auto it = r.known.find(obj.get()); it != r.known.end() && alive(it->second, obj.get()))
+  if (const auto it = r.known.find(obj.get()); it != r.known.end() && alive(it->second))
     return it->second.stand_in;
   if (r.known.size() >= r.swept_at) {  // forget the freed (their stand-ins expire with them)
-    std::erase_if(r.known, [](const auto& kv) { return !alive(kv.second, kv.first); });
+    std::erase_if(r.known, [](const auto& kv) { return !alive(kv.second); });
     r.swept_at = 2 * r.known.size() + 64;
   }
   const torch::jit::Module module(obj);
@@ -110,7 +110,7 @@ const Known* known_of(const c10::IValue& self) {
   const auto* obj = &self.toObjectRef();
   {
     std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
-    if (const auto it = r.known.find(obj); it != r.known.end() && alive(it->second, obj)) return &it->second;
+    if (const auto it = r.known.find(obj); it != r.known.end() && alive(it->second)) return &it->second;
   }
   (void)stand_in(self.toObject());
   std::lock_guard<modtracker::detail::SpinLock> guard(r.lock);
