@@ -7,7 +7,7 @@ set -euo pipefail
 say()  { printf 'modtracker setup: %s\n' "$*" >&2; }
 fail() { say "error: $*"; exit 1; }
 
-packages=(clang-16 clang-tools-16 ninja-build libtorch-dev librange-v3-dev
+packages=(clang-16 clang-tools-16 ninja-build libtorch-dev libgloo-dev librange-v3-dev
           doctest-dev libmsgsl-dev nlohmann-json3-dev make)
 # --sanitizers: also clang's sanitizer runtimes (for the asan and tsan presets).
 for arg in "$@"; do

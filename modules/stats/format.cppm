@@ -6,6 +6,7 @@ module;
 #include <chrono>
 #include <string>
 #include <string_view>
+#include <vector>
 export module modtracker.stats:format;
 
 export namespace modtracker {
@@ -16,5 +17,10 @@ export namespace modtracker {
 [[nodiscard]] std::string format_duration(std::chrono::nanoseconds d);
 [[nodiscard]] std::string format_count(std::uint64_t n);
 [[nodiscard]] std::string format_bytes(std::uint64_t n);
+/// Rows of cells (the first the header) laid out in columns two blanks
+/// apart, each `left_aligned` or right-aligned, with no trailing blanks; a
+/// rule above the last row if `totals` (it sums the others).
+[[nodiscard]] std::string format_table(const std::vector<std::vector<std::string>>& cells,
+                                       const std::vector<bool>& left_aligned, bool totals);
 
 }  // namespace modtracker

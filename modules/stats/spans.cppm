@@ -5,8 +5,11 @@ module;
 // definitions of std entities that name its typedefs (std::align).
 #include <cstdint>
 #include <chrono>
+#include <deque>
+#include <functional>
 #include <map>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -55,6 +58,37 @@ class SpanMatcher {
   };
   std::map<std::pair<std::uint32_t, Phase>, Stack> stacks_;
   std::map<std::pair<std::string_view, Phase>, std::uint64_t> calls_;
+};
+
+/// Keeps every span of a stream of transitions, with its own copy of the
+/// names: a trace written later, or sent to another process (ranks). A
+/// copy has the closed spans only.
+class SpanLog {
+ public:
+  SpanLog() = default;
+  SpanLog(const SpanLog& o) { *this = o; }
+  SpanLog& operator=(const SpanLog& o);
+  SpanLog(SpanLog&&) noexcept = default;
+  SpanLog& operator=(SpanLog&&) noexcept = default;
+  /// Feeds one transition (in the order the tracker yielded them).
+  void consume(const Transition& t);
+  template <class Range>
+  void consume_all(Range&& transitions) {
+    for (const auto& t : transitions) consume(t);
+  }
+  /// Adds a span as it is (its fqn copied).
+  void add(const Span& span);
+  /// In the order they closed.
+  [[nodiscard]] const std::vector<Span>& spans() const noexcept { return spans_; }
+  [[nodiscard]] std::size_t size() const noexcept { return spans_.size(); }
+  void clear();
+
+ private:
+  std::string_view intern(std::string_view fqn);
+  SpanMatcher matcher_;
+  std::deque<std::string> names_;  // a deque: growing it keeps the views valid
+  std::map<std::string_view, std::string_view, std::less<>> index_;
+  std::vector<Span> spans_;
 };
 
 }  // namespace modtracker

@@ -33,6 +33,13 @@ class ChromeTraceWriter {
   void consume_all(Range&& transitions) {
     for (const auto& t : transitions) consume(t);
   }
+  /// Writes one span as a slice of process `process` (a rank: one process
+  /// of the trace per rank), its times shifted by `shift` onto the trace's
+  /// clock. consume() writes process 1, unshifted.
+  void span(const Span& s, std::uint32_t process = 1, std::chrono::nanoseconds shift = {});
+  /// Names process `process` and orders it by `process` in the viewer
+  /// (the constructor names process 1).
+  void name_process(std::uint32_t process, std::string_view name);
   /// Gives every slice consumed from now on the argument `name`, valued
   /// `value(span)` where that is not empty (a tool's FLOPs, for instance).
   void add_slice_arg(std::string name, std::function<std::optional<std::uint64_t>(const Span&)> value);
@@ -44,7 +51,6 @@ class ChromeTraceWriter {
   [[nodiscard]] std::uint64_t slices() const noexcept { return slices_; }
 
  private:
-  void write(const Span& s);
   std::ostream& out_;
   SpanMatcher matcher_;
   std::vector<std::pair<std::string, std::function<std::optional<std::uint64_t>(const Span&)>>> slice_args_;

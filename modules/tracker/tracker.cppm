@@ -6,6 +6,7 @@ module;
 // definitions of std entities that name its typedefs (std::align).
 #include <cstdint>
 #include <array>
+#include <chrono>
 #include <concepts>
 #include <functional>
 #include <memory>
@@ -102,6 +103,8 @@ class TrackerBase {
   }
   /// Transitions lost to the journal's bounded capacity so far.
   [[nodiscard]] std::uint64_t dropped_transitions() const;
+  /// The transitions' clock now: the time since this tracker was created.
+  [[nodiscard]] std::chrono::nanoseconds now() const;
 
   /// Calls `listener` for every transition from now on, until the returned
   /// handle is removed or destroyed (a handle that outlives the tracker

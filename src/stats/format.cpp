@@ -3,10 +3,12 @@ module;
 // <cstdint> first in every module unit: clang 16 otherwise finds two
 // definitions of std entities that name its typedefs (std::align).
 #include <cstdint>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <string_view>
+#include <vector>
 module modtracker.stats;
 
 namespace modtracker {
@@ -75,6 +77,29 @@ std::string format_bytes(std::uint64_t n) {
   if (n < 1024 * 1024) return fixed(static_cast<double>(n) / 1024, "KiB");
   if (n < 1024ull * 1024 * 1024) return fixed(static_cast<double>(n) / (1024 * 1024), "MiB");
   return fixed(static_cast<double>(n) / (1024.0 * 1024 * 1024), "GiB");
+}
+
+std::string format_table(const std::vector<std::vector<std::string>>& cells, const std::vector<bool>& left_aligned,
+                         bool totals) {
+  std::vector<std::size_t> width(left_aligned.size(), 0);
+  for (const auto& row : cells)
+    for (std::size_t i = 0; i < row.size() && i < width.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  std::size_t rule = 0;
+  for (const auto w : width) rule += w + 2;
+  rule = rule >= 2 ? rule - 2 : 0;
+  std::string out;
+  for (std::size_t r = 0; r < cells.size(); ++r) {
+    if (totals && r + 1 == cells.size() && r > 0) out += std::string(rule, '-') + '\n';
+    std::string line;
+    for (std::size_t i = 0; i < cells[r].size() && i < width.size(); ++i) {
+      const std::string pad(width[i] - cells[r][i].size(), ' ');
+      line += left_aligned[i] ? cells[r][i] + pad : pad + cells[r][i];
+      if (i + 1 != cells[r].size()) line += "  ";
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    out += line + '\n';
+  }
+  return out;
 }
 
 }  // namespace modtracker

@@ -7,6 +7,7 @@ module;
 #include <chrono>
 #include <iterator>
 #include <optional>
+#include <string>
 #include <string_view>
 module modtracker.stats;
 import modtracker;
@@ -39,6 +40,36 @@ std::size_t SpanMatcher::open() const noexcept {
   std::size_t n = 0;
   for (const auto& [key, stack] : stacks_) n += stack.open.size();
   return n;
+}
+
+std::string_view SpanLog::intern(std::string_view fqn) {
+  if (const auto it = index_.find(fqn); it != index_.end()) return it->second;
+  const std::string_view kept = names_.emplace_back(fqn);
+  index_.emplace(kept, kept);
+  return kept;
+}
+
+void SpanLog::consume(const Transition& t) {
+  if (const auto span = matcher_.consume(t)) add(*span);
+}
+
+void SpanLog::add(const Span& span) {
+  spans_.push_back(span);
+  spans_.back().fqn = intern(span.fqn);
+}
+
+SpanLog& SpanLog::operator=(const SpanLog& o) {
+  if (this == &o) return *this;
+  clear();
+  for (const auto& s : o.spans_) add(s);
+  return *this;
+}
+
+void SpanLog::clear() {
+  matcher_ = {};
+  spans_.clear();
+  index_.clear();
+  names_.clear();
 }
 
 }  // namespace modtracker

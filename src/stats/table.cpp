@@ -14,8 +14,6 @@ module;
 
 #include <range/v3/algorithm/any_of.hpp>
 #include <range/v3/algorithm/find_if.hpp>
-#include <range/v3/algorithm/max.hpp>
-#include <range/v3/numeric/accumulate.hpp>
 #include <range/v3/range/conversion.hpp>
 #include <range/v3/view/filter.hpp>
 #include <range/v3/view/transform.hpp>
@@ -109,19 +107,6 @@ const ColumnSpec* spec_of(Column c) {
   return it == ranges::end(columns) ? nullptr : &*it;
 }
 
-// Cells padded to their column's width, two blanks apart, no trailing blanks.
-std::string line(const std::vector<const ColumnSpec*>& used, const std::vector<std::string>& cells,
-                 const std::vector<std::size_t>& width) {
-  std::string out;
-  for (std::size_t i = 0; i < cells.size(); ++i) {
-    const std::string pad(width[i] - cells[i].size(), ' ');
-    out += used[i]->text ? cells[i] + pad : pad + cells[i];
-    if (i + 1 != cells.size()) out += "  ";
-  }
-  out.erase(out.find_last_not_of(' ') + 1);
-  return out + '\n';
-}
-
 }  // namespace
 
 std::optional<Column> column_from_name(std::string_view name) {
@@ -178,17 +163,9 @@ std::string Statistics::table(const TableOptions& options) const {
   cells.push_back(used | ranges::views::transform([&](const ColumnSpec* s) { return s->total(totals); }) |
                   ranges::to<std::vector>());
 
-  std::vector<std::size_t> width;
-  for (std::size_t i = 0; i < used.size(); ++i)
-    width.push_back(ranges::max(cells | ranges::views::transform([i](const auto& row) { return row[i].size(); })));
-  const auto rule = ranges::accumulate(width, std::size_t{0}) + 2 * (width.size() - 1);
-
-  std::string out;
-  for (std::size_t r = 0; r < cells.size(); ++r) {
-    if (r + 1 == cells.size()) out += std::string(rule, '-') + '\n';
-    out += line(used, cells[r], width);
-  }
-  return out;
+  const auto left = used | ranges::views::transform([](const ColumnSpec* s) { return s->text; }) |
+                    ranges::to<std::vector>();
+  return format_table(cells, left, true);
 }
 
 }  // namespace modtracker

@@ -46,14 +46,23 @@ ChromeTraceWriter::ChromeTraceWriter(std::ostream& out, std::string process_name
        << "\"}}";
 }
 
+void ChromeTraceWriter::name_process(std::uint32_t process, std::string_view name) {
+  if (finished_) return;
+  out_ << ",\n{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":" << process << ",\"tid\":0,\"args\":{\"name\":\""
+       << json_escape(name) << "\"}}"
+       << ",\n{\"ph\":\"M\",\"name\":\"process_sort_index\",\"pid\":" << process
+       << ",\"tid\":0,\"args\":{\"sort_index\":" << process << "}}";
+}
+
 ChromeTraceWriter::~ChromeTraceWriter() { finish(); }
 
 void ChromeTraceWriter::consume(const Transition& t) {
   if (finished_) return;
-  if (const auto span = matcher_.consume(t)) write(*span);
+  if (const auto s = matcher_.consume(t)) span(*s);
 }
 
-void ChromeTraceWriter::write(const Span& s) {
+void ChromeTraceWriter::span(const Span& s, std::uint32_t process, std::chrono::nanoseconds shift) {
+  if (finished_) return;
   const char* phase = s.phase == Phase::forward ? "forward" : "backward";
   const auto fqn = json_escape(s.fqn);
   char num[48];
@@ -62,7 +71,7 @@ void ChromeTraceWriter::write(const Span& s) {
     return num;
   };
   auto head = [&](const char* ph) -> std::ostream& {
-    return out_ << ",\n{\"ph\":\"" << ph << "\",\"pid\":1,\"tid\":" << s.thread << ",\"name\":\"" << fqn
+    return out_ << ",\n{\"ph\":\"" << ph << "\",\"pid\":" << process << ",\"tid\":" << s.thread << ",\"name\":\"" << fqn
                 << "\",\"cat\":\"" << phase << "\",";
   };
   auto args = [&]() -> std::ostream& {
@@ -72,14 +81,14 @@ void ChromeTraceWriter::write(const Span& s) {
     return out_ << "}}";
   };
   if (s.nested) {
-    head("X") << "\"ts\":" << us(s.start) << ",";
+    head("X") << "\"ts\":" << us(s.start + shift) << ",";
     out_ << "\"dur\":" << us(s.end - s.start) << ",";
     args();
   } else {  // an async slice: its own row, so the thread's slices still nest
     const auto id = ++async_ids_;
-    head("b") << "\"id\":" << id << ",\"ts\":" << us(s.start) << ",";
+    head("b") << "\"id\":" << id << ",\"ts\":" << us(s.start + shift) << ",";
     args();
-    head("e") << "\"id\":" << id << ",\"ts\":" << us(s.end) << "}";
+    head("e") << "\"id\":" << id << ",\"ts\":" << us(s.end + shift) << "}";
   }
   ++slices_;
 }

@@ -49,6 +49,10 @@ class Engine final : public ForwardObserver {
   // journal.cpp
   Generator<Transition> drain();
   [[nodiscard]] std::uint64_t dropped() const;
+  /// The transitions' clock: time from the engine's creation to `tick`.
+  [[nodiscard]] std::chrono::nanoseconds since_start(std::uint64_t tick) const noexcept {
+    return std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(tick - tick0_) * ns_per_tick()));
+  }
   Registration add_listener(TransitionListener& listener);
 
   // config.cpp

@@ -14,7 +14,6 @@ Journal::Journal(std::size_t capacity) : capacity_(capacity) {
 }
 
 Generator<Transition> Engine::drain() {
-  const double scale = ns_per_tick();
   for (;;) {
     JournalEntry entry;
     std::uint64_t sequence = 0;
@@ -35,16 +34,14 @@ Generator<Transition> Engine::drain() {
                     "; read drain_transitions() more often or raise journal_capacity"});
       continue;
     }
-    const auto ns = static_cast<std::int64_t>(static_cast<double>(entry.ticks - tick0_) * scale);
-    co_yield Transition{entry.phase, entry.kind, fqn, entry.depth, sequence, std::chrono::nanoseconds(ns), entry.thread};
+    co_yield Transition{entry.phase, entry.kind, fqn, entry.depth, sequence, since_start(entry.ticks), entry.thread};
   }
 }
 
 void Engine::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, StepClock& clock) {
   journal_.record(phase, kind, fqn, depth, clock);
   if (listeners_.empty()) [[likely]] return;
-  const auto ns = static_cast<std::int64_t>(static_cast<double>(clock.read() - tick0_) * ns_per_tick());
-  const Transition t{phase, kind, names_.fqn(fqn), depth, journal_.recorded() - 1, std::chrono::nanoseconds(ns),
+  const Transition t{phase, kind, names_.fqn(fqn), depth, journal_.recorded() - 1, since_start(clock.read()),
                      thread_index()};
   for (auto* l : listeners_) l->on_transition(t);
 }

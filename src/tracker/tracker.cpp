@@ -36,6 +36,7 @@ void TrackerBase::set_diagnostics(DiagnosticSink sink) { engine_->set_sink(std::
 Generator<Transition> TrackerBase::drain_transitions() { return engine_->drain(); }
 Registration TrackerBase::add_listener(TransitionListener& listener) { return engine_->add_listener(listener); }
 std::uint64_t TrackerBase::dropped_transitions() const { return engine_->dropped(); }
+std::chrono::nanoseconds TrackerBase::now() const { return engine_->since_start(detail::ticks()); }
 
 namespace detail {
 

@@ -1,0 +1,90 @@
+// Ranks of a multi-process LibTorch job on c10d (Gloo): every rank's
+// statistics, and where asked its spans, gathered to rank 0 at a point the
+// user chooses, merged there into one table across ranks and one trace
+// with a process per rank. Faults (a rank absent, killed, hung, or sending
+// a table of another shape) are reported by rank, within the timeout.
+//
+// Not included by <modtracker/torch.hpp>: it brings c10d's headers.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <modtracker/libtorch/backend.hpp>
+
+import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats
+
+namespace modtracker::libtorch {
+
+struct RankOptions {
+  /// How long rank 0 waits for a rank at a gather (and a rank for rank 0),
+  /// and how long joining may take: every rank must reach each gather
+  /// within this time of the others.
+  std::chrono::milliseconds timeout{30'000};
+  /// The prefix of the group the layer makes on the job's store: one name
+  /// per store (a second group needs another).
+  std::string name = "modtracker";
+};
+
+/// A Gloo process group for `rank` of `world` over `store`, on the network
+/// device of `host` (pinned: Gloo's default follows the machine's host
+/// name), its collectives bounded by `timeout`. The store's own timeout
+/// bounds the rendezvous.
+[[nodiscard]] c10::intrusive_ptr<c10d::ProcessGroup> make_gloo_group(c10::intrusive_ptr<c10d::Store> store, int rank,
+                                                                     int world, std::chrono::milliseconds timeout,
+                                                                     const std::string& host = "127.0.0.1");
+
+/// What one gather gave this rank.
+struct Gathered {
+  int rank = 0, world = 1;
+  /// On rank 0: every rank that answered, rank 0 included; elsewhere empty.
+  std::unique_ptr<CrossRankStatistics> merged;
+  /// On rank 0: each rank missing or suspect, and why. Elsewhere: this
+  /// rank's own trouble reaching rank 0 (Kind::no_root, Kind::rejected).
+  std::vector<RankProblem> problems;
+  std::chrono::nanoseconds elapsed{};  ///< the gather's wall time on this rank
+  /// Rank 0 with every rank's record and no problem.
+  [[nodiscard]] bool complete() const noexcept;
+  /// The problems, a line each ("" if none).
+  [[nodiscard]] std::string report() const;
+};
+
+/// The ranks of one job, as seen by one rank.
+class RankGroup {
+ public:
+  /// Over the job's own process group (Gloo): rank and world are its.
+  explicit RankGroup(c10::intrusive_ptr<c10d::ProcessGroup> group, RankOptions options = {});
+  /// Over a Gloo group of its own on PrefixStore(options.name, store), so
+  /// that gathers never interleave with the job's collectives. Waits up to
+  /// the timeout for every rank to join; a rank that does not is reported
+  /// (Kind::absent) by every gather, which then has this rank's record only.
+  /// Throws std::runtime_error if the store already holds this rank under
+  /// this name: a stale store (a FileStore path of an earlier job) or a
+  /// second group of the same name.
+  RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world, RankOptions options = {});
+  RankGroup(const RankGroup&) = delete;
+  RankGroup& operator=(const RankGroup&) = delete;
+  ~RankGroup();
+
+  [[nodiscard]] int rank() const noexcept;
+  [[nodiscard]] int world() const noexcept;
+
+  /// Sends this rank's statistics (and `spans`, if given: the merged trace)
+  /// to rank 0, which merges them with its own: every rank calls it at the
+  /// same points (the n-th call of each rank is one gather). `tracker` is
+  /// the one that timed `stats`: rank 0 maps each rank's clock onto its own
+  /// with it (docs/ranks.md). Never throws for a fault of another rank: a
+  /// rank that fails is reported, and not waited for again by this group.
+  Gathered gather(const TrackerBase& tracker, const Statistics& stats, const SpanLog* spans = nullptr);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace modtracker::libtorch

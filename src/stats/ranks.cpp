@@ -1,0 +1,216 @@
+// Ranks merged: rows joined by module name, spreads over the ranks, the
+// straggler, and a trace with a process per rank.
+module;
+// <cstdint> first in every module unit: clang 16 otherwise finds two
+// definitions of std entities that name its typedefs (std::align).
+#include <cstdint>
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <optional>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+module modtracker.stats;
+import modtracker;
+
+namespace modtracker {
+
+namespace {
+
+struct NaturalLess {
+  bool operator()(std::string_view a, std::string_view b) const { return natural_less(a, b); }
+};
+
+RankSpread spread(const CrossRankRow& row, const std::vector<RankRecord>& records, Phase phase) {
+  std::vector<std::pair<std::chrono::nanoseconds, int>> times;
+  RankSpread s;
+  for (std::size_t i = 0; i < row.per_rank.size(); ++i) {
+    const auto* r = row.per_rank[i];
+    const auto calls = r ? (phase == Phase::forward ? r->fw_calls : r->bw_calls) : 0;
+    if (calls == 0) continue;
+    s.calls_min = times.empty() ? calls : std::min(s.calls_min, calls);
+    s.calls_max = std::max(s.calls_max, calls);
+    times.emplace_back(phase == Phase::forward ? r->fw_inclusive : r->bw_inclusive, records[i].rank);
+  }
+  s.ranks = times.size();
+  if (times.empty()) return s;
+  std::sort(times.begin(), times.end());
+  s.min = times.front().first;
+  s.max = times.back().first;
+  s.slowest = times.back().second;
+  const auto n = times.size();  // the median of an even count: the mean of the middle two
+  s.median = n % 2 ? times[n / 2].first : (times[n / 2 - 1].first + times[n / 2].first) / 2;
+  return s;
+}
+
+std::chrono::nanoseconds median_of(std::vector<std::chrono::nanoseconds> v) {
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+std::string calls_cell(const RankSpread& s) {
+  if (s.ranks == 0) return "-";
+  return s.calls_min == s.calls_max ? std::to_string(s.calls_min)
+                                    : std::to_string(s.calls_min) + "-" + std::to_string(s.calls_max);
+}
+
+std::string time_cell(const RankSpread& s, std::chrono::nanoseconds d) { return s.ranks ? format_duration(d) : "-"; }
+std::string rank_cell(const RankSpread& s) { return s.ranks > 1 ? std::to_string(s.slowest) : "-"; }
+
+std::string some(const std::vector<std::string>& names) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size() && i < 3; ++i) out += (i ? ", " : "") + names[i];
+  return names.size() > 3 ? out + ", ..." : out;
+}
+
+}  // namespace
+
+std::string RankRecord::label() const {
+  std::string out = "rank " + std::to_string(rank);
+  if (!host.empty() || pid) out += " (" + (host.empty() ? std::string("?") : host) + ", pid " + std::to_string(pid) + ")";
+  return out;
+}
+
+std::string_view kind_name(RankProblem::Kind kind) {
+  switch (kind) {
+    case RankProblem::Kind::absent: return "absent";
+    case RankProblem::Kind::lost: return "lost";
+    case RankProblem::Kind::timed_out: return "timed out";
+    case RankProblem::Kind::rejected: return "rejected";
+    case RankProblem::Kind::differs: return "differs";
+    case RankProblem::Kind::no_root: return "no root";
+  }
+  return "?";
+}
+
+CrossRankStatistics::CrossRankStatistics(std::vector<RankRecord> records) : records_(std::move(records)) {
+  std::stable_sort(records_.begin(), records_.end(), [](const auto& a, const auto& b) { return a.rank < b.rank; });
+  for (std::size_t i = 1; i < records_.size(); ++i)
+    if (records_[i].rank == records_[i - 1].rank)
+      throw std::invalid_argument("modtracker: two records of rank " + std::to_string(records_[i].rank));
+  std::map<std::string_view, std::vector<const ModuleStats*>, NaturalLess> by_fqn;
+  for (std::size_t i = 0; i < records_.size(); ++i)
+    for (const auto& row : records_[i].rows) {
+      auto& slot = by_fqn.try_emplace(row.fqn, records_.size(), nullptr).first->second;
+      slot[i] = &row;
+    }
+  rows_.reserve(by_fqn.size());
+  for (auto& [fqn, per_rank] : by_fqn) {
+    CrossRankRow row{std::string(fqn), std::move(per_rank), {}, {}};
+    row.fw = spread(row, records_, Phase::forward);
+    row.bw = spread(row, records_, Phase::backward);
+    rows_.push_back(std::move(row));
+  }
+}
+
+const CrossRankRow* CrossRankStatistics::find(std::string_view fqn) const {
+  const auto it = std::lower_bound(rows_.begin(), rows_.end(), fqn,
+                                   [](const CrossRankRow& r, std::string_view f) { return natural_less(r.fqn, f); });
+  return it != rows_.end() && it->fqn == fqn ? &*it : nullptr;
+}
+
+std::vector<RankProblem> CrossRankStatistics::shape_differences() const {
+  std::vector<RankProblem> out;
+  if (records_.size() < 2) return out;
+  for (std::size_t i = 1; i < records_.size(); ++i) {
+    std::vector<std::string> missing, extra;
+    for (const auto& row : rows_) {
+      if (row.per_rank[0] && !row.per_rank[i]) missing.push_back(row.fqn);
+      if (!row.per_rank[0] && row.per_rank[i]) extra.push_back(row.fqn);
+    }
+    if (missing.empty() && extra.empty()) continue;
+    std::string message = "rank " + std::to_string(records_[i].rank) + "'s table differs in shape from rank " +
+                          std::to_string(records_[0].rank) + "'s:";
+    if (!missing.empty()) message += " " + std::to_string(missing.size()) + " module(s) missing (" + some(missing) + ")";
+    if (!extra.empty())
+      message += std::string(missing.empty() ? "" : ";") + " " + std::to_string(extra.size()) + " module(s) only there (" +
+                 some(extra) + ")";
+    out.push_back({records_[i].rank, RankProblem::Kind::differs,
+                   message + "; rows are merged by module name (does every rank build the same model?)"});
+  }
+  return out;
+}
+
+std::optional<Straggler> CrossRankStatistics::straggler() const {
+  if (records_.size() < 2) return std::nullopt;
+  std::optional<Straggler> best;
+  for (const auto& row : rows_)
+    for (const Phase phase : {Phase::forward, Phase::backward}) {
+      std::vector<std::chrono::nanoseconds> times;
+      std::vector<std::pair<std::chrono::nanoseconds, int>> ranked;
+      for (std::size_t i = 0; i < row.per_rank.size(); ++i) {
+        const auto* r = row.per_rank[i];
+        if (!r || (phase == Phase::forward ? r->fw_calls : r->bw_calls) == 0) continue;
+        const auto t = phase == Phase::forward ? r->fw_exclusive : r->bw_exclusive;
+        times.push_back(t);
+        ranked.emplace_back(t, records_[i].rank);
+      }
+      if (times.size() < 2) continue;
+      const auto median = median_of(times);
+      const auto top = *std::max_element(ranked.begin(), ranked.end());
+      if (top.first <= median) continue;
+      if (!best || top.first - median > best->time - best->median)
+        best = Straggler{row.fqn, top.second, phase, top.first, median};
+    }
+  return best;
+}
+
+std::string CrossRankStatistics::table(const TableOptions& options) const {
+  const auto world = std::to_string(records_.size());
+  std::vector<std::vector<std::string>> cells{{"module", "ranks", "fw calls", "fw min", "fw median", "fw max", "slowest",
+                                               "bw calls", "bw min", "bw median", "bw max", "slowest"}};
+  for (const auto& row : rows_) {
+    const auto depth = static_cast<std::size_t>(std::count(row.fqn.begin(), row.fqn.end(), '.')) + 1;
+    if (options.max_depth && depth > options.max_depth) continue;
+    const auto present = static_cast<std::size_t>(std::count_if(row.per_rank.begin(), row.per_rank.end(),
+                                                                 [](const auto* r) { return r != nullptr; }));
+    const auto dot = row.fqn.rfind('.');
+    cells.push_back({std::string(2 * (depth - 1), ' ') + (dot == std::string::npos ? row.fqn : row.fqn.substr(dot + 1)),
+                     present == records_.size() ? world : std::to_string(present) + "/" + world, calls_cell(row.fw),
+                     time_cell(row.fw, row.fw.min), time_cell(row.fw, row.fw.median), time_cell(row.fw, row.fw.max),
+                     rank_cell(row.fw), calls_cell(row.bw), time_cell(row.bw, row.bw.min),
+                     time_cell(row.bw, row.bw.median), time_cell(row.bw, row.bw.max), rank_cell(row.bw)});
+  }
+  std::string out = format_table(cells, {true, false, false, false, false, false, false, false, false, false, false, false},
+                                 false);
+  // The slowest rank overall: the most time in its roots, forward and backward.
+  if (records_.size() > 1) {
+    std::vector<std::pair<std::chrono::nanoseconds, int>> totals;
+    for (const auto& record : records_) {
+      std::chrono::nanoseconds sum{};
+      for (const auto& r : record.rows)
+        if (r.depth() == 1) sum += r.fw_inclusive + r.bw_inclusive;
+      totals.emplace_back(sum, record.rank);
+    }
+    std::vector<std::chrono::nanoseconds> only;
+    for (const auto& [t, rank] : totals) only.push_back(t);
+    const auto top = *std::max_element(totals.begin(), totals.end());
+    out += "slowest rank: " + std::to_string(top.second) + " (" + format_duration(top.first) +
+           " in forward and backward, median of the ranks " + format_duration(median_of(only)) + ")\n";
+  }
+  if (const auto s = straggler())
+    out += "straggler: rank " + std::to_string(s->rank) + " in " + s->fqn + " (" +
+           (s->phase == Phase::forward ? "forward" : "backward") + ", its own time): " + format_duration(s->time) +
+           " against a median of " + format_duration(s->median) + "\n";
+  return out;
+}
+
+std::uint64_t CrossRankStatistics::write_trace(std::ostream& out) const {
+  const bool rank0 = !records_.empty() && records_.front().rank == 0;  // process 1, named by the writer
+  ChromeTraceWriter trace(out, rank0 ? records_.front().label() : std::string("modtracker ranks"));
+  for (const auto& record : records_) {
+    const auto process = static_cast<std::uint32_t>(record.rank + 1);
+    if (!rank0 || &record != &records_.front()) trace.name_process(process, record.label());
+    for (const auto& span : record.spans.spans()) trace.span(span, process, record.clock_offset);
+  }
+  trace.finish();
+  return trace.slices();
+}
+
+}  // namespace modtracker

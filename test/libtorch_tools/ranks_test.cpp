@@ -1,0 +1,249 @@
+// Ranks as threads of one process over a c10d HashStore: data-parallel
+// training with a tracker per rank, gathered to rank 0, and the faults.
+#include <torch/torch.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <unistd.h>
+
+#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/torch.hpp>
+
+#include <doctest/doctest.h>
+
+namespace {
+namespace lt = modtracker::libtorch;
+namespace nn = lt::nn;  // the tutorials' `namespace nn = torch::nn;`, tracked
+using namespace std::chrono_literals;
+using Kind = modtracker::RankProblem::Kind;
+
+struct NetImpl : nn::Module {
+  nn::Linear fc1{register_module("fc1", nn::Linear(4, 16))};
+  nn::Linear extra{nullptr};  // a layer some rank's model has (its table differs in shape)
+  nn::Linear fc2{register_module("fc2", nn::Linear(16, 2))};
+  explicit NetImpl(bool wider = false) {
+    if (wider) extra = register_module("extra", nn::Linear(16, 16));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    x = torch::relu(fc1->forward(x));
+    if (extra) x = extra->forward(x);
+    return fc2->forward(x);
+  }
+};
+MODTRACKER_MODULE(Net);
+
+// What one rank saw and kept.
+struct Rank {
+  modtracker::Statistics stats;
+  modtracker::SpanLog spans;
+  std::vector<float> params;
+  std::optional<lt::Gathered> gathered;
+  std::chrono::steady_clock::time_point tracker_created;
+};
+
+enum class Role { normal, wider, hangs, leaves, absent };
+
+struct Job {
+  int world;
+  std::chrono::milliseconds timeout = 10s;
+  std::map<int, Role> roles;
+  int steps = 3;
+  bool data_parallel = true;  // else each rank trains alone (models of different shapes)
+  std::vector<Rank> ranks = std::vector<Rank>(static_cast<std::size_t>(world));
+  c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::HashStore>();
+  std::mutex tracking;
+
+  Role role(int r) const { return roles.count(r) ? roles.at(r) : Role::normal; }
+
+  // Gradients averaged over the ranks by allreduce, after rank 0's
+  // parameters were broadcast (as DistributedDataParallel does).
+  template <class Model>
+  void train(int rank, Model net, c10d::ProcessGroup& group) {
+    std::vector<torch::Tensor> params = net->parameters();
+    for (auto& p : params) {
+      std::vector<torch::Tensor> one{p.data()};
+      if (data_parallel) group.broadcast(one)->wait();
+    }
+    auto gen = at::detail::createCPUGenerator(static_cast<std::uint64_t>(100 + rank));
+    torch::optim::SGD opt(params, 0.1);
+    auto& me = ranks[static_cast<std::size_t>(rank)];
+    me.tracker_created = std::chrono::steady_clock::now();
+    lt::Tracker tracker;
+    lt::RankGroup gather_group(store, rank, world, {timeout, "modtracker"});
+    for (int step = 0; step < steps; ++step) {
+      {
+        // A tracker sees the modules of every thread (as in Python): the
+        // ranks take turns to be tracked, one at a time.
+        const std::lock_guard<std::mutex> turn(tracking);
+        auto scope = tracker.track();
+        opt.zero_grad();
+        const auto x = torch::randn({8, 4}, gen);
+        net(x).square().mean().backward();
+        scope.end();
+        for (const auto& t : tracker.drain_transitions()) {
+          me.stats.consume(t);
+          me.spans.consume(t);
+        }
+      }
+      for (auto& p : params) {
+          std::vector<torch::Tensor> g{p.grad()};
+          if (!data_parallel) continue;
+          group.allreduce(g)->wait();
+          p.grad().div_(world);
+        }
+      opt.step();
+    }
+    for (const auto& p : params) {
+      const auto flat = p.detach().flatten().contiguous();
+      me.params.insert(me.params.end(), flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
+    }
+    if (role(rank) == Role::hangs) std::this_thread::sleep_for(timeout * 3);
+    if (role(rank) == Role::leaves) return;  // its group closes: its connections with it
+    me.gathered = gather_group.gather(tracker, me.stats, &me.spans);
+  }
+
+  void run() {
+    std::vector<std::thread> threads;
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world));
+    for (int r = 0; r < world; ++r) {
+      if (role(r) == Role::absent) continue;
+      threads.emplace_back([this, r, &errors] {
+        try {
+          auto group = lt::make_gloo_group(c10::make_intrusive<c10d::PrefixStore>("train", store), r, world, 20s);
+          train(r, Net(role(r) == Role::wider), *group);
+        } catch (...) {
+          errors[static_cast<std::size_t>(r)] = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+  const lt::Gathered& root() const { return *ranks[0].gathered; }
+};
+
+struct Slice {
+  std::string name;
+  double ts;
+  int tid;
+};
+
+// The merged trace's slices by process id.
+std::map<int, std::vector<Slice>> slices_by_pid(const std::string& json, std::map<int, std::string>* names = nullptr) {
+  std::map<int, std::vector<Slice>> out;
+  const auto doc = nlohmann::json::parse(json);
+  for (const auto& e : doc.at("traceEvents")) {
+    const auto ph = e.at("ph").get<std::string>();
+    if (ph == "X" || ph == "b") out[e.at("pid").get<int>()].push_back({e.at("name"), e.at("ts"), e.at("tid")});
+    if (ph == "M" && e.at("name") == "process_name" && names) (*names)[e.at("pid")] = e.at("args").at("name");
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ranks as threads: every rank's table and trace reach rank 0, parameters equal everywhere") {
+  for (const int world : {2, 4}) {
+    CAPTURE(world);
+    Job job{world};
+    job.run();
+    for (int r = 1; r < world; ++r) {
+      CHECK(job.ranks[static_cast<std::size_t>(r)].params == job.ranks[0].params);  // bit for bit
+      REQUIRE(job.ranks[static_cast<std::size_t>(r)].gathered);
+      CHECK(job.ranks[static_cast<std::size_t>(r)].gathered->problems.empty());
+      CHECK_FALSE(job.ranks[static_cast<std::size_t>(r)].gathered->merged);
+    }
+    const auto& root = job.root();
+    INFO(root.report());
+    REQUIRE(root.complete());
+    const auto& merged = *root.merged;
+    REQUIRE(merged.records().size() == static_cast<std::size_t>(world));
+    // Each rank's counts are its own table's.
+    for (int r = 0; r < world; ++r) {
+      const auto& mine = job.ranks[static_cast<std::size_t>(r)];
+      CHECK(merged.records()[static_cast<std::size_t>(r)].rank == r);
+      CHECK(merged.records()[static_cast<std::size_t>(r)].pid == getpid());
+      for (const auto* row : mine.stats.rows()) {
+        const auto* across = merged.find(row->fqn);
+        REQUIRE(across != nullptr);
+        const auto* there = across->per_rank[static_cast<std::size_t>(r)];
+        REQUIRE(there != nullptr);
+        CHECK(there->fw_calls == row->fw_calls);
+        CHECK(there->bw_calls == row->bw_calls);
+        CHECK(there->fw_inclusive == row->fw_inclusive);
+        CHECK(there->bw_exclusive == row->bw_exclusive);
+      }
+    }
+    const auto* fc1 = merged.find("Net.fc1");
+    REQUIRE(fc1 != nullptr);
+    CHECK(fc1->fw.ranks == static_cast<std::size_t>(world));
+    CHECK(fc1->fw.calls_min == 3);
+    CHECK(fc1->fw.calls_max == 3);
+    CHECK(fc1->fw.min <= fc1->fw.median);
+    CHECK(fc1->fw.median <= fc1->fw.max);
+    CHECK(fc1->bw.slowest >= 0);
+    const auto table = merged.table();
+    CHECK(table.find("fw median") != std::string::npos);
+    CHECK(table.find("slowest rank: ") != std::string::npos);
+    // The clocks: rank r's tracker started (tracker_created[r] - [0]) after rank 0's.
+    for (int r = 1; r < world; ++r) {
+      const auto& rec = merged.records()[static_cast<std::size_t>(r)];
+      const auto expected = job.ranks[static_cast<std::size_t>(r)].tracker_created - job.ranks[0].tracker_created;
+      CHECK(rec.clock_uncertainty < 50ms);
+      CHECK(std::chrono::abs(rec.clock_offset - expected) < rec.clock_uncertainty + 5ms);
+    }
+    // The trace: a process per rank, each with exactly that rank's slices, shifted onto rank 0's clock.
+    std::ostringstream out;
+    const auto written = merged.write_trace(out);
+    std::map<int, std::string> names;
+    const auto by_pid = slices_by_pid(out.str(), &names);
+    REQUIRE(by_pid.size() == static_cast<std::size_t>(world));
+    std::uint64_t total = 0;
+    for (int r = 0; r < world; ++r) {
+      const auto& spans = job.ranks[static_cast<std::size_t>(r)].spans.spans();
+      const auto& got = by_pid.at(r + 1);
+      CHECK(names.at(r + 1).starts_with("rank " + std::to_string(r) + " ("));
+      REQUIRE(got.size() == spans.size());
+      total += got.size();
+      const auto offset = merged.records()[static_cast<std::size_t>(r)].clock_offset;
+      for (std::size_t i = 0; i < spans.size(); ++i) {
+        CHECK(got[i].name == spans[i].fqn);
+        CHECK(got[i].ts == doctest::Approx(static_cast<double>((spans[i].start + offset).count()) / 1e3).epsilon(1e-9));
+      }
+    }
+    CHECK(written == total);
+  }
+}
+
+TEST_CASE("ranks: a rank whose model differs is merged by module name and reported") {
+  Job job{2};
+  job.roles[1] = Role::wider;
+  job.data_parallel = false;  // an allreduce of gradients of different sizes would abort the process
+  job.run();
+  const auto& root = job.root();
+  REQUIRE(root.merged);
+  CHECK(root.merged->records().size() == 2);
+  REQUIRE(root.problems.size() == 1);
+  CHECK(root.problems[0].rank == 1);
+  CHECK(root.problems[0].kind == Kind::differs);
+  CHECK(root.problems[0].message.find("1 module(s) only there (Net.extra)") != std::string::npos);
+  CHECK(root.merged->find("Net.extra")->per_rank[0] == nullptr);
+  CHECK(root.merged->find("Net.extra")->per_rank[1]->fw_calls == 3);
+  const auto table = root.merged->table();
+  INFO(table);
+  const auto line = table.substr(table.find("\n  extra "));
+  CHECK(line.substr(0, line.find('\n', 1)).find(" 1/2 ") != std::string::npos);
+}
