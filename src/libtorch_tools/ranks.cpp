@@ -64,17 +64,31 @@ struct Failure {
   std::string what;
 };
 
-// Waits for `work` until `deadline`: nothing, or how it failed.
-std::optional<Failure> wait_until(const c10::intrusive_ptr<c10d::Work>& work, Clock::time_point deadline) {
+// A send or receive: its work, or how posting it failed (Gloo throws at
+// once on a pair it closed after a timeout or a peer's death).
+struct Posted {
+  c10::intrusive_ptr<c10d::Work> work;
+  std::optional<Failure> failed;
+};
+
+Failure failure(const std::exception& e, Clock::time_point deadline) {
+  auto what = first_line(e);
+  const bool timed_out = what.find("imed out") != std::string::npos || what.find("timeout") != std::string::npos ||
+                         Clock::now() >= deadline;
+  return {timed_out ? Kind::timed_out : Kind::lost, std::move(what)};
+}
+
+// Waits for `p` until `deadline`: nothing, or how it failed.
+std::optional<Failure> wait_until(const Posted& p, Clock::time_point deadline) {
+  if (p.failed) return p.failed;
   const auto left = std::max(milliseconds(1), std::chrono::duration_cast<milliseconds>(deadline - Clock::now()));
   try {
-    work->wait(left);
+    p.work->wait(left);
     return std::nullopt;
   } catch (const std::exception& e) {
-    auto what = first_line(e);
-    const bool timed_out = what.find("imed out") != std::string::npos || Clock::now() >= deadline;
-    if (timed_out) abandon(work);
-    return Failure{timed_out ? Kind::timed_out : Kind::lost, std::move(what)};
+    auto f = failure(e, deadline);
+    if (f.kind == Kind::timed_out) abandon(p.work);
+    return f;
   }
 }
 
@@ -195,13 +209,15 @@ struct RankGroup::State {
   bool root_gone = false;           // elsewhere: rank 0 failed once
   std::int64_t round = 0;
 
-  c10::intrusive_ptr<c10d::Work> send(torch::Tensor t, int peer, int tag) {
+  Posted send(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, true); }
+  Posted recv(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, false); }
+  Posted post(torch::Tensor t, int peer, int tag, bool sending) {
     std::vector<torch::Tensor> v{std::move(t)};
-    return group->send(v, peer, tag);
-  }
-  c10::intrusive_ptr<c10d::Work> recv(torch::Tensor t, int peer, int tag) {
-    std::vector<torch::Tensor> v{std::move(t)};
-    return group->recv(v, peer, tag);
+    try {
+      return {sending ? group->send(v, peer, tag) : group->recv(v, peer, tag), std::nullopt};
+    } catch (const std::exception& e) {
+      return {c10::intrusive_ptr<c10d::Work>(), failure(e, Clock::time_point::max())};
+    }
   }
   RankRecord own(const Statistics& stats, const SpanLog* spans) const {
     RankRecord r;
@@ -211,6 +227,41 @@ struct RankGroup::State {
     for (const auto* row : stats.rows()) r.rows.push_back(*row);
     if (spans) r.spans = *spans;
     return r;
+  }
+  // Why rank r's header cannot be taken ("" if it can).
+  std::string refusal(const std::int64_t* h, int r) const {
+    if (h[h_magic] != magic || h[h_version] != version)
+      return "it speaks another protocol (version " + std::to_string(h[h_version]) + ", this rank " +
+             std::to_string(version) + "): build every rank from one modtracker";
+    if (h[h_rank] != r || h[h_world] != world)
+      return "it calls itself rank " + std::to_string(h[h_rank]) + " of " + std::to_string(h[h_world]);
+    if (h[h_round] != round)
+      return "it is at gather " + std::to_string(h[h_round]) + ", rank 0 at gather " + std::to_string(round) +
+             ": every rank must call gather() at the same points";
+    if (h[h_bytes] < 1 || h[h_bytes] > max_record_bytes || h[h_rows] < 0 || h[h_spans] < 0)
+      return "its record announces " + std::to_string(h[h_bytes]) + " bytes";
+    return {};
+  }
+  // Rank r's clock against this one's: the ping-pong of the shortest round
+  // trip gives the offset (its midpoint against r's reading), half that
+  // round trip the uncertainty.
+  using Offset = std::pair<std::chrono::nanoseconds, std::chrono::nanoseconds>;  // offset, uncertainty
+  std::optional<Failure> align(const TrackerBase& tracker, int r, Clock::time_point due, Offset& offset) {
+    auto best = std::chrono::nanoseconds::max();
+    for (int i = 0; i < clock_rounds; ++i) {
+      auto pong = longs(1);
+      const auto t1 = tracker.now();
+      const auto sent = send(longs(1), r, ping_tag);
+      const auto got = recv(pong, r, pong_tag);
+      if (auto f = wait_until(sent, due)) return f;
+      if (auto f = wait_until(got, due)) return f;
+      const auto t2 = tracker.now();
+      if (t2 - t1 < best) {
+        best = t2 - t1;
+        offset = {(t1 + t2) / 2 - std::chrono::nanoseconds(pong[0].item<std::int64_t>()), best / 2};
+      }
+    }
+    return std::nullopt;
   }
   void gather_root(const TrackerBase& tracker, RankRecord mine, Gathered& out);
   void gather_other(const TrackerBase& tracker, const RankRecord& mine, Gathered& out);
@@ -245,7 +296,8 @@ RankGroup::RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world,
   s.options = std::move(options);
   auto prefixed = c10::make_intrusive<c10d::PrefixStore>(s.options.name, store);
   const auto key = [](int r) { return "joined/" + std::to_string(r); };
-  if (prefixed->check({key(rank)})) {
+  // add(), not check(): a FileStore's reads wait (its timeout) for the file to exist.
+  if (prefixed->add(key(rank), 1) != 1) {
     std::string where;
     if (const auto* file = dynamic_cast<const c10d::FileStore*>(store.get())) where = " (" + file->getPath() + ")";
     throw std::runtime_error("modtracker: the store" + where + " already holds rank " + std::to_string(rank) +
@@ -253,8 +305,6 @@ RankGroup::RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world,
                              "': it is stale (a FileStore path of an earlier job: give each job a fresh path), or a "
                              "second RankGroup uses that name (give it another RankOptions::name)");
   }
-  const auto who = host_name() + " " + std::to_string(getpid());
-  prefixed->set(key(rank), std::vector<std::uint8_t>(who.begin(), who.end()));
   std::vector<std::string> keys;
   for (int r = 0; r < world; ++r) keys.push_back(key(r));
   try {
@@ -268,6 +318,7 @@ RankGroup::RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world,
                                 " ms (not started, failed before, or given another store?)"});
     if (!s.absent.empty()) return;
   }
+  if (world == 1) return;  // no peer: gathers need no group
   try {
     s.group = make_gloo_group(c10::make_intrusive<c10d::PrefixStore>("gloo", prefixed), rank, world, s.options.timeout);
   } catch (const std::exception& e) {
@@ -321,88 +372,58 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
                    " (the process died, or closed its group)"});
   };
   if (group) {
-    // 1. Headers, all ranks at once.
-    auto deadline = Clock::now() + options.timeout;
-    std::vector<int> peers;
-    std::vector<torch::Tensor> headers(world);
-    std::vector<c10::intrusive_ptr<c10d::Work>> works(world);
+    // Every header is awaited from the start; each rank in turn is then
+    // answered, timed and has its record's receive posted, so that a slow
+    // rank delays only the ranks after it, by at most the timeout.
+    const auto headers_due = Clock::now() + options.timeout;
+    std::vector<torch::Tensor> headers(world), data(world);
+    std::vector<Posted> works(world);
+    std::vector<Clock::time_point> data_due(world);
+    std::vector<int> peers, sending;
     for (int r = 1; r < world; ++r)
       if (!gone.count(r)) {
         peers.push_back(r);
         headers[r] = longs(header_size);
         works[r] = recv(headers[r], r, header_tag);
       }
-    std::vector<int> accepted;
-    std::vector<c10::intrusive_ptr<c10d::Work>> replies;
+    std::vector<Offset> clocks(world);
     for (const int r : peers) {
-      if (const auto f = wait_until(works[r], deadline)) {
+      if (const auto f = wait_until(works[r], headers_due)) {
         fail(r, *f, "send its record");
         continue;
       }
       const auto* h = headers[r].data_ptr<std::int64_t>();
-      std::string why;
-      if (h[h_magic] != magic || h[h_version] != version)
-        why = "it speaks another protocol (version " + std::to_string(h[h_version]) + ", this rank " +
-              std::to_string(version) + "): build every rank from one modtracker";
-      else if (h[h_rank] != r || h[h_world] != world)
-        why = "it calls itself rank " + std::to_string(h[h_rank]) + " of " + std::to_string(h[h_world]);
-      else if (h[h_round] != round)
-        why = "it is at gather " + std::to_string(h[h_round]) + ", rank 0 at gather " + std::to_string(round) +
-              ": every rank must call gather() at the same points";
-      else if (h[h_bytes] < 0 || h[h_bytes] > max_record_bytes || h[h_rows] < 0 || h[h_spans] < 0)
-        why = "its record announces " + std::to_string(h[h_bytes]) + " bytes";
+      const auto why = refusal(h, r);
       auto reply = longs(2);
       reply[0] = why.empty() ? 1 : 0;
       reply[1] = round;
-      replies.push_back(send(reply, r, reply_tag));
-      if (why.empty()) {
-        accepted.push_back(r);
-      } else {
+      if (const auto f = wait_until(send(reply, r, reply_tag), Clock::now() + options.timeout)) {
+        fail(r, *f, "take rank 0's answer");
+        continue;
+      }
+      if (!why.empty()) {
         gone.insert(r);
         out.problems.push_back({r, Kind::rejected, "rank " + std::to_string(r) + "'s record was refused: " + why});
+        continue;
       }
-    }
-    deadline = Clock::now() + options.timeout;
-    for (auto& w : replies) (void)wait_until(w, deadline);  // a failed reply shows in the next steps
-    // 2. Clocks: the ping-pong with the shortest round trip gives the offset.
-    std::vector<std::pair<std::chrono::nanoseconds, std::chrono::nanoseconds>> clocks(world);  // offset, uncertainty
-    std::vector<int> timed;
-    for (const int r : accepted) {
-      std::optional<Failure> failed;
-      std::chrono::nanoseconds best_rtt = std::chrono::nanoseconds::max();
-      for (int i = 0; i < clock_rounds && !failed; ++i) {
-        auto pong = longs(1);
-        const auto t1 = tracker.now();
-        auto sent = send(longs(1), r, ping_tag);
-        auto got = recv(pong, r, pong_tag);
-        failed = wait_until(sent, deadline);
-        if (!failed) failed = wait_until(got, deadline);
-        const auto t2 = tracker.now();
-        if (!failed && t2 - t1 < best_rtt) {
-          best_rtt = t2 - t1;
-          clocks[r] = {(t1 + t2) / 2 - std::chrono::nanoseconds(pong[0].item<std::int64_t>()), best_rtt / 2};
-        }
+      if (const auto f = align(tracker, r, Clock::now() + options.timeout, clocks[r])) {
+        fail(r, *f, "answer the clock exchange");
+        continue;
       }
-      if (failed)
-        fail(r, *failed, "answer the clock exchange");
-      else
-        timed.push_back(r);
-    }
-    // 3. The records, of the sizes their headers announced.
-    std::vector<torch::Tensor> data(world);
-    for (const int r : timed) {
-      data[r] = torch::empty({headers[r][h_bytes].item<std::int64_t>()}, torch::kUInt8);
+      data[r] = torch::empty({h[h_bytes]}, torch::kUInt8);
       works[r] = recv(data[r], r, data_tag);
+      data_due[r] = Clock::now() + options.timeout;
+      sending.push_back(r);
     }
-    for (const int r : timed) {
-      if (const auto f = wait_until(works[r], deadline)) {
+    for (const int r : sending) {
+      if (const auto f = wait_until(works[r], data_due[r])) {
         fail(r, *f, "send its record");
         continue;
       }
       const auto* bytes = reinterpret_cast<const char*>(data[r].data_ptr<std::uint8_t>());
+      const auto* h = headers[r].data_ptr<std::int64_t>();
       try {
-        auto record = decode(std::vector<char>(bytes, bytes + data[r].numel()), headers[r][h_rows].item<std::int64_t>(),
-                             headers[r][h_spans].item<std::int64_t>());
+        auto record = decode(std::vector<char>(bytes, bytes + data[r].numel()), h[h_rows], h[h_spans]);
         if (record.rank != r) throw std::runtime_error("its record is of rank " + std::to_string(record.rank));
         record.clock_offset = clocks[r].first;
         record.clock_uncertainty = clocks[r].second;
@@ -424,12 +445,11 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
                                                     : "the group never formed: this rank's record stays here"});
     return;
   }
-  const auto ms = std::to_string(options.timeout.count()) + " ms";
   auto lost = [&](const Failure& f, const char* doing) {
     root_gone = true;
     out.problems.push_back({0, Kind::no_root,
-                            "rank 0 did not " + std::string(doing) + " within " + ms + ": " + f.what +
-                                " (it died, hung, or gave up on this rank)"});
+                            "rank 0 did not " + std::string(doing) + " in time (" + f.what +
+                                "): it died, hung, or gave up on this rank"});
   };
   const auto bytes = encode(mine);
   auto header = longs(header_size);
@@ -442,7 +462,8 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
   h[h_bytes] = static_cast<std::int64_t>(bytes.size());
   h[h_rows] = static_cast<std::int64_t>(mine.rows.size());
   h[h_spans] = static_cast<std::int64_t>(mine.spans.size());
-  auto deadline = Clock::now() + options.timeout;
+  // Rank 0 may first wait up to the timeout for the ranks before this one.
+  auto deadline = Clock::now() + 2 * options.timeout;
   if (const auto f = wait_until(send(header, 0, header_tag), deadline)) return lost(*f, "take this rank's header");
   auto reply = longs(2);
   if (const auto f = wait_until(recv(reply, 0, reply_tag), deadline)) return lost(*f, "answer this rank's header");

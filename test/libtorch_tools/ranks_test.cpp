@@ -70,11 +70,11 @@ struct Job {
   // Gradients averaged over the ranks by allreduce, after rank 0's
   // parameters were broadcast (as DistributedDataParallel does).
   template <class Model>
-  void train(int rank, Model net, c10d::ProcessGroup& group) {
+  void train(int rank, Model net, c10d::ProcessGroup* group) {
     std::vector<torch::Tensor> params = net->parameters();
     for (auto& p : params) {
       std::vector<torch::Tensor> one{p.data()};
-      if (data_parallel) group.broadcast(one)->wait();
+      if (group) group->broadcast(one)->wait();
     }
     auto gen = at::detail::createCPUGenerator(static_cast<std::uint64_t>(100 + rank));
     torch::optim::SGD opt(params, 0.1);
@@ -99,8 +99,8 @@ struct Job {
       }
       for (auto& p : params) {
           std::vector<torch::Tensor> g{p.grad()};
-          if (!data_parallel) continue;
-          group.allreduce(g)->wait();
+          if (!group) continue;
+          group->allreduce(g)->wait();
           p.grad().div_(world);
         }
       opt.step();
@@ -121,8 +121,10 @@ struct Job {
       if (role(r) == Role::absent) continue;
       threads.emplace_back([this, r, &errors] {
         try {
-          auto group = lt::make_gloo_group(c10::make_intrusive<c10d::PrefixStore>("train", store), r, world, 20s);
-          train(r, Net(role(r) == Role::wider), *group);
+          c10::intrusive_ptr<c10d::ProcessGroup> group;
+          if (data_parallel)
+            group = lt::make_gloo_group(c10::make_intrusive<c10d::PrefixStore>("train", store), r, world, 20s);
+          train(r, Net(role(r) == Role::wider), group.get());
         } catch (...) {
           errors[static_cast<std::size_t>(r)] = std::current_exception();
         }
@@ -246,4 +248,99 @@ TEST_CASE("ranks: a rank whose model differs is merged by module name and report
   INFO(table);
   const auto line = table.substr(table.find("\n  extra "));
   CHECK(line.substr(0, line.find('\n', 1)).find(" 1/2 ") != std::string::npos);
+}
+
+TEST_CASE("ranks: a rank that never joins is named by every gather, which keeps what it has") {
+  Job job{3};
+  job.roles[2] = Role::absent;
+  job.data_parallel = false;
+  job.timeout = 500ms;
+  job.run();
+  const auto& root = job.root();
+  INFO(root.report());
+  REQUIRE(root.merged);
+  CHECK(root.merged->records().size() == 1);  // rank 0's own
+  REQUIRE(root.problems.size() == 1);
+  CHECK(root.problems[0].rank == 2);
+  CHECK(root.problems[0].kind == Kind::absent);
+  CHECK(root.problems[0].message.find("rank 2 never joined the group 'modtracker' within 500 ms") != std::string::npos);
+  const auto& other = *job.ranks[1].gathered;
+  CHECK_FALSE(other.merged);
+  REQUIRE(other.problems.size() == 2);
+  CHECK(other.problems[0].kind == Kind::absent);
+  CHECK(other.problems[1].kind == Kind::no_root);
+}
+
+TEST_CASE("ranks: a rank that hangs is reported by rank 0 within the timeout, and the others arrive") {
+  Job job{3};
+  job.roles[2] = Role::hangs;  // sleeps three timeouts, then gathers
+  job.timeout = 500ms;
+  job.run();
+  const auto& root = job.root();
+  INFO(root.report());
+  REQUIRE(root.merged);
+  CHECK(root.merged->records().size() == 2);
+  CHECK(root.merged->records()[1].rank == 1);
+  REQUIRE(root.problems.size() == 1);
+  CHECK(root.problems[0].rank == 2);
+  CHECK(root.problems[0].kind == Kind::timed_out);
+  CHECK(root.problems[0].message.find("rank 2 did not send its record within 500 ms") != std::string::npos);
+  CHECK(root.elapsed < 500ms + 1500ms);  // the deadline, and a noisy machine's slack
+  CHECK(job.ranks[1].gathered->problems.empty());
+  // The late rank learns that rank 0 did not take its record, within its own timeout.
+  const auto& late = *job.ranks[2].gathered;
+  REQUIRE(late.problems.size() == 1);
+  CHECK(late.problems[0].kind == Kind::no_root);
+  CHECK(late.elapsed < 500ms + 1500ms);
+}
+
+TEST_CASE("ranks: a rank whose connections close (its process died) is reported as lost, at once") {
+  Job job{3};
+  job.roles[2] = Role::leaves;  // trains, then drops its group without gathering
+  job.timeout = 5s;
+  job.run();
+  const auto& root = job.root();
+  INFO(root.report());
+  REQUIRE(root.merged);
+  CHECK(root.merged->records().size() == 2);
+  REQUIRE(root.problems.size() == 1);
+  CHECK(root.problems[0].rank == 2);
+  CHECK(root.problems[0].kind == Kind::lost);
+  CHECK(root.problems[0].message.find("rank 2's connection failed") != std::string::npos);
+  CHECK(root.elapsed < 4s);  // not the timeout
+}
+
+TEST_CASE("ranks: a store that already holds the group (a stale FileStore path) is refused with the fix") {
+  const auto path = (std::filesystem::temp_directory_path() / ("modtracker-stale-" + std::to_string(getpid()))).string();
+  std::filesystem::remove(path);
+  {
+    // An earlier job on the path that died without cleaning up: its store is never closed.
+    auto earlier = c10::make_intrusive<c10d::FileStore>(path, 2);
+    auto* leaked = new lt::RankGroup(earlier, 0, 1, {500ms, "modtracker"});
+    (void)leaked;
+    (void)earlier.release();
+  }
+  auto store = c10::make_intrusive<c10d::FileStore>(path, 1);
+  try {
+    lt::RankGroup group(store, 0, 1, {500ms, "modtracker"});
+    FAIL("a stale store was taken");
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    CHECK(what.find(path) != std::string::npos);
+    CHECK(what.find("stale") != std::string::npos);
+    CHECK(what.find("fresh path") != std::string::npos);
+  }
+  // Another name on the same store is a group of its own.
+  lt::RankGroup other(store, 0, 1, {500ms, "second"});
+  CHECK(other.world() == 1);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("ranks: bad arguments are refused with what is wrong") {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  CHECK_THROWS_WITH_AS(lt::RankGroup(store, 2, 2), doctest::Contains("rank 2 of a world of 2"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(lt::RankGroup(c10::intrusive_ptr<c10d::Store>(), 0, 1), doctest::Contains("null store"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(lt::RankGroup(c10::intrusive_ptr<c10d::ProcessGroup>()), doctest::Contains("null process group"),
+                       std::invalid_argument);
 }
