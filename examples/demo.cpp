@@ -1,10 +1,13 @@
 // modtracker-demo: trains a small model on synthetic data under a tracker,
 // with a FLOP counter and a memory tracker on it, then prints the per-module
 // table and the biggest consumers, and writes a Chrome/Perfetto trace.
+// With --ranks N, N processes train it data-parallel and rank 0 prints the
+// table across ranks and writes one trace for all.
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -13,12 +16,14 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <unistd.h>
 
 #include <modtracker/torch.hpp>
 
+#include "demo_ranks.hpp"
 #include "models.hpp"
 
 namespace lt = modtracker::libtorch;
@@ -106,6 +111,13 @@ int usage(std::FILE* to, int code) {
                "                  bw_incl, bw_excl, params, bytes, fw_flops, bw_flops, fw_peak,\n"
                "                  kept or bw_peak (default: tree order)\n"
                "  --tools on|off  count FLOPs and memory per module (default on)\n"
+               "  --ranks N       train data-parallel on N local processes (Gloo over 127.0.0.1,\n"
+               "                  a store this process hosts); rank 0 prints the table across\n"
+               "                  ranks and writes one trace with a process per rank (default 1)\n"
+               "  --timeout MS    how long a rank waits for the others, MS >= 100 (default 30000)\n"
+               "  --fault R:WHAT  rank R plays a fault, to see it reported: kill (killed at step\n"
+               "                  2), hang (stops at step 2), absent (never joins); --rank and\n"
+               "                  --port are what --ranks passes to the processes it starts\n"
                "  --help          this text\n");
   return code;
 }
@@ -160,13 +172,49 @@ void print_consumers(const modtracker::Statistics& stats, const lt::FlopCounter&
               uncounted.size(), uncounted.empty() ? "" : (" (" + uncounted.front() + ", ...)").c_str());
 }
 
+// The end of a rank's job: the parameters compared across ranks, the
+// gather, and on rank 0 the table across ranks and the merged trace.
+int report_ranks(demo::Rank& job, const lt::Tracker& tracker, const modtracker::Statistics& stats,
+                 const modtracker::SpanLog& spans, const std::vector<torch::Tensor>& params, const std::string& failure,
+                 const modtracker::TableOptions& table, const std::string& trace_path, bool tty) {
+  std::optional<double> difference;
+  if (failure.empty()) {
+    try {
+      difference = job.max_difference(params);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rank %d: cannot compare the parameters: %s\n", job.rank(), first_line(e).c_str());
+    }
+  }
+  const auto gathered = job.ranks().gather(tracker, stats, &spans);
+  if (job.rank() != 0) {
+    for (const auto& p : gathered.problems)  // about rank 0 (no root), or this rank
+      std::fprintf(stderr, "rank %d: %s\n", job.rank(), p.message.c_str());
+    return failure.empty() && gathered.problems.empty() ? 0 : 1;
+  }
+  const auto& merged = *gathered.merged;
+  std::printf("%s\nacross %zu of %d ranks (gathered in %.1f ms):\n%s", tty ? "\n" : "", merged.records().size(),
+              job.world(), std::chrono::duration<double, std::milli>(gathered.elapsed).count(), merged.table(table).c_str());
+  if (difference)
+    std::printf(*difference == 0 ? "parameters after training: identical on all %d ranks\n"
+                                 : "parameters after training: differ across the %d ranks by up to %g\n",
+                job.world(), *difference);
+  if (!gathered.problems.empty()) std::printf("problems:\n%s", gathered.report().c_str());
+  std::ofstream file(trace_path);
+  const auto slices = merged.write_trace(file);
+  std::printf("trace: %s (%llu slices, a process per rank)\n", std::filesystem::absolute(trace_path).c_str(),
+              static_cast<unsigned long long>(slices));
+  std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");
+  return gathered.complete() && failure.empty() && difference == 0.0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_name = "classifier", trace_path = "trace.json";
   std::vector<std::int64_t> input_shape{64, 16};
-  long steps = 20, warmup = 1, depth = 0;
+  long steps = 20, warmup = 1, depth = 0, ranks = 1, timeout_ms = 30000, rank = -1, port = 0;
   bool tools = true;
+  demo::Fault fault;
   modtracker::TableOptions table;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
@@ -189,11 +237,34 @@ int main(int argc, char** argv) {
       trace_path = value;
     } else if (arg == "--sort" && modtracker::column_from_name(value)) {
       table.sort_by = modtracker::column_from_name(value);
+    } else if (arg == "--ranks" && to_number(value, 1) && *to_number(value, 1) <= 64) {
+      ranks = *to_number(value, 1);
+    } else if (arg == "--timeout" && to_number(value, 100)) {
+      timeout_ms = *to_number(value, 100);
+    } else if (arg == "--fault" && demo::to_fault(value)) {
+      fault = *demo::to_fault(value);
+    } else if (arg == "--rank" && to_number(value, 0)) {
+      rank = *to_number(value, 0);
+    } else if (arg == "--port" && to_number(value, 1) && *to_number(value, 1) < 65536) {
+      port = *to_number(value, 1);
     } else {
       std::fprintf(stderr, "modtracker-demo: bad option or value: %s %s\n\n", argv[i - 1], value);
       return usage(stderr, 2);
     }
   }
+  const std::chrono::milliseconds timeout(timeout_ms);
+  if (fault.kind != demo::Fault::Kind::none && fault.rank >= ranks) {
+    std::fprintf(stderr, "modtracker-demo: --fault names rank %d of a job of %ld\n\n", fault.rank, ranks);
+    return usage(stderr, 2);
+  }
+  if (ranks > 1 && rank < 0) return demo::launch(std::vector<std::string>(argv, argv + argc), static_cast<int>(ranks), timeout);
+  const bool distributed = rank >= 0;
+  if (distributed && (rank >= ranks || port == 0)) return usage(stderr, 2);
+  if (fault.hits(static_cast<int>(rank)) && fault.kind == demo::Fault::Kind::absent) {
+    std::fprintf(stderr, "rank %ld: leaves before it joins (--fault %ld:absent)\n", rank, rank);
+    return 0;
+  }
+  const bool root = rank <= 0;  // the process that prints and writes
   const bool scripted = model_name.ends_with(".pt") || model_name.find('/') != std::string::npos;
   auto model = scripted ? load_model(model_name, input_shape) : make_model(model_name);
   if (scripted && !model) return 1;
@@ -202,18 +273,28 @@ int main(int argc, char** argv) {
     return usage(stderr, 2);
   }
   table.max_depth = static_cast<std::size_t>(depth);
-  std::ofstream trace_file(trace_path);
-  if (!trace_file) {
-    std::fprintf(stderr, "modtracker-demo: cannot write %s\n", trace_path.c_str());
-    return 1;
+  std::ofstream trace_file;
+  if (root) {
+    trace_file.open(trace_path);
+    if (!trace_file) {
+      std::fprintf(stderr, "modtracker-demo: cannot write %s\n", trace_path.c_str());
+      return 1;
+    }
   }
+  std::optional<demo::Rank> job;
+  if (distributed) job.emplace(static_cast<int>(rank), static_cast<int>(ranks), static_cast<int>(port), timeout);
+  std::string failure = job ? job->training_error() : "";  // why training stopped, on a rank
+  const auto params = model->module->parameters();
+  if (job && failure.empty()) job->broadcast(params);
 
-  torch::manual_seed(0);
-  torch::optim::Adam opt(model->module->parameters(), 1e-2);
+  torch::manual_seed(distributed ? static_cast<std::uint64_t>(rank) : 0);  // each rank its own data
+  torch::optim::Adam opt(params, 1e-2);
   lt::Tracker tracker;
   lt::ShapeRecorder shapes;
   modtracker::Statistics stats;
-  modtracker::ChromeTraceWriter trace(trace_file, "modtracker-demo " + model_name);
+  modtracker::SpanLog spans;  // the ranks' trace is written on rank 0, merged
+  std::optional<modtracker::ChromeTraceWriter> trace;
+  if (!distributed) trace.emplace(trace_file, "modtracker-demo " + model_name);
   std::optional<lt::FlopCounter> flops;
   std::optional<lt::MemoryTracker> memory;
   if (tools) {
@@ -221,12 +302,16 @@ int main(int argc, char** argv) {
     memory.emplace(tracker);
     memory->track(*model->module);
     memory->track(opt);
-    lt::annotate(trace, *flops);
+    if (trace) lt::annotate(*trace, *flops);
   }
   const bool tty = isatty(fileno(stdout)) != 0;
-  std::printf("modtracker-demo: %s, %ld steps on synthetic data (after %ld warm-up step%s)\n", model_name.c_str(), steps,
-              warmup, warmup == 1 ? "" : "s");
+  if (root)
+    std::printf("modtracker-demo: %s, %ld steps on synthetic data (after %ld warm-up step%s)%s\n", model_name.c_str(),
+                steps, warmup, warmup == 1 ? "" : "s",
+                distributed ? (", data-parallel on " + std::to_string(ranks) + " ranks").c_str() : "");
+  long step = 0;
   try {
+    if (!failure.empty()) throw std::runtime_error(failure);
     auto scope = tracker.track();
     auto train_step = [&] {
       const auto x = torch::randn(model->input_shape);
@@ -236,10 +321,16 @@ int main(int argc, char** argv) {
                       ? torch::nn::functional::cross_entropy(out, torch::randint(0, out.size(1), {out.size(0)}))
                       : out.square().mean();
       loss.backward();
+      if (job) {
+        if (fault.hits(job->rank()) && step == 2 && fault.kind == demo::Fault::Kind::kill) std::raise(SIGKILL);
+        if (fault.hits(job->rank()) && step == 2 && fault.kind == demo::Fault::Kind::hang)
+          std::this_thread::sleep_for(10 * timeout);
+        job->average_gradients(params);
+      }
       opt.step();
       return loss;
     };
-    for (long step = 1; step <= warmup; ++step) {
+    for (long w = 1; w <= warmup; ++w) {
       train_step();
       for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {  // read and dropped
       }
@@ -249,37 +340,47 @@ int main(int argc, char** argv) {
       memory->reset();
     }
     const auto t0 = std::chrono::steady_clock::now();
-    for (long step = 1; step <= steps; ++step) {
+    for (step = 1; step <= steps; ++step) {
       const auto loss = train_step();
       for (const auto& t : tracker.drain_transitions()) {
         stats.consume(t);
-        trace.consume(t);
+        if (trace) trace->consume(t);
+        else spans.consume(t);
       }
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       // On a terminal one line, rewritten each step; in a log or a pipe a
       // line every fifth step and at the last.
-      if (tty || step % 5 == 0 || step == steps) {
+      if (root && (tty || step % 5 == 0 || step == steps)) {
         std::printf("%sstep %ld/%ld  loss %.4f  %.1f ms/step%s", tty ? "\r" : "", step, steps, loss.item<double>(),
                     ms / step, tty ? "" : "\n");
         std::fflush(stdout);
       }
     }
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nmodtracker-demo: the model failed on an input of shape %s: %s\n",
-                 c10::str(c10::IntArrayRef(model->input_shape)).c_str(), first_line(e).c_str());
-    return 1;
+    if (!distributed) {
+      std::fprintf(stderr, "\nmodtracker-demo: the model failed on an input of shape %s: %s\n",
+                   c10::str(c10::IntArrayRef(model->input_shape)).c_str(), first_line(e).c_str());
+      return 1;
+    }
+    failure = first_line(e);
+    std::fprintf(stderr, "rank %ld: training stopped at step %ld: %s\n", rank, step, failure.c_str());
+    for (const auto& t : tracker.drain_transitions()) {  // what the steps before showed
+      stats.consume(t);
+      spans.consume(t);
+    }
   }
   lt::annotate(stats, tracker, *model->module, &shapes);
   if (tools) {
-    lt::annotate(trace, *memory);
+    if (trace) lt::annotate(*trace, *memory);
     lt::annotate(stats, *flops);
     lt::annotate(stats, *memory);
   }
-  trace.finish();
+  if (distributed) return report_ranks(*job, tracker, stats, spans, params, failure, table, trace_path, tty);
+  trace->finish();
   std::printf("%s\n%s\n", tty ? "\n" : "", stats.table(table).c_str());
   if (tools) print_consumers(stats, *flops, *memory);
   std::printf("trace: %s (%llu slices)\n", std::filesystem::absolute(trace_path).c_str(),
-              static_cast<unsigned long long>(trace.slices()));
+              static_cast<unsigned long long>(trace->slices()));
   std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");
   return 0;
 }

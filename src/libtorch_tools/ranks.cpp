@@ -1,14 +1,20 @@
-// Gathers over c10d: every rank sends rank 0 a fixed-size header first,
-// rank 0 checks it and answers, and only then do the records move, with
-// the sizes the headers announced. Gloo aborts a process whose receive is
-// smaller than the send that meets it (on its I/O thread: nothing can catch
-// it), so no message here is ever of a size the receiver did not agree to.
-// Each exchange is point to point with rank 0, under a deadline: a rank
-// that fails is named, and the others still arrive.
+// Gathers to rank 0. Two facts of Gloo shape it:
+// - A receive smaller than the send that meets it aborts the process (on
+//   Gloo's I/O thread: nothing can catch it). So every rank first posts a
+//   fixed-size header in the store; rank 0 checks it and answers there, and
+//   only then do records move over the process group, of the sizes the
+//   headers announced.
+// - An operation that times out closes every connection of its group. So
+//   nothing waits on Gloo for a rank that may not come: arrival is watched
+//   in the store (polled, with the peer's process checked when it runs on
+//   this host), and Gloo carries only exchanges both sides have agreed to.
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -16,6 +22,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
@@ -24,6 +31,8 @@
 #include <unistd.h>
 
 #include <modtracker/libtorch/ranks.hpp>
+
+#include "libtorch_tools/rank_record.hpp"
 
 namespace modtracker::libtorch {
 
@@ -37,8 +46,8 @@ constexpr std::int64_t magic = 0x6d6f64747261636b;  // "modtrack"
 constexpr std::int64_t version = 1;
 constexpr std::int64_t max_record_bytes = std::int64_t{1} << 30;
 constexpr int clock_rounds = 4;  // ping-pongs per rank; the fastest gives the offset
-enum Tag : int { header_tag = 0x6d7400, reply_tag, ping_tag, pong_tag, data_tag };
-enum Header : std::int64_t { h_magic, h_version, h_rank, h_world, h_round, h_bytes, h_rows, h_spans, header_size };
+enum Tag : int { ping_tag = 0x6d7400, pong_tag, data_tag };
+enum Header : std::size_t { h_magic, h_version, h_rank, h_world, h_round, h_bytes, h_rows, h_spans, header_size };
 
 std::string first_line(const std::exception& e) {
   const std::string what = e.what();
@@ -49,6 +58,9 @@ std::string host_name() {
   char buf[256] = {};
   return gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string();
 }
+
+std::vector<std::uint8_t> bytes_of(const std::string& s) { return {s.begin(), s.end()}; }
+std::string text_of(const std::vector<std::uint8_t>& b) { return {b.begin(), b.end()}; }
 
 // Works that timed out still own a buffer Gloo may write into when the peer
 // sends at last: they are kept to the end of the process.
@@ -64,13 +76,6 @@ struct Failure {
   std::string what;
 };
 
-// A send or receive: its work, or how posting it failed (Gloo throws at
-// once on a pair it closed after a timeout or a peer's death).
-struct Posted {
-  c10::intrusive_ptr<c10d::Work> work;
-  std::optional<Failure> failed;
-};
-
 Failure failure(const std::exception& e, Clock::time_point deadline) {
   auto what = first_line(e);
   const bool timed_out = what.find("imed out") != std::string::npos || what.find("timeout") != std::string::npos ||
@@ -78,7 +83,12 @@ Failure failure(const std::exception& e, Clock::time_point deadline) {
   return {timed_out ? Kind::timed_out : Kind::lost, std::move(what)};
 }
 
-// Waits for `p` until `deadline`: nothing, or how it failed.
+// A send or receive: its work, or how posting it failed.
+struct Posted {
+  c10::intrusive_ptr<c10d::Work> work;
+  std::optional<Failure> failed;
+};
+
 std::optional<Failure> wait_until(const Posted& p, Clock::time_point deadline) {
   if (p.failed) return p.failed;
   const auto left = std::max(milliseconds(1), std::chrono::duration_cast<milliseconds>(deadline - Clock::now()));
@@ -92,125 +102,106 @@ std::optional<Failure> wait_until(const Posted& p, Clock::time_point deadline) {
   }
 }
 
-std::int64_t opt(const std::optional<std::uint64_t>& v) { return v ? static_cast<std::int64_t>(*v) : -1; }
-std::optional<std::uint64_t> opt(std::int64_t v) {
-  return v < 0 ? std::nullopt : std::optional<std::uint64_t>(static_cast<std::uint64_t>(v));
-}
-
-constexpr std::int64_t row_fields = 15, span_fields = 9;
-
-// A record as LibTorch's pickle of an IValue tuple: numbers in two int64
-// tensors (rows, spans), names in string lists.
-std::vector<char> encode(const RankRecord& r) {
-  c10::List<std::string> fqns, shapes, span_names;
-  auto rows = torch::empty({static_cast<std::int64_t>(r.rows.size()), row_fields}, torch::kLong);
-  auto* p = rows.data_ptr<std::int64_t>();
-  for (const auto& m : r.rows) {
-    fqns.push_back(m.fqn);
-    shapes.push_back(m.output_shape);
-    const std::int64_t v[row_fields] = {static_cast<std::int64_t>(m.fw_calls), static_cast<std::int64_t>(m.bw_calls),
-                                        m.fw_inclusive.count(), m.fw_exclusive.count(), m.bw_inclusive.count(),
-                                        m.bw_exclusive.count(), static_cast<std::int64_t>(m.params_trainable),
-                                        static_cast<std::int64_t>(m.params_frozen), static_cast<std::int64_t>(m.bytes_trainable),
-                                        static_cast<std::int64_t>(m.bytes_frozen), opt(m.fw_flops), opt(m.bw_flops),
-                                        opt(m.fw_peak_bytes), opt(m.fw_kept_bytes), opt(m.bw_peak_bytes)};
-    p = std::copy(std::begin(v), std::end(v), p);
-  }
-  const auto& log = r.spans.spans();
-  auto spans = torch::empty({static_cast<std::int64_t>(log.size()), span_fields}, torch::kLong);
-  auto* q = spans.data_ptr<std::int64_t>();
-  std::map<std::string_view, std::int64_t> index;
-  for (const auto& s : log) {
-    auto [it, added] = index.try_emplace(s.fqn, static_cast<std::int64_t>(index.size()));
-    if (added) span_names.push_back(std::string(s.fqn));
-    const std::int64_t v[span_fields] = {it->second, s.phase == Phase::forward ? 0 : 1, s.thread, s.depth,
-                                         static_cast<std::int64_t>(s.call), s.start.count(), s.end.count(),
-                                         s.children.count(), s.nested ? 1 : 0};
-    q = std::copy(std::begin(v), std::end(v), q);
-  }
-  return torch::pickle_save(c10::ivalue::Tuple::create(
-      {c10::IValue(static_cast<std::int64_t>(r.rank)), c10::IValue(r.host), c10::IValue(r.pid), c10::IValue(fqns),
-       c10::IValue(shapes), c10::IValue(rows), c10::IValue(span_names), c10::IValue(spans)}));
-}
-
-void expect(bool ok, const char* what) {
-  if (!ok) throw std::runtime_error(std::string("its record is malformed: ") + what);
-}
-
-RankRecord decode(const std::vector<char>& bytes, std::int64_t rows_expected, std::int64_t spans_expected) {
-  const auto value = torch::pickle_load(bytes);
-  expect(value.isTuple(), "not a tuple");
-  const auto& e = value.toTupleRef().elements();
-  expect(e.size() == 8 && e[0].isInt() && e[1].isString() && e[2].isInt() && e[3].isList() && e[4].isList() &&
-             e[5].isTensor() && e[6].isList() && e[7].isTensor(),
-         "unexpected fields");
-  RankRecord r;
-  r.rank = static_cast<int>(e[0].toInt());
-  r.host = e[1].toStringRef();
-  r.pid = e[2].toInt();
-  const auto fqns = e[3].toListRef(), shapes = e[4].toListRef(), names = e[6].toListRef();
-  const auto rows = e[5].toTensor().contiguous(), spans = e[7].toTensor().contiguous();
-  expect(rows.scalar_type() == torch::kLong && rows.dim() == 2 && rows.size(0) == rows_expected &&
-             rows.size(1) == row_fields && static_cast<std::int64_t>(fqns.size()) == rows_expected &&
-             shapes.size() == fqns.size(),
-         "its rows do not match its header");
-  expect(spans.scalar_type() == torch::kLong && spans.dim() == 2 && spans.size(0) == spans_expected &&
-             spans.size(1) == span_fields,
-         "its spans do not match its header");
-  const auto* p = rows.data_ptr<std::int64_t>();
-  for (std::size_t i = 0; i < fqns.size(); ++i, p += row_fields) {
-    expect(fqns[i].isString() && shapes[i].isString(), "a module name is not a string");
-    ModuleStats m;
-    m.fqn = fqns[i].toStringRef();
-    m.output_shape = shapes[i].toStringRef();
-    m.fw_calls = static_cast<std::uint64_t>(p[0]);
-    m.bw_calls = static_cast<std::uint64_t>(p[1]);
-    m.fw_inclusive = std::chrono::nanoseconds(p[2]);
-    m.fw_exclusive = std::chrono::nanoseconds(p[3]);
-    m.bw_inclusive = std::chrono::nanoseconds(p[4]);
-    m.bw_exclusive = std::chrono::nanoseconds(p[5]);
-    m.params_trainable = static_cast<std::uint64_t>(p[6]);
-    m.params_frozen = static_cast<std::uint64_t>(p[7]);
-    m.bytes_trainable = static_cast<std::uint64_t>(p[8]);
-    m.bytes_frozen = static_cast<std::uint64_t>(p[9]);
-    m.fw_flops = opt(p[10]);
-    m.bw_flops = opt(p[11]);
-    m.fw_peak_bytes = opt(p[12]);
-    m.fw_kept_bytes = opt(p[13]);
-    m.bw_peak_bytes = opt(p[14]);
-    r.rows.push_back(std::move(m));
-  }
-  std::vector<std::string> span_names;
-  for (const auto& n : names) {
-    expect(n.isString(), "a span name is not a string");
-    span_names.push_back(n.toStringRef());
-  }
-  const auto* q = spans.data_ptr<std::int64_t>();
-  for (std::int64_t i = 0; i < spans_expected; ++i, q += span_fields) {
-    expect(q[0] >= 0 && q[0] < static_cast<std::int64_t>(span_names.size()), "a span names no module");
-    r.spans.add(Span{span_names[static_cast<std::size_t>(q[0])], q[1] == 0 ? Phase::forward : Phase::backward,
-                     static_cast<std::uint32_t>(q[2]), static_cast<std::uint32_t>(q[3]), static_cast<std::uint64_t>(q[4]),
-                     std::chrono::nanoseconds(q[5]), std::chrono::nanoseconds(q[6]), std::chrono::nanoseconds(q[7]),
-                     q[8] != 0, 0});
-  }
-  return r;
-}
-
 torch::Tensor longs(std::int64_t n) { return torch::zeros({n}, torch::kLong); }
+
+std::string to_text(const std::array<std::int64_t, header_size>& h) {
+  std::string out;
+  for (const auto v : h) out += std::to_string(v) + " ";
+  return out;
+}
+
+std::optional<std::array<std::int64_t, header_size>> header_of(const std::string& text) {
+  std::array<std::int64_t, header_size> h{};
+  const char* p = text.c_str();
+  for (auto& v : h) {
+    char* end = nullptr;
+    errno = 0;
+    v = std::strtoll(p, &end, 10);
+    if (end == p || errno) return std::nullopt;
+    p = end;
+  }
+  return h;
+}
 
 }  // namespace
 
 struct RankGroup::State {
+  c10::intrusive_ptr<c10d::Store> store;         // PrefixStore(options.name, the job's)
   c10::intrusive_ptr<c10d::ProcessGroup> group;  // null if some rank never joined
   int rank = 0, world = 1;
   RankOptions options;
+  std::string host = host_name();
   std::vector<RankProblem> absent;  // from joining: said by every gather
   std::set<int> gone;               // on rank 0: ranks no longer waited for
   bool root_gone = false;           // elsewhere: rank 0 failed once
   std::int64_t round = 0;
+  std::map<int, std::pair<std::string, long>> who;  // host and pid of each rank, as read
 
-  Posted send(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, true); }
-  Posted recv(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, false); }
+  std::string key(const char* what, int r) const {
+    return "g" + std::to_string(round) + "/" + what + std::to_string(r);
+  }
+  std::string ms() const { return std::to_string(options.timeout.count()) + " ms"; }
+
+  // Joins under the name: refuses a store that has this rank already.
+  void join() {
+    // add(), not check(): a FileStore's reads wait (its timeout) for the file to exist.
+    if (store->add("joined/" + std::to_string(rank), 1) != 1) {
+      std::string where;
+      auto* inner = store.get();
+      if (auto* prefixed = dynamic_cast<c10d::PrefixStore*>(inner)) inner = prefixed->getUnderlyingStore().get();
+      if (const auto* file = dynamic_cast<const c10d::FileStore*>(inner)) where = " (" + file->getPath() + ")";
+      throw std::runtime_error("modtracker: the store" + where + " already holds rank " + std::to_string(rank) +
+                               " of a group named '" + options.name +
+                               "': it is stale (a FileStore path of an earlier job: give each job a fresh path), or "
+                               "a second RankGroup uses that name (give it another RankOptions::name)");
+    }
+    store->set("who/" + std::to_string(rank), bytes_of(host + " " + std::to_string(getpid())));
+  }
+
+  // True if rank r runs on this host and its process is gone (a killed rank).
+  bool ended(int r) {
+    auto it = who.find(r);
+    if (it == who.end()) {
+      const auto key = "who/" + std::to_string(r);
+      if (!store->check({key})) return false;
+      const auto text = text_of(store->get(key));
+      const auto space = text.rfind(' ');
+      it = who.emplace(r, std::pair{text.substr(0, space), std::atol(text.c_str() + space + 1)}).first;
+    }
+    const auto& [their_host, pid] = it->second;
+    return their_host == host && pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+  }
+  std::string ended_text(int r) const {
+    const auto it = who.find(r);
+    return "its process" + (it == who.end() ? std::string() : " " + std::to_string(it->second.second)) +
+           " on this host has ended (killed, or exited)";
+  }
+
+  // Polls the store until each rank's key is there, the deadline passes or
+  // the rank's process is seen to end. Returns the ranks whose key came.
+  std::vector<int> await(std::vector<int> ranks, const char* what, Clock::time_point due, std::vector<int>& ended_ranks) {
+    std::vector<int> here;
+    auto pause = std::chrono::microseconds(50);
+    while (!ranks.empty()) {
+      for (auto it = ranks.begin(); it != ranks.end();) {
+        if (store->check({key(what, *it)})) {
+          here.push_back(*it);
+          it = ranks.erase(it);
+        } else if (ended(*it)) {
+          ended_ranks.push_back(*it);
+          it = ranks.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (ranks.empty() || Clock::now() >= due) break;
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(5000));
+    }
+    std::sort(here.begin(), here.end());
+    return here;
+  }
+
   Posted post(torch::Tensor t, int peer, int tag, bool sending) {
     std::vector<torch::Tensor> v{std::move(t)};
     try {
@@ -219,17 +210,13 @@ struct RankGroup::State {
       return {c10::intrusive_ptr<c10d::Work>(), failure(e, Clock::time_point::max())};
     }
   }
-  RankRecord own(const Statistics& stats, const SpanLog* spans) const {
-    RankRecord r;
-    r.rank = rank;
-    r.host = host_name();
-    r.pid = static_cast<std::int64_t>(getpid());
-    for (const auto* row : stats.rows()) r.rows.push_back(*row);
-    if (spans) r.spans = *spans;
-    return r;
-  }
+  Posted send(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, true); }
+  Posted recv(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, false); }
+
   // Why rank r's header cannot be taken ("" if it can).
-  std::string refusal(const std::int64_t* h, int r) const {
+  std::string refusal(const std::optional<std::array<std::int64_t, header_size>>& header, int r) const {
+    if (!header) return "its header is unreadable";
+    const auto& h = *header;
     if (h[h_magic] != magic || h[h_version] != version)
       return "it speaks another protocol (version " + std::to_string(h[h_version]) + ", this rank " +
              std::to_string(version) + "): build every rank from one modtracker";
@@ -242,10 +229,11 @@ struct RankGroup::State {
       return "its record announces " + std::to_string(h[h_bytes]) + " bytes";
     return {};
   }
+
   // Rank r's clock against this one's: the ping-pong of the shortest round
   // trip gives the offset (its midpoint against r's reading), half that
   // round trip the uncertainty.
-  using Offset = std::pair<std::chrono::nanoseconds, std::chrono::nanoseconds>;  // offset, uncertainty
+  using Offset = std::pair<std::chrono::nanoseconds, std::chrono::nanoseconds>;
   std::optional<Failure> align(const TrackerBase& tracker, int r, Clock::time_point due, Offset& offset) {
     auto best = std::chrono::nanoseconds::max();
     for (int i = 0; i < clock_rounds; ++i) {
@@ -263,6 +251,16 @@ struct RankGroup::State {
     }
     return std::nullopt;
   }
+
+  RankRecord own(const Statistics& stats, const SpanLog* spans) const {
+    RankRecord r;
+    r.rank = rank;
+    r.host = host;
+    r.pid = static_cast<std::int64_t>(getpid());
+    for (const auto* row : stats.rows()) r.rows.push_back(*row);
+    if (spans) r.spans = *spans;
+    return r;
+  }
   void gather_root(const TrackerBase& tracker, RankRecord mine, Gathered& out);
   void gather_other(const TrackerBase& tracker, const RankRecord& mine, Gathered& out);
 };
@@ -276,13 +274,18 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_gloo_group(c10::intrusive_ptr<c10d::
   return c10::make_intrusive<c10d::ProcessGroupGloo>(std::move(store), rank, world, options);
 }
 
-RankGroup::RankGroup(c10::intrusive_ptr<c10d::ProcessGroup> group, RankOptions options)
+RankGroup::RankGroup(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intrusive_ptr<c10d::Store> store,
+                     RankOptions options)
     : state_(std::make_unique<State>()) {
   if (!group) throw std::invalid_argument("modtracker: RankGroup over a null process group");
-  state_->rank = group->getRank();
-  state_->world = group->getSize();
-  state_->group = std::move(group);
-  state_->options = std::move(options);
+  if (!store) throw std::invalid_argument("modtracker: RankGroup over a null store");
+  auto& s = *state_;
+  s.rank = group->getRank();
+  s.world = group->getSize();
+  s.options = std::move(options);
+  s.store = c10::make_intrusive<c10d::PrefixStore>(s.options.name, std::move(store));
+  s.join();
+  s.group = std::move(group);
 }
 
 RankGroup::RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world, RankOptions options)
@@ -294,36 +297,27 @@ RankGroup::RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world,
   s.rank = rank;
   s.world = world;
   s.options = std::move(options);
-  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(s.options.name, store);
-  const auto key = [](int r) { return "joined/" + std::to_string(r); };
-  // add(), not check(): a FileStore's reads wait (its timeout) for the file to exist.
-  if (prefixed->add(key(rank), 1) != 1) {
-    std::string where;
-    if (const auto* file = dynamic_cast<const c10d::FileStore*>(store.get())) where = " (" + file->getPath() + ")";
-    throw std::runtime_error("modtracker: the store" + where + " already holds rank " + std::to_string(rank) +
-                             " of a group named '" + s.options.name +
-                             "': it is stale (a FileStore path of an earlier job: give each job a fresh path), or a "
-                             "second RankGroup uses that name (give it another RankOptions::name)");
-  }
+  s.store = c10::make_intrusive<c10d::PrefixStore>(s.options.name, std::move(store));
+  s.join();
   std::vector<std::string> keys;
-  for (int r = 0; r < world; ++r) keys.push_back(key(r));
+  for (int r = 0; r < world; ++r) keys.push_back("joined/" + std::to_string(r));
   try {
-    prefixed->wait(keys, s.options.timeout);
+    s.store->wait(keys, s.options.timeout);
   } catch (const std::exception&) {
     for (int r = 0; r < world; ++r)
-      if (!prefixed->check({key(r)}))
+      if (!s.store->check({keys[static_cast<std::size_t>(r)]}))
         s.absent.push_back({r, Kind::absent,
                             "rank " + std::to_string(r) + " never joined the group '" + s.options.name + "' within " +
-                                std::to_string(s.options.timeout.count()) +
-                                " ms (not started, failed before, or given another store?)"});
+                                s.ms() + " (not started, failed before, or given another store?)"});
     if (!s.absent.empty()) return;
   }
   if (world == 1) return;  // no peer: gathers need no group
   try {
-    s.group = make_gloo_group(c10::make_intrusive<c10d::PrefixStore>("gloo", prefixed), rank, world, s.options.timeout);
+    s.group = make_gloo_group(c10::make_intrusive<c10d::PrefixStore>("gloo", s.store), rank, world, s.options.timeout);
   } catch (const std::exception& e) {
     for (int r = 0; r < world; ++r)
-      if (r != rank) s.absent.push_back({r, Kind::absent, "the group '" + s.options.name + "' could not connect: " + first_line(e)});
+      if (r != rank)
+        s.absent.push_back({r, Kind::absent, "the group '" + s.options.name + "' could not connect: " + first_line(e)});
   }
 }
 
@@ -337,7 +331,8 @@ bool Gathered::complete() const noexcept {
 
 std::string Gathered::report() const {
   std::string out;
-  for (const auto& p : problems) out += "rank " + std::to_string(p.rank) + " " + std::string(kind_name(p.kind)) + ": " + p.message + "\n";
+  for (const auto& p : problems)
+    out += "rank " + std::to_string(p.rank) + " " + std::string(kind_name(p.kind)) + ": " + p.message + "\n";
   return out;
 }
 
@@ -361,46 +356,41 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
   std::vector<RankRecord> records;
   records.push_back(std::move(mine));
   out.problems = absent;
-  const auto ms = std::to_string(options.timeout.count()) + " ms";
-  auto fail = [&](int r, const Failure& f, const char* doing) {
+  auto fail = [&](int r, const Failure& f, const std::string& doing) {
     gone.insert(r);
     out.problems.push_back(
         {r, f.kind,
          f.kind == Kind::timed_out
-             ? "rank " + std::to_string(r) + " did not " + doing + " within " + ms + " (hung, or not calling gather())"
+             ? "rank " + std::to_string(r) + " did not " + doing + " within " + ms() + " (hung, or not calling gather())"
              : "rank " + std::to_string(r) + "'s connection failed as it was to " + doing + ": " + f.what +
                    " (the process died, or closed its group)"});
   };
   if (group) {
-    // Every header is awaited from the start; each rank in turn is then
-    // answered, timed and has its record's receive posted, so that a slow
-    // rank delays only the ranks after it, by at most the timeout.
-    const auto headers_due = Clock::now() + options.timeout;
-    std::vector<torch::Tensor> headers(world), data(world);
+    std::vector<int> peers, ended_ranks;
+    for (int r = 1; r < world; ++r)
+      if (!gone.count(r)) peers.push_back(r);
+    const auto arrived = await(peers, "h", Clock::now() + options.timeout, ended_ranks);
+    for (const int r : peers)
+      if (!std::binary_search(arrived.begin(), arrived.end(), r)) {
+        const auto gather = "arrive at gather " + std::to_string(round);
+        if (std::find(ended_ranks.begin(), ended_ranks.end(), r) == ended_ranks.end()) {
+          fail(r, Failure{Kind::timed_out, ""}, gather);
+        } else {
+          gone.insert(r);
+          out.problems.push_back({r, Kind::lost, "rank " + std::to_string(r) + " did not " + gather + ": " + ended_text(r)});
+        }
+      }
+    // Each rank in turn: answered, timed, and its record's receive posted.
+    std::vector<std::array<std::int64_t, header_size>> headers(world);
+    std::vector<torch::Tensor> data(world);
     std::vector<Posted> works(world);
     std::vector<Clock::time_point> data_due(world);
-    std::vector<int> peers, sending;
-    for (int r = 1; r < world; ++r)
-      if (!gone.count(r)) {
-        peers.push_back(r);
-        headers[r] = longs(header_size);
-        works[r] = recv(headers[r], r, header_tag);
-      }
     std::vector<Offset> clocks(world);
-    for (const int r : peers) {
-      if (const auto f = wait_until(works[r], headers_due)) {
-        fail(r, *f, "send its record");
-        continue;
-      }
-      const auto* h = headers[r].data_ptr<std::int64_t>();
-      const auto why = refusal(h, r);
-      auto reply = longs(2);
-      reply[0] = why.empty() ? 1 : 0;
-      reply[1] = round;
-      if (const auto f = wait_until(send(reply, r, reply_tag), Clock::now() + options.timeout)) {
-        fail(r, *f, "take rank 0's answer");
-        continue;
-      }
+    std::vector<int> sending;
+    for (const int r : arrived) {
+      const auto header = header_of(text_of(store->get(key("h", r))));
+      const auto why = refusal(header, r);
+      store->set(key("a", r), bytes_of(why.empty() ? "1" : "0 " + why));
       if (!why.empty()) {
         gone.insert(r);
         out.problems.push_back({r, Kind::rejected, "rank " + std::to_string(r) + "'s record was refused: " + why});
@@ -410,7 +400,8 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
         fail(r, *f, "answer the clock exchange");
         continue;
       }
-      data[r] = torch::empty({h[h_bytes]}, torch::kUInt8);
+      headers[r] = *header;
+      data[r] = torch::empty({headers[r][h_bytes]}, torch::kUInt8);
       works[r] = recv(data[r], r, data_tag);
       data_due[r] = Clock::now() + options.timeout;
       sending.push_back(r);
@@ -421,9 +412,9 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
         continue;
       }
       const auto* bytes = reinterpret_cast<const char*>(data[r].data_ptr<std::uint8_t>());
-      const auto* h = headers[r].data_ptr<std::int64_t>();
       try {
-        auto record = decode(std::vector<char>(bytes, bytes + data[r].numel()), h[h_rows], h[h_spans]);
+        auto record = records::decode(std::vector<char>(bytes, bytes + data[r].numel()), headers[r][h_rows],
+                                      headers[r][h_spans]);
         if (record.rank != r) throw std::runtime_error("its record is of rank " + std::to_string(record.rank));
         record.clock_offset = clocks[r].first;
         record.clock_uncertainty = clocks[r].second;
@@ -445,15 +436,13 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
                                                     : "the group never formed: this rank's record stays here"});
     return;
   }
-  auto lost = [&](const Failure& f, const char* doing) {
+  auto lost = [&](const std::string& what, const char* doing) {
     root_gone = true;
-    out.problems.push_back({0, Kind::no_root,
-                            "rank 0 did not " + std::string(doing) + " in time (" + f.what +
-                                "): it died, hung, or gave up on this rank"});
+    out.problems.push_back({0, Kind::no_root, "rank 0 did not " + std::string(doing) + " in time (" + what +
+                                                  "): it died, hung, or gave up on this rank"});
   };
-  const auto bytes = encode(mine);
-  auto header = longs(header_size);
-  auto* h = header.data_ptr<std::int64_t>();
+  const auto bytes = records::encode(mine);
+  std::array<std::int64_t, header_size> h{};
   h[h_magic] = magic;
   h[h_version] = version;
   h[h_rank] = rank;
@@ -462,26 +451,32 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
   h[h_bytes] = static_cast<std::int64_t>(bytes.size());
   h[h_rows] = static_cast<std::int64_t>(mine.rows.size());
   h[h_spans] = static_cast<std::int64_t>(mine.spans.size());
-  // Rank 0 may first wait up to the timeout for the ranks before this one.
-  auto deadline = Clock::now() + 2 * options.timeout;
-  if (const auto f = wait_until(send(header, 0, header_tag), deadline)) return lost(*f, "take this rank's header");
-  auto reply = longs(2);
-  if (const auto f = wait_until(recv(reply, 0, reply_tag), deadline)) return lost(*f, "answer this rank's header");
-  if (reply[0].item<std::int64_t>() != 1) {
+  store->set(key("h", rank), bytes_of(to_text(h)));
+  // Rank 0 first waits up to the timeout for every rank, then answers each in turn.
+  const auto answer_key = key("a", rank);
+  const auto answer_due = Clock::now() + 2 * options.timeout;
+  for (auto pause = std::chrono::microseconds(50); !store->check({answer_key});
+       pause = std::min(pause * 2, std::chrono::microseconds(5000))) {
+    if (ended(0)) return lost(ended_text(0), "answer this rank");
+    if (Clock::now() >= answer_due) return lost("no answer within twice " + ms(), "answer this rank");
+    std::this_thread::sleep_for(pause);
+  }
+  const auto answer = text_of(store->get(answer_key));
+  if (answer != "1") {
     root_gone = true;
-    out.problems.push_back({rank, Kind::rejected, "rank 0 refused this rank's record (its report says why)"});
+    out.problems.push_back({rank, Kind::rejected, "rank 0 refused this rank's record: " + answer.substr(answer.find(' ') + 1)});
     return;
   }
-  deadline = Clock::now() + options.timeout;
+  const auto due = Clock::now() + options.timeout;
   for (int i = 0; i < clock_rounds; ++i) {
-    if (const auto f = wait_until(recv(longs(1), 0, ping_tag), deadline)) return lost(*f, "run the clock exchange");
+    if (const auto f = wait_until(recv(longs(1), 0, ping_tag), due)) return lost(f->what, "run the clock exchange");
     auto pong = longs(1);
     pong[0] = tracker.now().count();
-    if (const auto f = wait_until(send(pong, 0, pong_tag), deadline)) return lost(*f, "run the clock exchange");
+    if (const auto f = wait_until(send(pong, 0, pong_tag), due)) return lost(f->what, "run the clock exchange");
   }
   auto data = torch::empty({static_cast<std::int64_t>(bytes.size())}, torch::kUInt8);
   std::copy(bytes.begin(), bytes.end(), reinterpret_cast<char*>(data.data_ptr<std::uint8_t>()));
-  if (const auto f = wait_until(send(data, 0, data_tag), deadline)) return lost(*f, "take this rank's record");
+  if (const auto f = wait_until(send(data, 0, data_tag), due)) return lost(f->what, "take this rank's record");
 }
 
 }  // namespace modtracker::libtorch

@@ -57,8 +57,10 @@ struct Gathered {
 /// The ranks of one job, as seen by one rank.
 class RankGroup {
  public:
-  /// Over the job's own process group (Gloo): rank and world are its.
-  explicit RankGroup(c10::intrusive_ptr<c10d::ProcessGroup> group, RankOptions options = {});
+  /// Over the job's own process group (Gloo; rank and world are its), with
+  /// the job's store, where arrivals are watched (under options.name).
+  RankGroup(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intrusive_ptr<c10d::Store> store,
+            RankOptions options = {});
   /// Over a Gloo group of its own on PrefixStore(options.name, store), so
   /// that gathers never interleave with the job's collectives. Waits up to
   /// the timeout for every rank to join; a rank that does not is reported
