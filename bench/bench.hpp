@@ -75,4 +75,14 @@ struct ToolCosts {
 };
 ToolCosts tool_costs(const Options& options);
 
+/// Ranks as threads (ranks.cpp): rank 0's gather of a `modules`-row table
+/// from `world` ranks, `rounds` times; the allreduce of 72 floats a module,
+/// untracked and tracked alternately (medians, and the range of their ratio).
+struct RankCosts {
+  int world = 0, modules = 0;
+  double gather_ms_min = 0, gather_ms_median = 0, gather_ms_max = 0;
+  double allreduce_us = 0, allreduce_tracked_us = 0, ratio_min = 0, ratio_max = 0;
+};
+RankCosts rank_costs(int world, int modules, int rounds);
+
 }  // namespace bench

@@ -15,7 +15,7 @@
 namespace {
 int usage() {
   std::fprintf(stderr,
-               "usage: modtracker-bench [--json] [--torch-only | --tools-only | --script-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
+               "usage: modtracker-bench [--json] [--torch-only | --tools-only | --script-only | --ranks-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
                "                        [--runs N] [--reps N]\n");
   return 2;
 }
@@ -43,7 +43,7 @@ void print_table(const std::vector<bench::CallRow>& rows, const char* label, con
 
 int main(int argc, char** argv) {
   bench::Options options;
-  bool json = false, core = true, tools_only = false, script_only = false;
+  bool json = false, core = true, tools_only = false, script_only = false, ranks_only = false;
   std::vector<std::pair<int, int>> cases{{100, 8}, {1000, 8}, {100, 256}};
   for (int i = 1; i < argc; ++i) {
     int n = 0, d = 0;
@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
       options.runs = std::atoi(argv[++i]);  // more runs: steadier minimum, or a longer profile
     } else if (std::strcmp(argv[i], "--reps") == 0 && has_value && std::atoi(argv[i + 1]) > 0) {
       options.reps = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--ranks-only") == 0) {
+      ranks_only = true;
     } else if (std::strcmp(argv[i], "--script-only") == 0) {
       script_only = true;
     } else if (std::strcmp(argv[i], "--tools-only") == 0) {
@@ -73,7 +75,8 @@ int main(int argc, char** argv) {
     }
   }
   at::set_num_threads(1);
-  if (tools_only || script_only) core = false, cases.clear();
+  if (tools_only || script_only || ranks_only) core = false, cases.clear();
+  const bool others = !ranks_only;  // the parts that --ranks-only leaves out
   const bool all = options.only_mode.empty();
   const double no_hooks = core ? bench::core_ns(false) : 0.0;
   const double noop_hooks = core ? bench::core_ns(true) : 0.0;
@@ -83,14 +86,15 @@ int main(int argc, char** argv) {
     for (const auto& r : bench::sequential_rows(n, d, options, journal))
       if (all || options.only_mode == r.mode) rows.push_back(r);
   const int call_modules = cases.size() == 1 ? cases.front().first : 1000;
-  const auto calls = all && !tools_only && !script_only ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
-  const auto script = all && !tools_only ? bench::script_rows(100, 8, options) : std::vector<bench::CallRow>{};
-  const double stats_us = all && !tools_only && !script_only ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
-  const auto tools = all && !script_only ? std::optional(bench::tool_costs(options)) : std::nullopt;
+  const auto calls = others && all && !tools_only && !script_only ? bench::call_rows(call_modules, 8, options) : std::vector<bench::CallRow>{};
+  const auto script = others && all && !tools_only ? bench::script_rows(100, 8, options) : std::vector<bench::CallRow>{};
+  const double stats_us = others && all && !tools_only && !script_only ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
+  const auto tools = others && all && !script_only ? std::optional(bench::tool_costs(options)) : std::nullopt;
+  const auto ranks = all && !tools_only && !script_only ? std::optional(bench::rank_costs(4, 1000, 15)) : std::nullopt;
 
   if (json) {
     std::printf("{");
-    if (all && !tools_only) std::printf("\"stats\": {\"overhead_us_per_activation\": %.3f}, ", stats_us);
+    if (others && all && !tools_only) std::printf("\"stats\": {\"overhead_us_per_activation\": %.3f}, ", stats_us);
     if (tools)
       std::printf("\"tools\": {\"alloc_free_ns\": %.1f, \"alloc_free_memory_tracker_ns\": %.1f, \"op_ns\": %.1f, "
                   "\"op_bare_callback_ns\": %.1f, \"op_flop_counter_ns\": %.1f, \"op_profiler_flops_memory_ns\": %.1f, "
@@ -115,10 +119,27 @@ int main(int argc, char** argv) {
                   "\"tracked_us\": %.1f, \"overhead_us_per_module\": %.3f, \"ratio\": %.3f}",
                   i ? ", " : "", r.modules, r.width, r.mode, r.base_us, r.tracked_us, r.overhead_per_module(), r.ratio());
     }
-    std::printf("]}\n");
+    std::printf("]");
+    if (ranks)
+      std::printf(", \"ranks\": {\"world\": %d, \"modules\": %d, \"gather_ms_min\": %.2f, \"gather_ms_median\": %.2f, "
+                  "\"gather_ms_max\": %.2f, \"allreduce_us\": %.1f, \"allreduce_tracked_us\": %.1f, "
+                  "\"tracked_ratio_min\": %.3f, \"tracked_ratio_max\": %.3f}",
+                  ranks->world, ranks->modules, ranks->gather_ms_min, ranks->gather_ms_median, ranks->gather_ms_max,
+                  ranks->allreduce_us, ranks->allreduce_tracked_us, ranks->ratio_min, ranks->ratio_max);
+    std::printf("}\n");
     return 0;
   }
-  if (all && !tools_only && !script_only)
+  if (ranks) {
+    const auto& k = *ranks;
+    std::printf("ranks (%d threads over a HashStore, Gloo over 127.0.0.1), 15 rounds\n", k.world);
+    std::printf("  gather of a %d-module table to rank 0   min %.2f ms   median %.2f ms   max %.2f ms\n", k.modules,
+                k.gather_ms_min, k.gather_ms_median, k.gather_ms_max);
+    std::printf("  allreduce of %d floats                 untracked %.1f us   tracked %.1f us   (tracked/untracked "
+                "%.3f-%.3f by round)\n\n",
+                k.modules * 72, k.allreduce_us, k.allreduce_tracked_us, k.ratio_min, k.ratio_max);
+  }
+  if (ranks_only) return 0;
+  if (others && all && !tools_only && !script_only)
     std::printf("statistics (shapes + per-module table) over plain tracking: %.3f us per activation\n\n", stats_us);
   if (tools) {
     const auto& t = *tools;

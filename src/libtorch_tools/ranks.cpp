@@ -196,7 +196,7 @@ struct RankGroup::State {
       }
       if (ranks.empty() || Clock::now() >= due) break;
       std::this_thread::sleep_for(pause);
-      pause = std::min(pause * 2, std::chrono::microseconds(5000));
+      pause = std::min(pause * 2, std::chrono::microseconds(500));
     }
     std::sort(here.begin(), here.end());
     return here;
@@ -456,7 +456,7 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
   const auto answer_key = key("a", rank);
   const auto answer_due = Clock::now() + 2 * options.timeout;
   for (auto pause = std::chrono::microseconds(50); !store->check({answer_key});
-       pause = std::min(pause * 2, std::chrono::microseconds(5000))) {
+       pause = std::min(pause * 2, std::chrono::microseconds(500))) {
     if (ended(0)) return lost(ended_text(0), "answer this rank");
     if (Clock::now() >= answer_due) return lost("no answer within twice " + ms(), "answer this rank");
     std::this_thread::sleep_for(pause);
