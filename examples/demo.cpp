@@ -194,6 +194,13 @@ int report_ranks(demo::Rank& job, const lt::Tracker& tracker, const modtracker::
   const auto& merged = *gathered.merged;
   std::printf("%s\nacross %zu of %d ranks (gathered in %.1f ms):\n%s", tty ? "\n" : "", merged.records().size(),
               job.world(), std::chrono::duration<double, std::milli>(gathered.elapsed).count(), merged.table(table).c_str());
+  std::printf("clocks onto rank 0's:");
+  for (const auto& r : merged.records())
+    if (r.rank != 0)
+      std::printf(" rank %d %+.3f ms (+- %.0f us)", r.rank,
+                  std::chrono::duration<double, std::milli>(r.clock_offset).count(),
+                  std::chrono::duration<double, std::micro>(r.clock_uncertainty).count());
+  std::printf("%s\n", merged.records().size() == 1 ? " (no other rank)" : "");
   if (difference)
     std::printf(*difference == 0 ? "parameters after training: identical on all %d ranks\n"
                                  : "parameters after training: differ across the %d ranks by up to %g\n",

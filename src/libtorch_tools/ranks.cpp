@@ -33,97 +33,11 @@
 #include <modtracker/libtorch/ranks.hpp>
 
 #include "libtorch_tools/rank_record.hpp"
+#include "libtorch_tools/rank_transport.hpp"
 
 namespace modtracker::libtorch {
 
-namespace {
-
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
-using Kind = RankProblem::Kind;
-
-constexpr std::int64_t magic = 0x6d6f64747261636b;  // "modtrack"
-constexpr std::int64_t version = 1;
-constexpr std::int64_t max_record_bytes = std::int64_t{1} << 30;
-constexpr int clock_rounds = 4;  // ping-pongs per rank; the fastest gives the offset
-enum Tag : int { ping_tag = 0x6d7400, pong_tag, data_tag };
-enum Header : std::size_t { h_magic, h_version, h_rank, h_world, h_round, h_bytes, h_rows, h_spans, header_size };
-
-std::string first_line(const std::exception& e) {
-  const std::string what = e.what();
-  return what.substr(0, what.find('\n'));
-}
-
-std::string host_name() {
-  char buf[256] = {};
-  return gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string();
-}
-
-std::vector<std::uint8_t> bytes_of(const std::string& s) { return {s.begin(), s.end()}; }
-std::string text_of(const std::vector<std::uint8_t>& b) { return {b.begin(), b.end()}; }
-
-// Works that timed out still own a buffer Gloo may write into when the peer
-// sends at last: they are kept to the end of the process.
-void abandon(c10::intrusive_ptr<c10d::Work> work) {
-  static auto* kept = new std::vector<c10::intrusive_ptr<c10d::Work>>;  // never freed, on purpose
-  static std::mutex kept_mutex;
-  const std::lock_guard<std::mutex> lock(kept_mutex);
-  kept->push_back(std::move(work));
-}
-
-struct Failure {
-  Kind kind;
-  std::string what;
-};
-
-Failure failure(const std::exception& e, Clock::time_point deadline) {
-  auto what = first_line(e);
-  const bool timed_out = what.find("imed out") != std::string::npos || what.find("timeout") != std::string::npos ||
-                         Clock::now() >= deadline;
-  return {timed_out ? Kind::timed_out : Kind::lost, std::move(what)};
-}
-
-// A send or receive: its work, or how posting it failed.
-struct Posted {
-  c10::intrusive_ptr<c10d::Work> work;
-  std::optional<Failure> failed;
-};
-
-std::optional<Failure> wait_until(const Posted& p, Clock::time_point deadline) {
-  if (p.failed) return p.failed;
-  const auto left = std::max(milliseconds(1), std::chrono::duration_cast<milliseconds>(deadline - Clock::now()));
-  try {
-    p.work->wait(left);
-    return std::nullopt;
-  } catch (const std::exception& e) {
-    auto f = failure(e, deadline);
-    if (f.kind == Kind::timed_out) abandon(p.work);
-    return f;
-  }
-}
-
-torch::Tensor longs(std::int64_t n) { return torch::zeros({n}, torch::kLong); }
-
-std::string to_text(const std::array<std::int64_t, header_size>& h) {
-  std::string out;
-  for (const auto v : h) out += std::to_string(v) + " ";
-  return out;
-}
-
-std::optional<std::array<std::int64_t, header_size>> header_of(const std::string& text) {
-  std::array<std::int64_t, header_size> h{};
-  const char* p = text.c_str();
-  for (auto& v : h) {
-    char* end = nullptr;
-    errno = 0;
-    v = std::strtoll(p, &end, 10);
-    if (end == p || errno) return std::nullopt;
-    p = end;
-  }
-  return h;
-}
-
-}  // namespace
+using namespace transport;
 
 struct RankGroup::State {
   c10::intrusive_ptr<c10d::Store> store;         // PrefixStore(options.name, the job's)
@@ -432,7 +346,7 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
 void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord& mine, Gathered& out) {
   if (!group || root_gone) {
     out.problems = absent;
-    out.problems.push_back({0, Kind::no_root, group ? "rank 0 failed at an earlier gather: this rank's record stays here"
+    out.problems.push_back({0, Kind::no_root, group ? "rank 0 stopped taking this rank's records at an earlier gather: this one stays here"
                                                     : "the group never formed: this rank's record stays here"});
     return;
   }

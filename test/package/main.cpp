@@ -2,7 +2,9 @@
 // <torch/torch.h>, imports modtracker and brings the LibTorch tools).
 #include <cstdio>
 
+#include <modtracker/libtorch/ranks.hpp>
 #include <modtracker/torch.hpp>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
 
 import modtracker;  // also by name: the LibTorch header brings it
 
@@ -35,6 +37,10 @@ int main() {
     for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) ++transitions;
     ok = ok && transitions == 4 && pre_bw == 2;
   }
+  // Ranks: a job of one rank gathers its own table.
+  lt::RankGroup ranks(c10::make_intrusive<c10d::HashStore>(), 0, 1);
+  const auto gathered = ranks.gather(tracker, stats);
+  ok = ok && gathered.complete() && gathered.merged->find("Linear")->fw.calls_max == 1;
   std::printf("%s\nconsumer: %s\n", stats.table().c_str(), ok ? "ok" : "FAILED");
   return ok ? 0 : 1;
 }
