@@ -351,3 +351,33 @@ TEST_CASE("ranks: bad arguments are refused with what is wrong") {
   CHECK_THROWS_WITH_AS(lt::RankGroup(c10::intrusive_ptr<c10d::ProcessGroup>(), store),
                        doctest::Contains("null process group"), std::invalid_argument);
 }
+
+TEST_CASE("ranks: a rank that speaks another protocol is refused before any record moves, and told why") {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  std::optional<lt::Gathered> root;
+  std::string answer;
+  std::thread other([&] {
+    lt::RankGroup group(store, 1, 2, {2s, "modtracker"});
+    // What another build would post: a header of protocol version 99, announcing 64 bytes.
+    const std::string header = std::to_string(0x6d6f64747261636b) + " 99 1 2 1 64 1 0 ";
+    store->set("modtracker/g1/h1", std::vector<std::uint8_t>(header.begin(), header.end()));
+    store->wait({"modtracker/g1/a1"}, 5s);
+    const auto bytes = store->get("modtracker/g1/a1");
+    answer.assign(bytes.begin(), bytes.end());
+  });
+  {
+    lt::RankGroup group(store, 0, 2, {2s, "modtracker"});
+    lt::Tracker tracker;
+    modtracker::Statistics stats;
+    root = group.gather(tracker, stats);
+  }
+  other.join();
+  INFO(root->report());
+  REQUIRE(root->problems.size() == 1);
+  CHECK(root->problems[0].rank == 1);
+  CHECK(root->problems[0].kind == Kind::rejected);
+  CHECK(root->problems[0].message.find("another protocol (version 99, this rank 1)") != std::string::npos);
+  CHECK(root->merged->records().size() == 1);
+  CHECK(answer.starts_with("0 it speaks another protocol"));
+  CHECK(root->elapsed < 1500ms);  // refused at once, not timed out
+}

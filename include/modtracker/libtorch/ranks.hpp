@@ -82,6 +82,7 @@ class RankGroup {
   /// the one that timed `stats`: rank 0 maps each rank's clock onto its own
   /// with it (docs/ranks.md). Never throws for a fault of another rank: a
   /// rank that fails is reported, and not waited for again by this group.
+  /// One thread at a time per group.
   Gathered gather(const TrackerBase& tracker, const Statistics& stats, const SpanLog* spans = nullptr);
 
  private:
