@@ -80,8 +80,8 @@ struct Job {
     auto gen = at::detail::createCPUGenerator(static_cast<std::uint64_t>(100 + rank));
     torch::optim::SGD opt(params, 0.1);
     auto& me = ranks[static_cast<std::size_t>(rank)];
-    me.tracker_created = std::chrono::steady_clock::now();
     lt::Tracker tracker;
+    me.tracker_created = std::chrono::steady_clock::now() - tracker.now();  // its clock's zero
     const auto gather_group =
         job_group ? std::make_unique<lt::RankGroup>(c10::intrusive_ptr<c10d::ProcessGroup>::reclaim_copy(group), store,
                                                     lt::RankOptions{timeout, "modtracker"})
@@ -119,6 +119,13 @@ struct Job {
   }
 
   void run() {
+    {
+      // LibTorch's lazy globals (the default generator, the allocators) made
+      // here first: the rank threads then start after them (LibTorch is not
+      // instrumented, so ThreadSanitizer cannot see its own once-only guards).
+      Net warm;
+      warm(torch::randn({1, 4}, torch::requires_grad())).sum().backward();
+    }
     std::vector<std::thread> threads;
     std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world));
     for (int r = 0; r < world; ++r) {
