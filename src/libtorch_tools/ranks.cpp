@@ -72,6 +72,15 @@ struct RankGroup::State {
     store->set("who/" + std::to_string(rank), bytes_of(host + " " + std::to_string(getpid())));
   }
 
+  // A gather's keys, once read, are deleted: gathers every N steps would
+  // otherwise grow the store. A store that cannot delete (FileStore) keeps them.
+  void forget(const std::string& k) {
+    try {
+      store->deleteKey(k);
+    } catch (const std::exception&) {
+    }
+  }
+
   // True if rank r runs on this host and its process is gone (a killed rank).
   bool ended(int r) {
     auto it = who.find(r);
@@ -303,6 +312,7 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
     std::vector<int> sending;
     for (const int r : arrived) {
       const auto header = header_of(text_of(store->get(key("h", r))));
+      forget(key("h", r));
       const auto why = refusal(header, r);
       store->set(key("a", r), bytes_of(why.empty() ? "1" : "0 " + why));
       if (!why.empty()) {
@@ -376,6 +386,7 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
     std::this_thread::sleep_for(pause);
   }
   const auto answer = text_of(store->get(answer_key));
+  forget(answer_key);
   if (answer != "1") {
     root_gone = true;
     out.problems.push_back({rank, Kind::rejected, "rank 0 refused this rank's record: " + answer.substr(answer.find(' ') + 1)});
