@@ -111,12 +111,12 @@ int usage(std::FILE* to, int code) {
                "                  bw_incl, bw_excl, params, bytes, fw_flops, bw_flops, fw_peak,\n"
                "                  kept or bw_peak (default: tree order)\n"
                "  --tools on|off  count FLOPs and memory per module (default on)\n"
-               "  --ranks N       train data-parallel on N local processes (Gloo over 127.0.0.1,\n"
-               "                  a store this process hosts); rank 0 prints the table across\n"
-               "                  ranks and writes one trace with a process per rank (default 1)\n"
+               "  --ranks N       train data-parallel on N local processes, 1 <= N <= 64 (Gloo over\n"
+               "                  127.0.0.1, a store this process hosts); rank 0 prints the table\n"
+               "                  across ranks and writes one trace with a process per rank (default 1)\n"
                "  --timeout MS    how long a rank waits for the others, MS >= 100 (default 30000)\n"
                "  --fault R:WHAT  rank R plays a fault, to see it reported: kill (killed at step\n"
-               "                  2), hang (stops at step 2), absent (never joins); --rank and\n"
+               "                  2 of --steps), hang (stops at step 2), absent (never joins); --rank and\n"
                "                  --port are what --ranks passes to the processes it starts\n"
                "  --help          this text\n");
   return code;
