@@ -108,4 +108,22 @@ inline std::optional<std::array<std::int64_t, header_size>> header_of(const std:
   return h;
 }
 
+// Why rank r's header cannot be taken ("" if it can).
+inline std::string refusal(const std::optional<std::array<std::int64_t, header_size>>& header, int r, int world,
+                           std::int64_t round) {
+  if (!header) return "its header is unreadable";
+  const auto& h = *header;
+  if (h[h_magic] != magic || h[h_version] != version)
+    return "it speaks another protocol (version " + std::to_string(h[h_version]) + ", this rank " +
+           std::to_string(version) + "): build every rank from one modtracker";
+  if (h[h_rank] != r || h[h_world] != world)
+    return "it calls itself rank " + std::to_string(h[h_rank]) + " of " + std::to_string(h[h_world]);
+  if (h[h_round] != round)
+    return "it is at gather " + std::to_string(h[h_round]) + ", rank 0 at gather " + std::to_string(round) +
+           ": every rank must call gather() at the same points";
+  if (h[h_bytes] < 1 || h[h_bytes] > max_record_bytes || h[h_rows] < 0 || h[h_spans] < 0)
+    return "its record announces " + std::to_string(h[h_bytes]) + " bytes";
+  return {};
+}
+
 }  // namespace modtracker::libtorch::transport

@@ -136,23 +136,6 @@ struct RankGroup::State {
   Posted send(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, true); }
   Posted recv(torch::Tensor t, int peer, int tag) { return post(std::move(t), peer, tag, false); }
 
-  // Why rank r's header cannot be taken ("" if it can).
-  std::string refusal(const std::optional<std::array<std::int64_t, header_size>>& header, int r) const {
-    if (!header) return "its header is unreadable";
-    const auto& h = *header;
-    if (h[h_magic] != magic || h[h_version] != version)
-      return "it speaks another protocol (version " + std::to_string(h[h_version]) + ", this rank " +
-             std::to_string(version) + "): build every rank from one modtracker";
-    if (h[h_rank] != r || h[h_world] != world)
-      return "it calls itself rank " + std::to_string(h[h_rank]) + " of " + std::to_string(h[h_world]);
-    if (h[h_round] != round)
-      return "it is at gather " + std::to_string(h[h_round]) + ", rank 0 at gather " + std::to_string(round) +
-             ": every rank must call gather() at the same points";
-    if (h[h_bytes] < 1 || h[h_bytes] > max_record_bytes || h[h_rows] < 0 || h[h_spans] < 0)
-      return "its record announces " + std::to_string(h[h_bytes]) + " bytes";
-    return {};
-  }
-
   // Rank r's clock against this one's: the ping-pong of the shortest round
   // trip gives the offset (its midpoint against r's reading), half that
   // round trip the uncertainty.
@@ -313,7 +296,7 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
     for (const int r : arrived) {
       const auto header = header_of(text_of(store->get(key("h", r))));
       forget(key("h", r));
-      const auto why = refusal(header, r);
+      const auto why = refusal(header, r, world, round);
       store->set(key("a", r), bytes_of(why.empty() ? "1" : "0 " + why));
       if (!why.empty()) {
         gone.insert(r);
