@@ -81,7 +81,7 @@ RankCosts rank_costs(int world, int modules, int rounds) {
           tracked_us.push_back(tracked);
         }
       }
-      sync.arrive_and_wait();
+      sync.arrive_and_wait();  // no rank drops its groups while another still uses them
     });
   for (auto& t : threads) t.join();
   costs.gather_ms_min = *std::min_element(gather_ms.begin(), gather_ms.end());

@@ -316,7 +316,14 @@ int main(int argc, char** argv) {
     std::printf("modtracker-demo: %s, %ld steps on synthetic data (after %ld warm-up step%s)%s\n", model_name.c_str(),
                 steps, warmup, warmup == 1 ? "" : "s",
                 distributed ? (", data-parallel on " + std::to_string(ranks) + " ranks").c_str() : "");
-  long step = 0;
+  long step = 0;  // 0 in the warm-up
+  auto read_transitions = [&] {
+    for (const auto& t : tracker.drain_transitions()) {
+      stats.consume(t);
+      if (trace) trace->consume(t);
+      else spans.consume(t);
+    }
+  };
   try {
     if (!failure.empty()) throw std::runtime_error(failure);
     auto scope = tracker.track();
@@ -349,11 +356,7 @@ int main(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     for (step = 1; step <= steps; ++step) {
       const auto loss = train_step();
-      for (const auto& t : tracker.drain_transitions()) {
-        stats.consume(t);
-        if (trace) trace->consume(t);
-        else spans.consume(t);
-      }
+      read_transitions();
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       // On a terminal one line, rewritten each step; in a log or a pipe a
       // line every fifth step and at the last.
@@ -371,10 +374,7 @@ int main(int argc, char** argv) {
     }
     failure = first_line(e);
     std::fprintf(stderr, "rank %ld: training stopped at step %ld: %s\n", rank, step, failure.c_str());
-    for (const auto& t : tracker.drain_transitions()) {  // what the steps before showed
-      stats.consume(t);
-      spans.consume(t);
-    }
+    if (step > 0) read_transitions();  // what the steps until the failure showed
   }
   lt::annotate(stats, tracker, *model->module, &shapes);
   if (tools) {

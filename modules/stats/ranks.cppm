@@ -88,7 +88,8 @@ class CrossRankStatistics {
   /// Natural tree order, every module of any rank.
   [[nodiscard]] const std::vector<CrossRankRow>& rows() const noexcept { return rows_; }
   [[nodiscard]] const CrossRankRow* find(std::string_view fqn) const;
-  /// A `differs` problem for each rank whose modules are not the lowest rank's.
+  /// A `differs` problem for each rank whose modules are not the lowest
+  /// rank's, and for each that sent no spans where the lowest did.
   [[nodiscard]] std::vector<RankProblem> shape_differences() const;
   /// Nothing with fewer than two ranks, or when no module's time is above its median.
   [[nodiscard]] std::optional<Straggler> straggler() const;

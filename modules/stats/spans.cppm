@@ -6,9 +6,9 @@ module;
 #include <cstdint>
 #include <chrono>
 #include <deque>
-#include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -87,7 +87,7 @@ class SpanLog {
   std::string_view intern(std::string_view fqn);
   SpanMatcher matcher_;
   std::deque<std::string> names_;  // a deque: growing it keeps the views valid
-  std::map<std::string_view, std::string_view, std::less<>> index_;
+  std::set<std::string_view> index_;  // views of names_
   std::vector<Span> spans_;
 };
 

@@ -73,7 +73,7 @@ struct RankGroup::State {
   }
 
   // A gather's keys, once read, are deleted: gathers every N steps would
-  // otherwise grow the store. A store that cannot delete (FileStore) keeps them.
+  // otherwise grow the store. A store that cannot delete keeps them.
   void forget(const std::string& k) {
     try {
       store->deleteKey(k);
@@ -100,24 +100,26 @@ struct RankGroup::State {
            " on this host has ended (killed, or exited)";
   }
 
-  // Polls the store until each rank's key is there, the deadline passes or
-  // the rank's process is seen to end. Returns the ranks whose key came.
-  std::vector<int> await(std::vector<int> ranks, const char* what, Clock::time_point due, std::vector<int>& ended_ranks) {
+  // Polls the store until each key is there, the deadline passes, or the
+  // process of the rank the key waits on is seen to end (that rank goes to
+  // `ended_ranks`). Returns, sorted, the ranks whose key came.
+  std::vector<int> await(std::vector<std::pair<std::string, int>> keys, Clock::time_point due,
+                         std::vector<int>& ended_ranks) {
     std::vector<int> here;
     auto pause = std::chrono::microseconds(50);
-    while (!ranks.empty()) {
-      for (auto it = ranks.begin(); it != ranks.end();) {
-        if (store->check({key(what, *it)})) {
-          here.push_back(*it);
-          it = ranks.erase(it);
-        } else if (ended(*it)) {
-          ended_ranks.push_back(*it);
-          it = ranks.erase(it);
+    while (!keys.empty()) {
+      for (auto it = keys.begin(); it != keys.end();) {
+        if (store->check({it->first})) {
+          here.push_back(it->second);
+          it = keys.erase(it);
+        } else if (ended(it->second)) {
+          ended_ranks.push_back(it->second);
+          it = keys.erase(it);
         } else {
           ++it;
         }
       }
-      if (ranks.empty() || Clock::now() >= due) break;
+      if (keys.empty() || Clock::now() >= due) break;
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(500));
     }
@@ -273,9 +275,13 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
   };
   if (group) {
     std::vector<int> peers, ended_ranks;
+    std::vector<std::pair<std::string, int>> awaited;
     for (int r = 1; r < world; ++r)
-      if (!gone.count(r)) peers.push_back(r);
-    const auto arrived = await(peers, "h", Clock::now() + options.timeout, ended_ranks);
+      if (!gone.count(r)) {
+        peers.push_back(r);
+        awaited.emplace_back(key("h", r), r);
+      }
+    const auto arrived = await(std::move(awaited), Clock::now() + options.timeout, ended_ranks);
     for (const int r : peers)
       if (!std::binary_search(arrived.begin(), arrived.end(), r)) {
         const auto gather = "arrive at gather " + std::to_string(round);
@@ -361,13 +367,9 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
   store->set(key("h", rank), bytes_of(to_text(h)));
   // Rank 0 first waits up to the timeout for every rank, then answers each in turn.
   const auto answer_key = key("a", rank);
-  const auto answer_due = Clock::now() + 2 * options.timeout;
-  for (auto pause = std::chrono::microseconds(50); !store->check({answer_key});
-       pause = std::min(pause * 2, std::chrono::microseconds(500))) {
-    if (ended(0)) return lost(ended_text(0), "answer this rank");
-    if (Clock::now() >= answer_due) return lost("no answer within twice " + ms(), "answer this rank");
-    std::this_thread::sleep_for(pause);
-  }
+  std::vector<int> root_ended;
+  if (await({{answer_key, 0}}, Clock::now() + 2 * options.timeout, root_ended).empty())
+    return lost(root_ended.empty() ? "no answer within twice " + ms() : ended_text(0), "answer this rank");
   const auto answer = text_of(store->get(answer_key));
   forget(answer_key);
   if (answer != "1") {

@@ -25,33 +25,45 @@ struct NaturalLess {
   bool operator()(std::string_view a, std::string_view b) const { return natural_less(a, b); }
 };
 
+std::uint64_t calls_of(const ModuleStats& r, Phase p) { return p == Phase::forward ? r.fw_calls : r.bw_calls; }
+std::chrono::nanoseconds inclusive_of(const ModuleStats& r, Phase p) {
+  return p == Phase::forward ? r.fw_inclusive : r.bw_inclusive;
+}
+std::chrono::nanoseconds exclusive_of(const ModuleStats& r, Phase p) {
+  return p == Phase::forward ? r.fw_exclusive : r.bw_exclusive;
+}
+
+// Over (time, rank) pairs: min, median (of an even count, the mean of the
+// middle two), max, and the rank of the max.
+struct Order {
+  std::chrono::nanoseconds min{}, median{}, max{};
+  int slowest = -1;
+};
+Order order(std::vector<std::pair<std::chrono::nanoseconds, int>> v) {
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return {v.front().first, n % 2 ? v[n / 2].first : (v[n / 2 - 1].first + v[n / 2].first) / 2, v.back().first,
+          v.back().second};
+}
+
 RankSpread spread(const CrossRankRow& row, const std::vector<RankRecord>& records, Phase phase) {
   std::vector<std::pair<std::chrono::nanoseconds, int>> times;
   RankSpread s;
   for (std::size_t i = 0; i < row.per_rank.size(); ++i) {
-    const auto* r = row.per_rank[i];
-    const auto calls = r ? (phase == Phase::forward ? r->fw_calls : r->bw_calls) : 0;
+    const auto calls = row.per_rank[i] ? calls_of(*row.per_rank[i], phase) : 0;
     if (calls == 0) continue;
     s.calls_min = times.empty() ? calls : std::min(s.calls_min, calls);
     s.calls_max = std::max(s.calls_max, calls);
-    times.emplace_back(phase == Phase::forward ? r->fw_inclusive : r->bw_inclusive, records[i].rank);
+    times.emplace_back(inclusive_of(*row.per_rank[i], phase), records[i].rank);
   }
   s.ranks = times.size();
-  if (times.empty()) return s;
-  std::sort(times.begin(), times.end());
-  s.min = times.front().first;
-  s.max = times.back().first;
-  s.slowest = times.back().second;
-  const auto n = times.size();  // the median of an even count: the mean of the middle two
-  s.median = n % 2 ? times[n / 2].first : (times[n / 2 - 1].first + times[n / 2].first) / 2;
+  const auto o = order(std::move(times));
+  s.min = o.min;
+  s.median = o.median;
+  s.max = o.max;
+  s.slowest = o.slowest;
   return s;
-}
-
-std::chrono::nanoseconds median_of(std::vector<std::chrono::nanoseconds> v) {
-  if (v.empty()) return {};
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 std::string calls_cell(const RankSpread& s) {
@@ -124,6 +136,13 @@ std::vector<RankProblem> CrossRankStatistics::shape_differences() const {
       if (row.per_rank[0] && !row.per_rank[i]) missing.push_back(row.fqn);
       if (!row.per_rank[0] && row.per_rank[i]) extra.push_back(row.fqn);
     }
+    // A rank that kept no spans while the lowest did has an empty process in the merged trace: said, not silent.
+    const bool no_spans = records_[i].spans.size() == 0 && records_[0].spans.size() != 0;
+    if (no_spans)
+      out.push_back({records_[i].rank, RankProblem::Kind::differs,
+                     "rank " + std::to_string(records_[i].rank) + " sent no spans while rank " +
+                         std::to_string(records_[0].rank) +
+                         " did: its process in the merged trace is empty (pass its SpanLog to gather())"});
     if (missing.empty() && extra.empty()) continue;
     std::string message = "rank " + std::to_string(records_[i].rank) + "'s table differs in shape from rank " +
                           std::to_string(records_[0].rank) + "'s:";
@@ -142,21 +161,14 @@ std::optional<Straggler> CrossRankStatistics::straggler() const {
   std::optional<Straggler> best;
   for (const auto& row : rows_)
     for (const Phase phase : {Phase::forward, Phase::backward}) {
-      std::vector<std::chrono::nanoseconds> times;
-      std::vector<std::pair<std::chrono::nanoseconds, int>> ranked;
-      for (std::size_t i = 0; i < row.per_rank.size(); ++i) {
-        const auto* r = row.per_rank[i];
-        if (!r || (phase == Phase::forward ? r->fw_calls : r->bw_calls) == 0) continue;
-        const auto t = phase == Phase::forward ? r->fw_exclusive : r->bw_exclusive;
-        times.push_back(t);
-        ranked.emplace_back(t, records_[i].rank);
-      }
+      std::vector<std::pair<std::chrono::nanoseconds, int>> times;
+      for (std::size_t i = 0; i < row.per_rank.size(); ++i)
+        if (const auto* r = row.per_rank[i]; r && calls_of(*r, phase) > 0)
+          times.emplace_back(exclusive_of(*r, phase), records_[i].rank);
       if (times.size() < 2) continue;
-      const auto median = median_of(times);
-      const auto top = *std::max_element(ranked.begin(), ranked.end());
-      if (top.first <= median) continue;
-      if (!best || top.first - median > best->time - best->median)
-        best = Straggler{row.fqn, top.second, phase, top.first, median};
+      const auto o = order(std::move(times));
+      if (o.max > o.median && (!best || o.max - o.median > best->time - best->median))
+        best = Straggler{row.fqn, o.slowest, phase, o.max, o.median};
     }
   return best;
 }
@@ -188,11 +200,9 @@ std::string CrossRankStatistics::table(const TableOptions& options) const {
         if (r.depth() == 1) sum += r.fw_inclusive + r.bw_inclusive;
       totals.emplace_back(sum, record.rank);
     }
-    std::vector<std::chrono::nanoseconds> only;
-    for (const auto& [t, rank] : totals) only.push_back(t);
-    const auto top = *std::max_element(totals.begin(), totals.end());
-    out += "slowest rank: " + std::to_string(top.second) + " (" + format_duration(top.first) +
-           " in forward and backward, median of the ranks " + format_duration(median_of(only)) + ")\n";
+    const auto o = order(std::move(totals));
+    out += "slowest rank: " + std::to_string(o.slowest) + " (" + format_duration(o.max) +
+           " in forward and backward, median of the ranks " + format_duration(o.median) + ")\n";
   }
   if (const auto s = straggler())
     out += "straggler: rank " + std::to_string(s->rank) + " in " + s->fqn + " (" +

@@ -7,6 +7,7 @@ module;
 #include <chrono>
 #include <iterator>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 module modtracker.stats;
@@ -43,10 +44,8 @@ std::size_t SpanMatcher::open() const noexcept {
 }
 
 std::string_view SpanLog::intern(std::string_view fqn) {
-  if (const auto it = index_.find(fqn); it != index_.end()) return it->second;
-  const std::string_view kept = names_.emplace_back(fqn);
-  index_.emplace(kept, kept);
-  return kept;
+  if (const auto it = index_.find(fqn); it != index_.end()) return *it;
+  return *index_.insert(names_.emplace_back(fqn)).first;
 }
 
 void SpanLog::consume(const Transition& t) {

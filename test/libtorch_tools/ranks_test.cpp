@@ -62,6 +62,7 @@ struct Job {
   int steps = 3;
   bool data_parallel = true;  // else each rank trains alone (models of different shapes)
   bool job_group = false;     // gather over the training's group, not a group of the layer's own
+  int gathers = 1;            // at the end of training, one after the other (the last is kept)
   std::vector<Rank> ranks = std::vector<Rank>(static_cast<std::size_t>(world));
   c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::HashStore>();
   std::mutex tracking;
@@ -115,7 +116,7 @@ struct Job {
     }
     if (role(rank) == Role::hangs) std::this_thread::sleep_for(timeout * 3);
     if (role(rank) == Role::leaves) return;  // its group closes: its connections with it
-    me.gathered = gather_group->gather(tracker, me.stats, &me.spans);
+    for (int g = 0; g < gathers; ++g) me.gathered = gather_group->gather(tracker, me.stats, &me.spans);
   }
 
   void run() {
@@ -173,7 +174,11 @@ TEST_CASE("ranks as threads: every rank's table and trace reach rank 0, paramete
     CAPTURE(world);
     Job job{world};
     job.job_group = world == 2;  // the job's own group at 2 ranks, the layer's at 4
+    job.gathers = world == 4 ? 2 : 1;  // the second of two gathers is checked below
     job.run();
+    // A gather's store keys are gone once read.
+    CHECK_FALSE(job.store->check({"modtracker/g1/h1"}));
+    CHECK_FALSE(job.store->check({"modtracker/g1/a1"}));
     for (int r = 1; r < world; ++r) {
       CHECK(job.ranks[static_cast<std::size_t>(r)].params == job.ranks[0].params);  // bit for bit
       REQUIRE(job.ranks[static_cast<std::size_t>(r)].gathered);
@@ -354,6 +359,8 @@ TEST_CASE("ranks: bad arguments are refused with what is wrong") {
   auto store = c10::make_intrusive<c10d::HashStore>();
   CHECK_THROWS_WITH_AS(lt::RankGroup(store, 2, 2), doctest::Contains("rank 2 of a world of 2"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(lt::RankGroup(c10::intrusive_ptr<c10d::Store>(), 0, 1), doctest::Contains("null store"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)lt::make_gloo_group(store, -1, 2, 1s), doctest::Contains("rank -1 of a world of 2"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(lt::RankGroup(c10::intrusive_ptr<c10d::ProcessGroup>(), store),
                        doctest::Contains("null process group"), std::invalid_argument);

@@ -126,6 +126,16 @@ TEST_CASE("ranks merged: one trace, a process per rank, each rank's spans on ran
   CHECK(starts[3] == std::vector<double>{-199000, -200000});
 }
 
+TEST_CASE("ranks merged: a rank that sent no spans while rank 0 did is named (its trace process is empty)") {
+  auto records = three_ranks();
+  records[2].spans.clear();  // rank 1
+  const CrossRankStatistics merged(std::move(records));
+  const auto diffs = merged.shape_differences();
+  REQUIRE(diffs.size() == 1);
+  CHECK(diffs[0].rank == 1);
+  CHECK(diffs[0].message.find("rank 1 sent no spans while rank 0 did") != std::string::npos);
+}
+
 TEST_CASE("ranks merged: two records of one rank are refused") {
   auto records = three_ranks();
   records[1].rank = 2;
