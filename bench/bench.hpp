@@ -44,7 +44,7 @@ struct Journal {
   std::uint64_t transitions = 0;
 };
 
-// core.cpp: one module's enter and exit on the scripted backend, no grad.
+// core.cpp: one module's enter and exit on the reference backend, no grad.
 double core_ns(bool noop_hooks);
 // sequential.cpp: a Sequential of n Linear(d, d), plain LibTorch against the tracked drop-in.
 std::vector<TorchRow> sequential_rows(int n, int d, const Options& options, Journal& journal);

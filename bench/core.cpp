@@ -1,4 +1,4 @@
-// Core: the engine alone, on the scripted backend.
+// Core: the engine alone, on the reference backend.
 #include <algorithm>
 #include <cstdint>
 
@@ -6,12 +6,12 @@
 
 import modtracker;
 import modtracker.backend;
-import modtracker.scripted;
+import modtracker.reference;
 
 namespace bench {
 
 double core_ns(bool noop_hooks) {
-  namespace s = modtracker::scripted;
+  namespace s = modtracker::reference;
   s::Backend b;
   b.set_grad_mode(false);
   auto m = b.module("Linear");

@@ -156,7 +156,7 @@ int main(int argc, char** argv) {
                 100 * (t.step_both_us / t.step_us - 1), 100 * (t.step_bare_callback_us / t.step_us - 1));
   }
   if (core) {
-    std::printf("core (scripted backend, one module enter+exit)\n");
+    std::printf("core (reference backend, one module enter+exit)\n");
     std::printf("  no user hooks      %8.1f ns\n", no_hooks);
     std::printf("  four no-op hooks   %8.1f ns\n\n", noop_hooks);
   }

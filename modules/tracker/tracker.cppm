@@ -98,9 +98,6 @@ class TrackerBase {
   /// journal, including those recorded while iterating: each transition is
   /// yielded once.
   Generator<Transition> drain_transitions();
-  [[deprecated("it drains the journal: use drain_transitions()")]] Generator<Transition> transitions() {
-    return drain_transitions();
-  }
   /// Transitions lost to the journal's bounded capacity so far.
   [[nodiscard]] std::uint64_t dropped_transitions() const;
   /// The transitions' clock now: the time since this tracker was created.
@@ -112,7 +109,7 @@ class TrackerBase {
   [[nodiscard]] Registration add_listener(TransitionListener& listener);
 
  protected:
-  TrackerBase(HookBackend& backend, TrackerOptions options);
+  TrackerBase(HookBackend& backend, TrackerOptions options, DiagnosticRemedy remedy = nullptr);
   [[nodiscard]] std::optional<std::string> known_fqn(ModuleRef module) const;
   [[nodiscard]] Generator<std::pair<std::string, ModuleRef>> walk(ModuleRef root) const;
   void set_hooks(detail::ErasedHooks hooks, const std::array<bool, 4>& given);
@@ -120,6 +117,12 @@ class TrackerBase {
 
  private:
   std::unique_ptr<detail::Engine> engine_;
+};
+
+/// A backend that advises its users on diagnostics (see DiagnosticRemedy).
+template <class B>
+concept BackendWithRemedy = requires(Diagnostic::Code code) {
+  { B::remedy(code) } -> std::convertible_to<std::string_view>;
 };
 
 /// A tracker for backend B, whose hooks and filter get B's typed modules,
@@ -133,7 +136,7 @@ class Tracker : public TrackerBase {
   using output_type = typename B::output_type;
   using grads_type = typename B::grads_type;
 
-  explicit Tracker(B& backend, TrackerOptions options = {}) : TrackerBase(backend, options) {}
+  explicit Tracker(B& backend, TrackerOptions options = {}) : TrackerBase(backend, options, remedy_of()) {}
 
   /// The fqn of a module this tracker has seen, or nothing.
   [[nodiscard]] std::optional<std::string> known_fqn(const module_type& m) const {
@@ -174,10 +177,14 @@ class Tracker : public TrackerBase {
     return TrackerBase::walk(ModuleRef{static_cast<const void*>(&root)});
   }
 
-  /// The typed module behind a ModuleRef of this backend.
-  static module_type& module(ModuleRef m) { return *static_cast<module_type*>(const_cast<void*>(m.ptr)); }
-
  private:
+  static DiagnosticRemedy remedy_of() {
+    if constexpr (BackendWithRemedy<B>)
+      return [](Diagnostic::Code code) -> std::string_view { return B::remedy(code); };
+    else
+      return nullptr;
+  }
+  static module_type& module(ModuleRef m) { return *static_cast<module_type*>(const_cast<void*>(m.ptr)); }
   template <class F>
   static constexpr bool unset = std::same_as<F, NoHook>;
   static module_type* module_or_null(ModuleRef m) { return static_cast<module_type*>(const_cast<void*>(m.ptr)); }

@@ -47,6 +47,10 @@ struct Diagnostic {
   std::string message;  ///< what happened and the fix
 };
 using DiagnosticSink = std::function<void(const Diagnostic&)>;
+/// A backend's advice for a diagnostic code, added to the engine's account of
+/// what happened ("" : nothing to add). A backend type B gives it as a static
+/// member `B::remedy(Diagnostic::Code)`, which Tracker<B> finds.
+using DiagnosticRemedy = std::string_view (*)(Diagnostic::Code);
 
 /// Thrown when user hooks are registered into slots that are already set.
 class HooksAlreadySet : public std::logic_error {
@@ -74,9 +78,5 @@ class Parents {
  private:
   std::vector<std::string_view> names_;
 };
-
-/// The root naming rule: "TypeName" from "ns::TypeNameImpl" (namespaces and
-/// a trailing Impl dropped; template arguments kept).
-[[nodiscard]] std::string root_name_from_type(std::string_view type_name);
 
 }  // namespace modtracker

@@ -33,9 +33,9 @@ import modtracker.backend;
 namespace modtracker::libtorch {
 
 namespace {
-const torch::nn::Module& module_of(ModuleRef m) {
+const torch::nn::Module& checked_module(ModuleRef m) {
   if (!m) throw std::invalid_argument("modtracker: null module");
-  return *static_cast<const torch::nn::Module*>(m.ptr);
+  return module_of(m);
 }
 
 // The class of a module as its user wrote it: a Tracked<Impl> is its Impl.
@@ -142,15 +142,15 @@ Backend& backend() {
   return instance;
 }
 
-std::string Backend::type_name(ModuleRef module) const { return user_type_name(module_of(module).name()); }
+std::string Backend::type_name(ModuleRef module) const { return user_type_name(checked_module(module).name()); }
 
 void Backend::for_each_child(ModuleRef module, const std::function<void(std::string_view, ModuleRef)>& fn) const {
-  for (const auto& item : module_of(module).named_children())
+  for (const auto& item : checked_module(module).named_children())
     fn(item.key(), ModuleRef{static_cast<const void*>(item.value().get())});
 }
 
 WeakModule Backend::weak(ModuleRef module) const {
-  auto& m = const_cast<torch::nn::Module&>(module_of(module));
+  auto& m = const_cast<torch::nn::Module&>(checked_module(module));
   std::weak_ptr<torch::nn::Module> w = m.weak_from_this();
   if (!w.expired()) return w;
   // Not owned by a std::shared_ptr (on the stack): a tracked module still
@@ -183,7 +183,7 @@ bool Backend::holds_values(ValuesRef values) const {
 
 std::uint64_t Backend::gradient_stamp(ModuleRef module) const {
   std::uint64_t stamp = 0;
-  for (const auto& p : module_of(module).parameters(/*recurse=*/false)) {
+  for (const auto& p : checked_module(module).parameters(/*recurse=*/false)) {
     if (!p.is_leaf()) continue;  // gets no .grad (LibTorch warns when asked)
     const auto& g = p.grad();
     if (!g.defined()) continue;
@@ -196,7 +196,7 @@ std::uint64_t Backend::gradient_stamp(ModuleRef module) const {
 
 bool Backend::has_nonzero_gradient(ModuleRef module) const {
   torch::NoGradGuard no_grad;
-  for (const auto& p : module_of(module).parameters(/*recurse=*/false))
+  for (const auto& p : checked_module(module).parameters(/*recurse=*/false))
     if (const auto& g = p.is_leaf() ? p.grad() : at::Tensor(); g.defined() && torch::any(g != 0).item<bool>()) return true;
   return false;
 }
@@ -226,5 +226,36 @@ std::string Backend::stop_watch(std::uint64_t watch) {
 
 void Backend::scope_starting() { jit::detail::scope_started(); }
 void Backend::scope_ending() { jit::detail::scope_ended(); }
+
+
+std::string_view Backend::remedy(Diagnostic::Code code) noexcept {
+  using enum Diagnostic::Code;
+  switch (code) {
+    case untracked_scope:
+      return "Declare them with modtracker::libtorch::nn (namespace nn = modtracker::libtorch::nn;) and "
+             "MODTRACKER_MODULE in place of TORCH_MODULE, or call them through modtracker::libtorch::call; a "
+             "TorchScript model needs modtracker::libtorch::jit::instrument before its first run (a model that ran "
+             "keeps its compiled plan: load it again and instrument the new one) (docs/tracking.md)";
+    case fqn_collision:
+      return "Make the parent a tracked module (MODTRACKER_MODULE, modtracker::libtorch::nn) or call it through "
+             "modtracker::libtorch::call";
+    case root_inside_module:
+      return "Make each module on the way a tracked module (MODTRACKER_MODULE, modtracker::libtorch::nn) or call "
+             "it through modtracker::libtorch::call";
+    case opaque_output:
+      return "If it returns a type of your own, specialize modtracker::libtorch::Flatten<T> for it "
+             "(docs/tracking.md)";
+    case unowned_module:
+      return "Hold it in a holder (MODTRACKER_MODULE) or a std::shared_ptr";
+    case untracked_gradients:
+      return "A plain torch::nn holder, or ->forward on a plain module, is not tracked: track it "
+             "(modtracker::libtorch::nn, MODTRACKER_MODULE, modtracker::libtorch::call)";
+    case reentrant_forward:
+    case unfinished_backward:
+    case journal_overflow:
+      break;
+  }
+  return {};
+}
 
 }  // namespace modtracker::libtorch

@@ -21,6 +21,12 @@ import modtracker.backend;
 
 namespace modtracker::libtorch {
 
+// Lazily found Tensors: a call whose observers never look pays nothing.
+class detail::TensorsAccess {
+ public:
+  static Tensors lazy(const void* source, void (*find)(const void*, Tensors&)) noexcept { return {source, find}; }
+};
+
 namespace {
 // The child after the one running (ForwardCall::likely_next), if any.
 ModuleRef next_of(const detail::ChildPointers::Children& children, std::size_t i) noexcept {
@@ -65,7 +71,7 @@ torch::nn::AnyValue SequentialImpl::run_children(ForwardDispatcher& d, Tensors& 
   std::array<std::optional<ForwardDispatcher::Call>, 2> calls;
   calls[0].emplace(d, module_ref(*children[0]), ValuesRef{&in}, detail::owner_of(children[0]), next_of(children, 1));
   value.emplace(first());
-  io[0] = Tensors(&*value, &tensor_in);
+  io[0] = detail::TensorsAccess::lazy(&*value, &tensor_in);
   std::size_t i = 0;
   for (auto it = std::next(begin()); it != end(); ++it) {
     ++i;
@@ -86,7 +92,7 @@ torch::nn::AnyValue SequentialImpl::run_children(ForwardDispatcher& d, Tensors& 
       if (!kept.defined()) child_in = Tensors();
     });
     value.emplace(it->any_forward(std::move(*value)));
-    io[i & 1] = Tensors(&*value, &tensor_in);
+    io[i & 1] = detail::TensorsAccess::lazy(&*value, &tensor_in);
   }
   calls[i & 1]->finish(ValuesRef{&io[i & 1]});
   return std::move(*value);

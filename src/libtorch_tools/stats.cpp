@@ -50,7 +50,7 @@ std::string ShapeRecorder::shape_of(const torch::nn::Module& module) const {
 
 void annotate(Statistics& stats, const Tracker& tracker, const torch::nn::Module& model, const ShapeRecorder* shapes) {
   for (const auto& [fqn, ref] : tracker.walk(model)) {
-    const auto& module = Tracker::module(ref);
+    const auto& module = module_of(ref);
     auto& row = stats.at(fqn);
     row.params_trainable = row.params_frozen = row.bytes_trainable = row.bytes_frozen = 0;
     std::unordered_set<const void*> counted;  // a shared layer's parameters count once

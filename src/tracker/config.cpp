@@ -86,6 +86,9 @@ void Engine::set_sink(DiagnosticSink sink) {
 }
 
 void Engine::diagnose(Diagnostic d) {
+  if (remedy_) {
+    if (const auto fix = remedy_(d.code); !fix.empty()) d.message.append(". ").append(fix);
+  }
   DiagnosticSink sink;
   {
     std::lock_guard<std::mutex> lock(config_);

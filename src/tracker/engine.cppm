@@ -27,7 +27,7 @@ void on_input_gradients(void* activation, ValuesRef grads);
 
 class Engine final : public ForwardObserver {
  public:
-  Engine(HookBackend& backend, TrackerOptions options);
+  Engine(HookBackend& backend, TrackerOptions options, DiagnosticRemedy remedy);
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
   ~Engine();
@@ -143,6 +143,7 @@ class Engine final : public ForwardObserver {
   std::shared_ptr<const ErasedHooks> hooks_;
   std::atomic<bool> has_hooks_{false};
   DiagnosticSink sink_;
+  DiagnosticRemedy remedy_;  // the backend's advice, added to each diagnostic (may be null)
   std::set<std::pair<Diagnostic::Code, std::string>> said_;
 
   Epoch* epoch_ = nullptr;  // set while tracking

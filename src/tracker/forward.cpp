@@ -215,9 +215,8 @@ void Engine::register_output(ActivationRef act, ValuesRef output, PendingEnter* 
       fqn = names_.fqn(a->fqn);
     }
     diagnose_once({Diagnostic::Code::opaque_output, fqn,
-                   "module '" + fqn + "' returned no tensor that modtracker can find while its inputs require "
-                       "grad, so its backward cannot be followed. If it returns a type of your own, specialize "
-                       "modtracker::libtorch::Flatten<T> for it (docs/tracking.md)"});
+                   "module '" + fqn + "' returned no value that the backend can follow while its inputs require "
+                       "grad, so its backward cannot be followed"});
   }
 }
 

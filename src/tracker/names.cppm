@@ -9,6 +9,11 @@ import :transitions;
 
 namespace modtracker::detail {
 
+/// The root naming rule: "TypeName" from "ns::TypeNameImpl" (namespaces and
+/// a trailing Impl dropped; template arguments kept).
+[[nodiscard]] std::string root_name_from_type(std::string_view type_name);
+
+
 /// What the engine knows of one module.
 struct ModuleInfo {
   std::uint32_t fqn;

@@ -7,7 +7,7 @@ module modtracker;
 import modtracker.backend;
 import :engine;
 
-namespace modtracker {
+namespace modtracker::detail {
 
 std::string root_name_from_type(std::string_view type_name) {
   // Namespaces end at the last "::" before any template arguments.
@@ -21,8 +21,6 @@ std::string root_name_from_type(std::string_view type_name) {
   if (template_name.size() > 4 && template_name.ends_with("Impl")) return std::string(template_name.substr(0, template_name.size() - 4));
   return std::string(name);
 }
-
-namespace detail {
 
 std::uint32_t ModuleNames::intern(std::string fqn) {
   if (auto it = ids_.find(fqn); it != ids_.end()) return it->second;
@@ -51,9 +49,7 @@ std::uint32_t ModuleNames::unique_id(std::string fqn, ModuleRef module) {
     if (held_by_another(alt, module)) continue;
     pending_.push_back({Diagnostic::Code::fqn_collision, names_[alt],
                         "two distinct modules would both be named '" + fqn + "'; the later one is '" + names_[alt] +
-                            "'. Usually their parent's call is not tracked, so each became a root: make the "
-                            "parent a tracked module (MODTRACKER_MODULE, modtracker::libtorch::nn) or call it "
-                            "through modtracker::libtorch::call"});
+                            "'. Usually their parent's call is not tracked, so each became a root"});
     return alt;
   }
 }
@@ -68,8 +64,7 @@ const ModuleInfo& ModuleNames::remember(ModuleRef module, std::string fqn, bool 
   if (!weak_known && backend_.grad_enabled())
     pending_.push_back({Diagnostic::Code::unowned_module, names_[id],
                         "module '" + names_[id] + "' is not owned by a std::shared_ptr (a module on the stack?): "
-                            "its backward hooks get no module, since nothing tells when it is freed. Hold it in a "
-                            "holder (MODTRACKER_MODULE) or a std::shared_ptr"});
+                            "its backward hooks get no module, since nothing tells when it is freed"});
   const auto generation = ++generation_;
   owners_[id] = Owner{module.ptr, generation};
   grad_stamps_[id] = backend_.gradient_stamp(module);
@@ -85,8 +80,7 @@ void ModuleNames::name_subtree(ModuleRef module, std::uint32_t fqn, const Erased
             {Diagnostic::Code::root_inside_module, names_[known->fqn],
              "module '" + names_[known->fqn] + "' ran as a root before its parent '" + names_[fqn] +
                  "' was tracked, so it keeps that name instead of '" + names_[fqn] + "." + std::string(name) +
-                 "'. A call between them is not tracked: make each module on the way a tracked module "
-                 "(MODTRACKER_MODULE, modtracker::libtorch::nn) or call it through modtracker::libtorch::call"});
+                 "'. A call between them is not tracked"});
       return;  // the first name wins
     }
     std::string child_fqn = names_[fqn];
@@ -128,5 +122,4 @@ Generator<std::pair<std::string, ModuleRef>> Engine::walk(ModuleRef root) const 
   }
 }
 
-}  // namespace detail
-}  // namespace modtracker
+}  // namespace modtracker::detail

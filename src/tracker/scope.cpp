@@ -77,11 +77,7 @@ void Engine::check_scope_end() {
     if (!work.empty())
       diagnose_once({Diagnostic::Code::untracked_scope, "",
                      "this tracking scope saw no tracked module call, but " + work +
-                         ": the model's modules are not tracked. Declare them with modtracker::libtorch::nn "
-                         "(namespace nn = modtracker::libtorch::nn;) and MODTRACKER_MODULE in place of "
-                         "TORCH_MODULE, or call them through modtracker::libtorch::call; a TorchScript model needs "
-                         "modtracker::libtorch::jit::instrument before its first run (a model that ran keeps its "
-                         "compiled plan: load it again and instrument the new one) (docs/tracking.md)"});
+                         ": the model's modules are not tracked"});
   }
   std::vector<std::pair<std::string, std::shared_ptr<const void>>> candidates;
   {
@@ -98,9 +94,7 @@ void Engine::check_scope_end() {
     if (!backend_.has_nonzero_gradient(ModuleRef{module.get()})) continue;  // zeroed, not computed
     diagnose_once({Diagnostic::Code::untracked_gradients, fqn,
                    "the parameters of '" + fqn + "' received gradients in this scope, but it never entered "
-                       "backward: its call was not tracked (a plain torch::nn holder, or ->forward on a plain "
-                       "module), or its forward ran outside the scope. Track it (modtracker::libtorch::nn, "
-                       "MODTRACKER_MODULE, modtracker::libtorch::call)"});
+                       "backward: its call was not tracked, or its forward ran outside the scope"});
   }
 }
 

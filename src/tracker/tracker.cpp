@@ -7,8 +7,8 @@ import :engine;
 
 namespace modtracker {
 
-TrackerBase::TrackerBase(HookBackend& backend, TrackerOptions options)
-    : engine_(std::make_unique<detail::Engine>(backend, options)) {}
+TrackerBase::TrackerBase(HookBackend& backend, TrackerOptions options, DiagnosticRemedy remedy)
+    : engine_(std::make_unique<detail::Engine>(backend, options, remedy)) {}
 TrackerBase::~TrackerBase() = default;
 
 TrackerBase::Scope::Scope(TrackerBase& tracker) : tracker_(&tracker) { tracker.engine_->start(); }
@@ -40,8 +40,9 @@ std::chrono::nanoseconds TrackerBase::now() const { return engine_->since_start(
 
 namespace detail {
 
-Engine::Engine(HookBackend& backend, TrackerOptions options)
-    : backend_(backend), names_(backend, pending_), journal_(options.journal_capacity), tick0_(ticks()) {
+Engine::Engine(HookBackend& backend, TrackerOptions options, DiagnosticRemedy remedy)
+    : backend_(backend), names_(backend, pending_), journal_(options.journal_capacity), tick0_(ticks()),
+      remedy_(remedy) {
   set_sink({});
   (void)ns_per_tick();  // calibrate now, not on the first read
 }

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 
@@ -19,7 +19,7 @@ TEST_CASE("ForwardCall::likely_next is only a hint: a known module, an unknown a
   Backend b;
   auto lin = b.module("Linear");
   auto other = b.module("Other");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   const Values x{b.value(false)};
   int not_a_module = 0;
@@ -58,7 +58,7 @@ TEST_CASE("a call handed over to the next: the events of finish and a new call, 
   };
   const V expected{"fw enter First",  "fw exit First",  "fw enter Second", "fw exit Second",
                    "bw enter Second", "bw exit Second", "bw enter First",  "bw exit First"};
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   {
     auto scope = t.track();
     step(false, [&] { CHECK(join(t.parents()) == "Global,Second"); });
@@ -72,7 +72,7 @@ TEST_CASE("a call handed over to the next: the events of finish and a new call, 
     CHECK(join(t.parents()) == "Global");
   }
   // Two trackers: each finishes, then each starts (the general path), same events.
-  ScriptedTracker t1(b), t2(b);
+  ReferenceTracker t1(b), t2(b);
   auto s1 = t1.track();
   auto s2 = t2.track();
   step(true, [&] {
@@ -97,7 +97,7 @@ TEST_CASE("a hand-over across a scope's end or start: the ended scope is left al
   auto second = b.module("Second");
   auto& d = b.dispatcher();
   const Values x{b.value(false)};
-  ScriptedTracker old_t(b), new_t(b);
+  ReferenceTracker old_t(b), new_t(b);
   auto old_scope = old_t.track();
   ForwardDispatcher::Call one(d, ModuleRef{first.get()}, ValuesRef{&x});
   old_scope.end();  // inside First's forward
@@ -117,7 +117,7 @@ TEST_CASE("a hand-over whose next call cannot start: the previous call still end
   Backend b;
   auto first = b.module("First");
   auto second = b.module("Second");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   t.set_filter([](std::string_view fqn, Module&) {
     if (fqn == "Second") throw std::runtime_error("filter refuses Second");
     return true;

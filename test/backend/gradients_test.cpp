@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 

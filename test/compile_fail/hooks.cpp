@@ -3,9 +3,9 @@
 #include <string_view>
 
 import modtracker;
-import modtracker.scripted;
+import modtracker.reference;
 
-namespace s = modtracker::scripted;
+namespace s = modtracker::reference;
 
 void register_hooks(modtracker::Tracker<s::Backend>& t) {
 #if defined(MODTRACKER_CASE_ok)

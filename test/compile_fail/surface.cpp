@@ -1,9 +1,9 @@
 // Compile-fail cases: `import modtracker;` gives the tracker's surface and
 // nothing of its engine, nor the backend-authoring layer.
 import modtracker;
-import modtracker.scripted;
+import modtracker.reference;
 
-void use(modtracker::Tracker<modtracker::scripted::Backend>& t) {
+void use(modtracker::Tracker<modtracker::reference::Backend>& t) {
 #if defined(MODTRACKER_CASE_ok)
   (void)t.parents();
   (void)t.is_bw();

@@ -1,6 +1,6 @@
 // The reference scenarios, event by event against PyTorch's ModTracker
 // traces; where this project orders shared-tensor events on purpose
-// differently (SEMANTICS.md, "beyond"), the test asserts our order and says so.
+// differently (docs/semantics.md, "beyond"), the test asserts our order and says so.
 #include "libtorch/scenarios.hpp"
 
 #include <doctest/doctest.h>

@@ -5,7 +5,7 @@
 #include <ranges>
 #include <string_view>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 using namespace support;
 

@@ -1,10 +1,10 @@
-// The statistics layer on the scripted backend: spans, tables, traces.
+// The statistics layer on the reference backend: spans, tables, traces.
 #include <chrono>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 import modtracker.stats;
 
@@ -59,7 +59,7 @@ TEST_CASE("units are chosen for reading") {
 
 TEST_CASE("statistics add up: exclusive times of a subtree sum to the root's inclusive time") {
   Program p;
-  ScriptedTracker t(p.b);
+  ReferenceTracker t(p.b);
   Statistics stats;
   auto scope = t.track();
   for (int i = 0; i < 3; ++i) p.run({p.b.value(false)});
@@ -80,7 +80,7 @@ TEST_CASE("statistics add up: exclusive times of a subtree sum to the root's inc
 
 TEST_CASE("backward spans nest like forward ones and add up too") {
   Program p;
-  ScriptedTracker t(p.b);
+  ReferenceTracker t(p.b);
   Statistics stats;
   auto scope = t.track();
   auto x = p.b.value(true);
@@ -93,7 +93,7 @@ TEST_CASE("backward spans nest like forward ones and add up too") {
 
 TEST_CASE("table: tree order with indentation, depth limit, sort by a column, totals") {
   Program p;
-  ScriptedTracker t(p.b);
+  ReferenceTracker t(p.b);
   Statistics stats;
   auto scope = t.track();
   p.run({p.b.value(false)});
@@ -163,7 +163,7 @@ TEST_CASE("spans that do not nest (backward branches that interleave): every mom
 
 TEST_CASE("Chrome trace: one slice per activation, nested in time, valid JSON") {
   Program p;
-  ScriptedTracker t(p.b);
+  ReferenceTracker t(p.b);
   std::ostringstream out;
   {
     ChromeTraceWriter trace(out);

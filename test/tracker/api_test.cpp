@@ -16,7 +16,7 @@
 #include <range/v3/view/transform.hpp>
 #include <range/v3/range/conversion.hpp>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 
@@ -55,7 +55,7 @@ TEST_CASE("transitions: in order, with depth and rising sequence, usable with st
   Backend b;
   auto leaf = b.module("Leaf");
   auto root = b.module("Root", {{"leaf", leaf}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   b.call(*root, {b.value(false)}, [&](const Values& x) { return b.call(*leaf, x); });
   std::vector<Transition> all;
@@ -84,7 +84,7 @@ TEST_CASE("transitions: in order, with depth and rising sequence, usable with st
 TEST_CASE("transitions: a full journal drops the oldest and reports how many") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b, TrackerOptions{.journal_capacity = 4});
+  ReferenceTracker t(b, TrackerOptions{.journal_capacity = 4});
   std::vector<Diagnostic> diags;
   t.set_diagnostics([&](const Diagnostic& d) { diags.push_back(d); });
   auto scope = t.track();
@@ -113,13 +113,13 @@ TEST_CASE("transitions: a full journal drops the oldest and reports how many") {
   CHECK(rest == std::vector<std::pair<std::uint64_t, Kind>>{
                     {14, Kind::enter}, {15, Kind::exit}, {16, Kind::enter}, {17, Kind::exit}});
   CHECK(t.dropped_transitions() == 7);
-  CHECK_THROWS_AS(ScriptedTracker(b, TrackerOptions{.journal_capacity = 0}), std::invalid_argument);
+  CHECK_THROWS_AS(ReferenceTracker(b, TrackerOptions{.journal_capacity = 0}), std::invalid_argument);
 }
 
 TEST_CASE("walk: yields (fqn, module) pre-order") {
   Backend b;
   auto root = b.module("NetImpl", {{"a", b.module("A", {{"x", b.module("X")}})}, {"b", b.module("B")}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   V names;
   for (const auto& [fqn, ref] : t.walk(*root)) {
     names.push_back(fqn);
@@ -131,9 +131,9 @@ TEST_CASE("walk: yields (fqn, module) pre-order") {
 TEST_CASE("bad input: null and foreign modules, removed handles, exits without enters") {
   Backend b, other;
   auto foreign = other.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
-  CHECK_THROWS_WITH_AS(b.call(*foreign, {}), "modtracker.scripted: module not made by this backend",
+  CHECK_THROWS_WITH_AS(b.call(*foreign, {}), "modtracker.reference: module not made by this backend",
                        std::invalid_argument);
   CHECK_FALSE(t.known_fqn(*foreign));
   CHECK_THROWS_AS(b.type_name(ModuleRef{}), std::invalid_argument);
@@ -173,8 +173,8 @@ TEST_CASE("bad input: null and foreign modules, removed handles, exits without e
 TEST_CASE("a tracking scope cannot be ended from inside one of its own hooks") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
-  auto scope = std::make_unique<ScriptedTracker::Scope>(t.track());
+  ReferenceTracker t(b);
+  auto scope = std::make_unique<ReferenceTracker::Scope>(t.track());
   t.register_user_hooks([&](Module&, const Values&) { scope->end(); });
   CHECK_THROWS_WITH_AS(b.call(*lin, {b.value(false)}), doctest::Contains("inside one of its own hooks"),
                        std::logic_error);
@@ -195,8 +195,8 @@ TEST_CASE("a tracker may start inside another tracker's hook: it sees the calls 
   Backend b;
   auto outer = b.module("Outer");
   auto inner = b.module("Inner");
-  ScriptedTracker t(b), late(b);
-  std::optional<ScriptedTracker::Scope> late_scope;
+  ReferenceTracker t(b), late(b);
+  std::optional<ReferenceTracker::Scope> late_scope;
   t.register_user_hooks([&](Module& m, const Values&) {
     if (&m == outer.get() && !late_scope) late_scope.emplace(late.track());
   });
@@ -213,8 +213,8 @@ TEST_CASE("a tracker may start inside another tracker's hook: it sees the calls 
 TEST_CASE("a scope may end inside one of its backward hooks: it does not wait for itself, later events do nothing") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
-  auto scope = std::make_unique<ScriptedTracker::Scope>(t.track());
+  ReferenceTracker t(b);
+  auto scope = std::make_unique<ReferenceTracker::Scope>(t.track());
   int pre_bw = 0, post_bw = 0;
   t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
                         [&](Module*, const Values&) {
@@ -235,7 +235,7 @@ TEST_CASE("a scope may end inside one of its backward hooks: it does not wait fo
 TEST_CASE("the scope may end inside a module's forward: the pending exit is skipped, not misapplied") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   b.call(*lin, {b.value(true)}, [&](const Values& x) {
     scope.end();
@@ -251,7 +251,7 @@ TEST_CASE("no heap allocation per enter/exit in steady state") {
   Backend b;
   auto leaf = b.module("Leaf");
   auto root = b.module("Root", {{"leaf", leaf}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   b.set_grad_mode(false);
   const Values x{b.value(false)};

@@ -1,4 +1,4 @@
-// docs/semantics.md on the scripted backend, one test per rule: backward.
+// docs/semantics.md on the reference backend, one test per rule: backward.
 #include <functional>
 #include <memory>
 #include <new>
@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 
@@ -16,7 +16,7 @@ using V = std::vector<std::string>;
 TEST_CASE("backward: shared boundary values nest (entries outermost first, exits innermost first)") {
   Backend b;
   Seq3 m(b);
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   auto x = b.value(true);
   auto out = m.run({x});
@@ -35,7 +35,7 @@ TEST_CASE("backward: siblings (each with a child) that read one value exit lates
   auto c = b.module("C"), d = b.module("D");
   auto first = b.module("A", {{"c", c}}), second = b.module("B", {{"d", d}});
   auto root = b.module("Root", {{"a", first}, {"b", second}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   const auto x = b.value(true);
   Value ya, yb;
@@ -55,7 +55,7 @@ TEST_CASE("backward: siblings (each with a child) that read one value exit lates
 TEST_CASE("backward: exits of modules whose inputs need no grad run at the end, latest first") {
   Backend b;
   Seq3 m(b);
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   Log log{t};
   auto scope = t.track();
   const auto x = b.value(false);
@@ -73,7 +73,7 @@ TEST_CASE("backward: exits of modules whose inputs need no grad run at the end, 
 TEST_CASE("backward: inputs the pass does not compute do not block the exit") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   auto x = b.value(true), w = b.value(true);
   auto y = b.call(*lin, {x, w});
@@ -85,7 +85,7 @@ TEST_CASE("backward: inputs the pass does not compute do not block the exit") {
 
 TEST_CASE("backward: a module destroyed after its forward gives hooks no module but keeps its fqn in parents") {
   Backend b;
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   Log log{t};
   auto scope = t.track();
   log.hook_all();
@@ -102,7 +102,7 @@ TEST_CASE("backward: a module destroyed after its forward gives hooks no module 
 TEST_CASE("backward: a forward during backward (recomputation) enters with is_bw and registers nothing") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   Log log{t};
   auto scope = t.track();
   auto y = b.call(*lin, {b.value(true)});
@@ -117,7 +117,7 @@ TEST_CASE("backward: a forward during backward (recomputation) enters with is_bw
 TEST_CASE("backward: each pass over a retained graph fires the events again") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   auto x = b.value(true);
   auto y = b.call(*lin, {x});
@@ -134,7 +134,7 @@ TEST_CASE("backward: an inner module still waiting for its inputs exits before i
   Backend b;
   auto inner = b.module("Inner");
   auto root = b.module("Root", {{"inner", inner}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   const auto x = b.value(true), v = b.value(true);
   Value inner_out;

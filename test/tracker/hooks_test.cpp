@@ -1,4 +1,4 @@
-// docs/semantics.md on the scripted backend, one test per rule: user hooks,
+// docs/semantics.md on the reference backend, one test per rule: user hooks,
 // the filter, scopes, nested trackers.
 #include <functional>
 #include <memory>
@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 
@@ -17,7 +17,7 @@ using V = std::vector<std::string>;
 TEST_CASE("user hooks: a taken slot is rejected and nothing changes, clear_user_hooks empties all") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   int pre = 0, post = 0;
   t.register_user_hooks([&](Module&, const Values&) { ++pre; });
   CHECK_THROWS_WITH_AS(t.register_user_hooks([&](Module&, const Values&) { pre += 100; },
@@ -38,7 +38,7 @@ TEST_CASE("user hooks: a taken slot is rejected and nothing changes, clear_user_
 TEST_CASE("filter: only accepted modules call user hooks and appear in transitions") {
   Backend b;
   Seq3 m(b);
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   int hooks = 0;
   t.register_user_hooks([&](Module&, const Values&) { ++hooks; });
   t.set_filter([](std::string_view fqn, Module& mod) { return fqn.find("net.") == std::string_view::npos || mod.type_name().ends_with("LinearImpl"); });
@@ -57,7 +57,7 @@ TEST_CASE("filter: only accepted modules call user hooks and appear in transitio
 TEST_CASE("scope: tracking only inside it, ending twice and starting twice are errors") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   b.call(*lin, {b.value(false)});
   CHECK(transitions(t).empty());
   auto scope = t.track();
@@ -76,12 +76,12 @@ TEST_CASE("scope: gradient hooks that fire after the scope ended (or the tracker
   Values y;
   Value x = b.value(true);
   {
-    ScriptedTracker t(b);
+    ReferenceTracker t(b);
     auto scope = t.track();
     y = b.call(*lin, {x});
   }
   b.backward({y[0], x});  // must not touch the destroyed tracker
-  ScriptedTracker t2(b);
+  ReferenceTracker t2(b);
   CHECK(join(t2.parents()) == "Global");
   // A later scope (the ended one's epoch is reused) is not the old graph's:
   // neither another tracker's nor a new scope of the same tracker.
@@ -89,7 +89,7 @@ TEST_CASE("scope: gradient hooks that fire after the scope ended (or the tracker
     auto old_scope = t2.track();
     y = b.call(*lin, {x});
   }
-  ScriptedTracker t3(b);
+  ReferenceTracker t3(b);
   auto other = t3.track();
   auto again = t2.track();
   (void)transitions(t2);
@@ -103,7 +103,7 @@ TEST_CASE("scope: gradient hooks that fire after the scope ended (or the tracker
 TEST_CASE("trackers nest: each sees every call while active") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker outer(b), inner(b);
+  ReferenceTracker outer(b), inner(b);
   auto s1 = outer.track();
   b.call(*lin, {b.value(false)});
   {
@@ -117,7 +117,7 @@ TEST_CASE("trackers nest: each sees every call while active") {
 TEST_CASE("user hooks that throw: the caller gets the exception, state stays consistent, next forward works") {
   Backend b;
   auto lin = b.module("Linear");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   bool fail = true;
   t.register_user_hooks([&](Module&, const Values&) {

@@ -1,4 +1,4 @@
-// docs/semantics.md on the scripted backend, one test per rule: names,
+// docs/semantics.md on the reference backend, one test per rule: names,
 // parents, forward.
 #include <functional>
 #include <memory>
@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 
@@ -15,12 +15,18 @@ using namespace support;
 using V = std::vector<std::string>;
 
 TEST_CASE("names: root after its type without namespaces or Impl, children by registration name") {
-  CHECK(root_name_from_type("NetImpl") == "Net");
-  CHECK(root_name_from_type("torch::nn::LinearImpl") == "Linear");
-  CHECK(root_name_from_type("a::b::Foo<c::BarImpl>") == "Foo<c::BarImpl>");
-  CHECK(root_name_from_type("Impl") == "Impl");
   Backend b;
-  ScriptedTracker t(b);
+  ReferenceTracker roots(b);
+  {
+    auto scope = roots.track();
+    for (const auto* type : {"NetImpl", "torch::nn::LinearImpl", "a::b::Foo<c::BarImpl>", "Impl", "a::ResNetImpl<Block>"})
+      b.call(*b.module(type), {b.value(false)});
+  }
+  V named;
+  for (const auto& tr : roots.drain_transitions())
+    if (tr.kind == Kind::enter) named.emplace_back(tr.fqn);
+  CHECK(named == V{"Net", "Linear", "Foo<c::BarImpl>", "Impl", "ResNet"});
+  ReferenceTracker t(b);
   Seq3 m(b);
   auto scope = t.track();
   CHECK_FALSE(t.known_fqn(*m.root));  // named lazily, at the first forward
@@ -33,7 +39,7 @@ TEST_CASE("names: a module registered under two names keeps the first one naming
   Backend b;
   auto shared = b.module("Linear");
   auto root = b.module("Net", {{"first", shared}, {"second", shared}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   b.call(*root, {b.value(false)}, [&](const Values& x) { return b.call(*shared, x); });
   CHECK(t.known_fqn(*shared) == "Net.first");
@@ -45,7 +51,7 @@ TEST_CASE("names: a module registered under two names keeps the first one naming
 TEST_CASE("names: a child added after its parent ran is named by type, or below the parent once the backend says so") {
   Backend b;
   auto root = b.module("Net", {{"a", b.module("Linear")}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   b.call(*root, {b.value(false)});
   auto late = root->add("late", b.module("ReLU"));
@@ -60,7 +66,7 @@ TEST_CASE("names: a child added after its parent ran is named by type, or below 
 
 TEST_CASE("names: a new module at a freed module's address is named afresh") {
   Backend b;
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   auto scope = t.track();
   // Storage of our own, so that the second module surely lands where the first was.
   alignas(Module) static unsigned char storage[sizeof(Module)];
@@ -82,7 +88,7 @@ TEST_CASE("names: a new module at a freed module's address is named afresh") {
 TEST_CASE("parents: a module active twice stays until its last activation ends, the re-entry is reported") {
   Backend b;
   auto rec = b.module("Rec");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   std::vector<Diagnostic> diags;
   t.set_diagnostics([&](const Diagnostic& d) { diags.push_back(d); });
   auto scope = t.track();
@@ -104,7 +110,7 @@ TEST_CASE("forward: hook order, and a throwing forward still runs post hooks and
   Backend b;
   auto boom = b.module("Boom");
   auto outer = b.module("Outer", {{"boom", boom}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   Log log{t};
   auto scope = t.track();
   log.hook_all();

@@ -1,4 +1,4 @@
-// Randomized module programs on the scripted backend: random trees (shared
+// Randomized module programs on the reference backend: random trees (shared
 // children, containers), random call programs (chains and fan-outs, repeats, recursion,
 // exceptions, grad and no-grad inputs, partial and repeated backward passes,
 // recomputation in backward, models freed before backward), with the
@@ -9,7 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 
@@ -107,7 +107,7 @@ std::string join_names(const Parents& p) {
 void run_program(std::uint64_t seed) {
   RandomProgram p(seed);
   p.build_tree();
-  ScriptedTracker t(p.b);
+  ReferenceTracker t(p.b);
   t.set_diagnostics([](const Diagnostic&) {});
   int pre_fw = 0, post_fw = 0, pre_bw = 0, post_bw = 0;
   t.register_user_hooks([&](Module&, const Values&) { ++pre_fw; }, [&](Module&, const Values&, const Values*) { ++post_fw; },
@@ -181,7 +181,7 @@ void run_program(std::uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("randomized module programs keep every invariant (scripted backend)") {
+TEST_CASE("randomized module programs keep every invariant (reference backend)") {
   const auto seed = env_or("MODTRACKER_RANDOM_SEED", 20261126);
   const auto programs = env_or("MODTRACKER_RANDOM_PROGRAMS", 2000);
   MESSAGE("seed " << seed << ", " << programs << " programs");

@@ -6,7 +6,7 @@
 #include <optional>
 #include <thread>
 
-#include "support/scripted.hpp"
+#include "support/reference.hpp"
 
 #include <doctest/doctest.h>
 
@@ -14,10 +14,10 @@ using namespace support;
 
 TEST_CASE("threads: one tracker sees every thread's calls, parents stays consistent, reads never block") {
   Backend b;
-  b.set_grad_mode(false);  // the scripted backend's gradients are single-threaded
+  b.set_grad_mode(false);  // the reference backend's gradients are single-threaded
   auto leaf = b.module("Leaf");
   auto root = b.module("Root", {{"leaf", leaf}});
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   t.set_diagnostics([](const Diagnostic&) {});  // Root running on two threads at once is a re-entry
   std::atomic<int> hook_calls{0};
   t.register_user_hooks([&](Module&, const Values&) { hook_calls.fetch_add(1, std::memory_order_relaxed); });
@@ -81,9 +81,9 @@ TEST_CASE("threads: a scope ended on one thread while others call modules") {
   Backend b;
   b.set_grad_mode(false);
   auto leaf = b.module("Leaf");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   t.set_diagnostics([](const Diagnostic&) {});  // Leaf on three threads at once is a re-entry
-  auto scope = std::make_unique<ScriptedTracker::Scope>(t.track());
+  auto scope = std::make_unique<ReferenceTracker::Scope>(t.track());
   CallingThreads callers(b, *leaf, 3);
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   scope->end();  // waits for calls inside the tracker to leave
@@ -97,7 +97,7 @@ TEST_CASE("threads: once a scope has ended, none of its hooks runs or is running
   Backend b;
   b.set_grad_mode(false);
   auto leaf = b.module("Leaf");
-  ScriptedTracker t(b);
+  ReferenceTracker t(b);
   t.set_diagnostics([](const Diagnostic&) {});
   std::atomic<int> inside{0}, calls{0};
   t.register_user_hooks([&](Module&, const Values&) {
@@ -126,7 +126,7 @@ namespace {
 // of `other` (which then waits for the hook), gives it time to wait, and runs
 // `in_hook`. Returns whether the other thread's scope started (no deadlock:
 // a deadlock hangs here, and ctest's timeout fails the test).
-bool scope_starts_while_a_hook_runs(Backend& b, Module& outer, ScriptedTracker& t, ScriptedTracker& other,
+bool scope_starts_while_a_hook_runs(Backend& b, Module& outer, ReferenceTracker& t, ReferenceTracker& other,
                                     const std::function<void()>& in_hook) {
   std::atomic<int> stage{0};
   t.register_user_hooks([&](Module& m, const Values&) {
@@ -153,7 +153,7 @@ TEST_CASE("threads: a hook that calls tracked modules does not block a scope sta
   b.set_grad_mode(false);
   auto outer = b.module("Outer");
   auto inner = b.module("Inner");
-  ScriptedTracker t(b), late(b);
+  ReferenceTracker t(b), late(b);
   // A nested observer call must not wait for the waiting writer.
   CHECK(scope_starts_while_a_hook_runs(b, *outer, t, late, [&] { b.call(*inner, {b.value(false)}); }));
   CHECK(transitions(t) == std::vector<std::string>{"fw enter Outer", "fw enter Inner", "fw exit Inner", "fw exit Outer"});
@@ -163,8 +163,8 @@ TEST_CASE("threads: many short-lived threads: every call is seen, and scopes sta
   Backend b;
   b.set_grad_mode(false);
   auto leaf = b.module("Leaf");
-  ScriptedTracker t(b);
-  auto scope = std::make_unique<ScriptedTracker::Scope>(t.track());
+  ReferenceTracker t(b);
+  auto scope = std::make_unique<ReferenceTracker::Scope>(t.track());
   for (int i = 0; i < 64; ++i) {  // each thread takes a slot and hands it back when it exits
     std::thread th([&] { b.call(*leaf, {b.value(false)}, [](const Values& in) { return in; }); });
     th.join();
@@ -182,8 +182,8 @@ TEST_CASE("threads: a hook may start a scope while another thread waits to start
   Backend b;
   b.set_grad_mode(false);
   auto outer = b.module("Outer");
-  ScriptedTracker t(b), from_hook(b), from_thread(b);
-  std::optional<ScriptedTracker::Scope> hook_scope;
+  ReferenceTracker t(b), from_hook(b), from_thread(b);
+  std::optional<ReferenceTracker::Scope> hook_scope;
   // A writer inside a read section: the waiting one steps back for it.
   CHECK(scope_starts_while_a_hook_runs(b, *outer, t, from_thread, [&] { hook_scope.emplace(from_hook.track()); }));
   CHECK(from_hook.tracking());

@@ -43,6 +43,10 @@ class Backend final : public HookBackend {
   std::string stop_watch(std::uint64_t watch) override;
   void scope_starting() override;
   void scope_ending() override;
+
+  /// What a LibTorch user does about a diagnostic (Tracker<Backend> adds it
+  /// to the engine's account of what happened).
+  static std::string_view remedy(Diagnostic::Code code) noexcept;
 };
 
 /// The process-wide LibTorch backend.
@@ -51,8 +55,9 @@ Backend& backend();
 /// A number no other module of this process has (Tracked modules carry one).
 std::uint64_t next_module_serial() noexcept;
 
-/// The ModuleRef of a LibTorch module.
+/// The ModuleRef of a LibTorch module, and back (for a ModuleRef that this backend gave).
 inline ModuleRef module_ref(const torch::nn::Module& m) noexcept { return ModuleRef{static_cast<const void*>(&m)}; }
+inline const torch::nn::Module& module_of(ModuleRef m) noexcept { return *static_cast<const torch::nn::Module*>(m.ptr); }
 
 /// A tracker of LibTorch modules (on the process-wide backend).
 class Tracker : public modtracker::Tracker<Backend> {

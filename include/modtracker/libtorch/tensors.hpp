@@ -14,15 +14,15 @@
 
 namespace modtracker::libtorch {
 
+namespace detail {
+class TensorsAccess;  // the library's own door to lazily found Tensors (defined where it is used)
+}
+
 /// Tensors by reference: a forward's inputs or output, or the gradients a
 /// backward hook gets (what hooks see; valid during the hook only).
 class Tensors {
  public:
   Tensors() = default;
-  /// Tensors found on first use, by `find(source, out)`: a call whose
-  /// observers never look pays nothing (`source` must outlive every use).
-  Tensors(const void* source, void (*find)(const void* source, Tensors& out)) noexcept
-      : source_(source), find_(find) {}
 
   void push(const at::Tensor& t) {
     resolve();
@@ -39,6 +39,12 @@ class Tensors {
   }
 
  private:
+  friend class detail::TensorsAccess;
+  /// Tensors found on first use, by `find(source, out)`: a call whose
+  /// observers never look pays nothing (`source` must outlive every use).
+  Tensors(const void* source, void (*find)(const void* source, Tensors& out)) noexcept
+      : source_(source), find_(find) {}
+
   struct Items {
     std::array<const at::Tensor*, 6> inline_{};
     std::vector<const at::Tensor*> spill;

@@ -1,7 +1,7 @@
-// import modtracker.scripted; -- a backend in plain C++ that replays module
+// import modtracker.reference; -- a backend in plain C++ that replays module
 // programs without any framework: module trees, forward calls with values
 // that do or do not require grad, and backward passes in which gradients
-// arrive value by value. The executable specification of SEMANTICS.md.
+// arrive value by value. The executable specification of docs/semantics.md.
 module;
 // <cstdint> first in every module unit: clang 16 otherwise finds two
 // definitions of std entities that name its typedefs (std::align).
@@ -19,10 +19,10 @@ module;
 #include <unordered_map>
 #include <utility>
 #include <vector>
-export module modtracker.scripted;
+export module modtracker.reference;
 import modtracker.backend;
 
-export namespace modtracker::scripted {
+export namespace modtracker::reference {
 
 /// A module: a type name and named children (shared children allowed).
 class Module : public std::enable_shared_from_this<Module> {
@@ -47,7 +47,7 @@ struct Value {
 };
 using Values = std::vector<Value>;
 
-/// The scripted framework. Not thread-safe beyond what the tracker needs:
+/// The reference framework. Not thread-safe beyond what the tracker needs:
 /// drive one backend from one thread at a time.
 class Backend final : public HookBackend {
  public:
@@ -127,4 +127,4 @@ class Backend final : public HookBackend {
   Pass* current_ = nullptr;
 };
 
-}  // namespace modtracker::scripted
+}  // namespace modtracker::reference

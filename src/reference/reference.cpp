@@ -1,4 +1,4 @@
-// The scripted backend: module programs replayed without a framework.
+// The reference backend: module programs replayed without a framework.
 module;
 // <cstdint> first in every module unit: clang 16 otherwise finds two
 // definitions of std entities that name its typedefs (std::align).
@@ -18,15 +18,15 @@ module;
 #include <vector>
 
 #include <gsl/gsl>
-module modtracker.scripted;
+module modtracker.reference;
 import modtracker.backend;
 
-namespace modtracker::scripted {
+namespace modtracker::reference {
 
 std::shared_ptr<Module> Module::add(std::string name, std::shared_ptr<Module> child) {
-  if (!child) throw std::invalid_argument("modtracker.scripted: null child '" + name + "'");
+  if (!child) throw std::invalid_argument("modtracker.reference: null child '" + name + "'");
   for (const auto& [n, c] : children_)
-    if (n == name) throw std::invalid_argument("modtracker.scripted: child '" + name + "' registered twice");
+    if (n == name) throw std::invalid_argument("modtracker.reference: child '" + name + "' registered twice");
   children_.emplace_back(std::move(name), child);
   return child;
 }
@@ -34,7 +34,7 @@ std::shared_ptr<Module> Module::add(std::string name, std::shared_ptr<Module> ch
 std::shared_ptr<Module> Module::child(std::string_view name) const {
   for (const auto& [n, c] : children_)
     if (n == name) return c;
-  throw std::out_of_range("modtracker.scripted: no child '" + std::string(name) + "' in " + type_);
+  throw std::out_of_range("modtracker.reference: no child '" + std::string(name) + "' in " + type_);
 }
 
 std::shared_ptr<Module> Backend::module(std::string type_name,
@@ -45,7 +45,7 @@ std::shared_ptr<Module> Backend::module(std::string type_name,
 }
 
 std::shared_ptr<Module> Backend::adopt(std::shared_ptr<Module> module) {
-  if (!module) throw std::invalid_argument("modtracker.scripted: adopt of a null module");
+  if (!module) throw std::invalid_argument("modtracker.reference: adopt of a null module");
   std::erase_if(modules_, [](const auto& kv) { return kv.second.expired(); });
   modules_[module.get()] = module;
   return module;
@@ -59,7 +59,7 @@ Value Backend::op(std::span<const Value> inputs) {
 }
 
 Values Backend::call(Module& m, const Values& inputs, const std::function<Values(const Values&)>& body) {
-  if (!modules_.contains(&m)) throw std::invalid_argument("modtracker.scripted: module not made by this backend");
+  if (!modules_.contains(&m)) throw std::invalid_argument("modtracker.reference: module not made by this backend");
   if (dispatcher().idle()) return body ? body(inputs) : Values{op(inputs)};
   ForwardDispatcher::Call frame(dispatcher(), ModuleRef{&m}, ValuesRef{&inputs});
   Values out = body ? body(inputs) : Values{op(inputs)};
@@ -88,13 +88,13 @@ bool Backend::add_gradient_hooks(ValuesRef values, std::span<GradientHook> hooks
 }
 
 void Backend::at_end_of_backward(std::function<void()> fn) {
-  if (!current_) throw std::logic_error("modtracker.scripted: at_end_of_backward outside a backward pass");
+  if (!current_) throw std::logic_error("modtracker.reference: at_end_of_backward outside a backward pass");
   current_->at_end.push_back(std::move(fn));
 }
 
 void Backend::backward(const Values& arrivals, std::optional<std::set<std::uint64_t>> computes,
                        const std::function<void(const Value&)>& during) {
-  if (current_) throw std::logic_error("modtracker.scripted: backward inside backward is not scripted");
+  if (current_) throw std::logic_error("modtracker.reference: backward inside backward is not supported");
   Pass pass{++pass_counter_, std::move(computes), {}};
   current_ = &pass;
   const auto reset = gsl::finally([this] { current_ = nullptr; });
@@ -138,10 +138,10 @@ std::size_t Backend::live_registrations() const {
 }
 
 const Module& Backend::checked(ModuleRef module) const {
-  if (!module) throw std::invalid_argument("modtracker.scripted: null module");
+  if (!module) throw std::invalid_argument("modtracker.reference: null module");
   const auto it = modules_.find(module.ptr);
   if (it == modules_.end() || it->second.expired())
-    throw std::invalid_argument("modtracker.scripted: not a live module of this backend");
+    throw std::invalid_argument("modtracker.reference: not a live module of this backend");
   return *static_cast<const Module*>(module.ptr);
 }
 
@@ -155,4 +155,4 @@ WeakModule Backend::weak(ModuleRef module) const {
   return std::const_pointer_cast<const Module>(const_cast<Module&>(checked(module)).shared_from_this());
 }
 
-}  // namespace modtracker::scripted
+}  // namespace modtracker::reference

@@ -1,4 +1,4 @@
-// Shared by the suites on the scripted backend: a tracker on it, and a log
+// Shared by the suites on the reference backend: a tracker on it, and a log
 // that records hook calls as "event fqn [parents] bw" lines.
 #pragma once
 // Standard headers before the imports: clang-16 merges them best that way.
@@ -13,15 +13,15 @@
 
 import modtracker;
 import modtracker.backend;
-import modtracker.scripted;
+import modtracker.reference;
 
 namespace support {
 using namespace modtracker;
-using scripted::Backend;
-using scripted::Module;
-using scripted::Value;
-using scripted::Values;
-using ScriptedTracker = Tracker<Backend>;
+using reference::Backend;
+using reference::Module;
+using reference::Value;
+using reference::Values;
+using ReferenceTracker = Tracker<Backend>;
 
 inline std::string join(const Parents& p) {
   std::string s;
@@ -30,7 +30,7 @@ inline std::string join(const Parents& p) {
 }
 
 struct Log {
-  ScriptedTracker& t;
+  ReferenceTracker& t;
   std::vector<std::string> lines;
   void add(const std::string& ev, const Module* m) {
     const auto fqn = m ? t.known_fqn(*m).value_or("?") : std::string("null");
@@ -44,7 +44,7 @@ struct Log {
   }
 };
 
-inline std::vector<std::string> transitions(ScriptedTracker& t) {
+inline std::vector<std::string> transitions(ReferenceTracker& t) {
   std::vector<std::string> out;
   for (const auto& tr : t.drain_transitions())
     out.push_back(std::string(tr.phase == Phase::forward ? "fw " : "bw ") +
