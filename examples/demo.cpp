@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -153,9 +154,20 @@ void print_consumers(const modtracker::Statistics& stats, const lt::FlopCounter&
   using modtracker::Phase;
   const auto layers = leaves(stats);
   const auto total = flops.total(Phase::forward) + flops.total(Phase::backward);
-  std::printf("biggest consumers (layers, of all the steps):\n");
-  print_top("FLOPs (fw + bw):", layers, [](const auto& r) { return r.fw_flops.value_or(0) + r.bw_flops.value_or(0); },
-            total, modtracker::format_count);
+  std::printf("biggest consumers (of all the steps):\n");
+  // Each FLOP has one owner (backward work by the node's module), so the
+  // shares of all owners add up to 100 %.
+  std::map<std::string, std::uint64_t> own;
+  for (const auto phase : {Phase::forward, Phase::backward})
+    for (const auto& [fqn, ops] : flops.exclusive_counts(phase))
+      for (const auto& [op, n] : ops) own[fqn == "Global" ? "(outside modules)" : fqn] += n;
+  std::vector<std::pair<std::string, std::uint64_t>> owners(own.begin(), own.end());
+  std::stable_sort(owners.begin(), owners.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::printf("  %-24s", "FLOPs (fw + bw, own):");
+  for (std::size_t i = 0; i < owners.size() && i < 3 && owners[i].second > 0; ++i)
+    std::printf("%s%s %s (%.0f%%)", i ? ", " : "", owners[i].first.c_str(), modtracker::format_count(owners[i].second).c_str(),
+                total ? 100.0 * static_cast<double>(owners[i].second) / static_cast<double>(total) : 0.0);
+  std::printf("\n");
   std::uint64_t kept = 0;
   for (const auto* r : layers) kept += r->fw_kept_bytes.value_or(0);
   print_top("kept for backward:", layers, [](const auto& r) { return r.fw_kept_bytes.value_or(0); }, kept,

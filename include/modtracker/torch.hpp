@@ -6,6 +6,7 @@
 //   libtorch/sequential.hpp  the tracked Sequential
 //   libtorch/nn.hpp          tracked drop-ins for torch::nn layers
 //   libtorch/stats.hpp       LibTorch tools: parameters and output shapes for the statistics
+//   libtorch/attribution.hpp whom the tools charge backward work to
 //   libtorch/flops.hpp       FlopCounter: FLOPs per module and operator
 //   libtorch/memory.hpp      MemoryTracker: memory per module, phase and category
 #pragma once
@@ -19,6 +20,7 @@
 #include <modtracker/libtorch/nn.hpp>
 #include <modtracker/libtorch/jit.hpp>
 #include <modtracker/libtorch/stats.hpp>
+#include <modtracker/libtorch/attribution.hpp>
 #include <modtracker/libtorch/flops.hpp>
 #include <modtracker/libtorch/memory.hpp>
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "detail/spin_lock.hpp"
+#include "libtorch_tools/provenance.hpp"
 #include "modtracker/libtorch/flops.hpp"
 
 namespace modtracker::libtorch {
@@ -137,14 +138,19 @@ NameCache::Slot& classify(const char* name) {
 }  // namespace
 
 struct FlopCounter::State {
+  explicit State(Attribution a) : attribution(a) {}
   SpinLock lock;  // guards all below
   bool active = false;
+  const Attribution attribution;
+  detail::NodeWatch nodes;  // LibTorch reports each backward node's execution
+  detail::Provenance provenance;
   std::unordered_map<const char*, std::uint32_t> ids{{nullptr, 0}};  // the tracker's interned fqn -> index
   std::vector<std::string> names{"Global"};
   std::vector<std::uint32_t> running{1};       // per index: its activations running now ("Global": always)
   std::vector<std::uint32_t> running_list{0};  // the indices running
-  std::array<std::vector<std::array<std::uint64_t, operators>>, 2> flops{std::vector<std::array<std::uint64_t, operators>>(1),
-                                                                         std::vector<std::array<std::uint64_t, operators>>(1)};
+  using Table = std::array<std::vector<std::array<std::uint64_t, operators>>, 2>;  // per phase, per index
+  Table flops{std::vector<std::array<std::uint64_t, operators>>(1), std::vector<std::array<std::uint64_t, operators>>(1)};
+  Table exclusive{std::vector<std::array<std::uint64_t, operators>>(1), std::vector<std::array<std::uint64_t, operators>>(1)};
   std::vector<std::uint64_t> all_flops{0};           // per index, both phases: for activations
   std::vector<std::vector<std::uint64_t>> open{{}};  // per index: all_flops at each running activation's enter
   std::map<std::uint64_t, std::uint64_t> by_activation;  // exit sequence -> FLOPs (the latest 65536)
@@ -155,19 +161,31 @@ struct FlopCounter::State {
     if (fresh) {
       names.emplace_back(fqn);
       running.push_back(0);
-      flops[0].emplace_back();
-      flops[1].emplace_back();
+      for (auto* t : {&flops, &exclusive}) {
+        (*t)[0].emplace_back();
+        (*t)[1].emplace_back();
+      }
       all_flops.push_back(0);
       open.emplace_back();
     }
     return it->second;
   }
+  // Forward, or backward by spans: every module running. Backward by
+  // provenance: the node's module, its ancestors and Global.
   void credit(Operator op, Phase phase, std::uint64_t n) {
     const auto p = static_cast<std::size_t>(phase);
-    for (const auto i : running_list) {
+    const auto owner = phase == Phase::forward ? provenance.innermost() : provenance.owner_now();
+    exclusive[p][owner == detail::Provenance::none ? 0 : provenance.activation(owner).module][op] += n;
+    const auto add = [&](std::uint32_t i) {
       flops[p][i][op] += n;
       all_flops[i] += n;
+    };
+    if (phase == Phase::forward || attribution == Attribution::spans) {
+      for (const auto i : running_list) add(i);
+      return;
     }
+    add(0);
+    provenance.for_each_module(owner, add);
   }
 };
 
@@ -230,7 +248,7 @@ void end_operator(const at::RecordFunction& fn, at::ObserverContext*) {
 
 }  // namespace
 
-FlopCounter::FlopCounter(Tracker& tracker) : state_(std::make_shared<State>()) {
+FlopCounter::FlopCounter(Tracker& tracker, Attribution backward) : state_(std::make_shared<State>(backward)) {
   {
     auto& c = counters();
     std::lock_guard<SpinLock> lock(c.lock);
@@ -262,12 +280,17 @@ void FlopCounter::on_scope(bool started) {
   for (std::size_t i = 1; i < state_->running.size(); ++i) state_->running[i] = 0;  // the scope's calls end with it
   state_->running_list.assign(1, 0);
   for (auto& o : state_->open) o.clear();
+  if (const auto n = state_->provenance.unresolved())
+    state_->uncounted.emplace("backward nodes made too long before they ran (" + std::to_string(n) +
+                              "): their FLOPs went to Global only");
+  state_->provenance.clear();
 }
 
 void FlopCounter::on_transition(const Transition& t) {
   auto& s = *state_;
   std::lock_guard<SpinLock> lock(s.lock);
   const auto i = s.index(t.fqn);
+  if (t.phase == Phase::forward) s.provenance.forward(t.kind, i);
   if (t.kind == Kind::enter) {
     if (s.running[i]++ == 0) s.running_list.push_back(i);
     s.open[i].push_back(s.all_flops[i]);
@@ -290,14 +313,25 @@ std::uint64_t FlopCounter::total(Phase phase) const {
   return sum;
 }
 
-std::map<std::string, std::map<std::string, std::uint64_t>> FlopCounter::counts(Phase phase) const {
-  std::lock_guard<SpinLock> lock(state_->lock);
+namespace {
+std::map<std::string, std::map<std::string, std::uint64_t>> by_name(const std::vector<std::string>& names,
+                                                                    const std::vector<std::array<std::uint64_t, operators>>& per) {
   std::map<std::string, std::map<std::string, std::uint64_t>> out;
-  const auto& per = state_->flops[static_cast<std::size_t>(phase)];
   for (std::size_t i = 0; i < per.size(); ++i)
     for (std::size_t op = 0; op < operators; ++op)
-      if (per[i][op] != 0) out[state_->names[i]][std::string(operator_names[op])] = per[i][op];
+      if (per[i][op] != 0) out[names[i]][std::string(operator_names[op])] = per[i][op];
   return out;
+}
+}  // namespace
+
+std::map<std::string, std::map<std::string, std::uint64_t>> FlopCounter::counts(Phase phase) const {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  return by_name(state_->names, state_->flops[static_cast<std::size_t>(phase)]);
+}
+
+std::map<std::string, std::map<std::string, std::uint64_t>> FlopCounter::exclusive_counts(Phase phase) const {
+  std::lock_guard<SpinLock> lock(state_->lock);
+  return by_name(state_->names, state_->exclusive[static_cast<std::size_t>(phase)]);
 }
 
 std::uint64_t FlopCounter::activation_flops(std::uint64_t exit_sequence) const {
@@ -313,8 +347,9 @@ std::vector<std::string> FlopCounter::uncounted_operators() const {
 
 void FlopCounter::reset() {
   std::lock_guard<SpinLock> lock(state_->lock);
-  for (auto& per : state_->flops)
-    for (auto& row : per) row.fill(0);
+  for (auto* t : {&state_->flops, &state_->exclusive})
+    for (auto& per : *t)
+      for (auto& row : per) row.fill(0);
   std::fill(state_->all_flops.begin(), state_->all_flops.end(), 0);
   for (auto& o : state_->open) std::fill(o.begin(), o.end(), 0);
   state_->by_activation.clear();

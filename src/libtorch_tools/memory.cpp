@@ -21,6 +21,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "detail/spin_lock.hpp"
+#include "libtorch_tools/provenance.hpp"
 #include "modtracker/libtorch/memory.hpp"
 
 namespace modtracker::libtorch {
@@ -76,10 +78,22 @@ struct MemoryTracker::State {
   std::deque<std::pair<std::chrono::nanoseconds, std::uint64_t>> timeline;
   std::vector<std::weak_ptr<const torch::nn::Module>> modules;
   std::vector<const torch::optim::Optimizer*> optimizers;
+  // Backward by provenance (docs/semantics.md, "Backward attribution"): the
+  // node's module and its ancestors, each with the pass it last saw and the
+  // live bytes before its first own allocation in it.
+  Attribution attribution = Attribution::provenance;
+  std::optional<detail::NodeWatch> nodes;
+  detail::Provenance provenance;
+  struct OpenPass {
+    std::uint64_t pass = 0, level = 0;
+  };
+  std::vector<OpenPass> open_pass;
 
   // A new MemoryTracker's start: everything but the lock forgotten.
   void restart(std::uint64_t new_id) {
     id = new_id;
+    provenance.clear();
+    open_pass.clear();
     scope_on = false;
     allocated = freed = live = external = 0;
     live_by.fill(0);
@@ -93,31 +107,64 @@ struct MemoryTracker::State {
     modules.clear();
     optimizers.clear();
   }
-  [[nodiscard]] MemoryCategory category_now() const noexcept {
+  [[nodiscard]] bool by_provenance() const noexcept { return attribution == Attribution::provenance && nodes; }
+  // The backward node's module by provenance (~0u: none), when that rule applies now.
+  [[nodiscard]] std::uint32_t node_owner() {
+    // A forward recomputed in backward runs inside a node too.
+    if (!by_provenance() || !detail::running_node()) return ~0u;
+    return provenance.owner_now();
+  }
+  [[nodiscard]] MemoryCategory category_now(std::uint32_t owner) const noexcept {
+    if (owner != ~0u) return MemoryCategory::temporary;
     if (frames.empty()) return MemoryCategory::other;
     return frames.back().phase == Phase::forward ? MemoryCategory::activation : MemoryCategory::temporary;
   }
-  void note_peak() {
+  void note_peak(std::uint32_t owner = ~0u) {
     const auto now = live + external;
     if (now <= peak.bytes) return;
     peak.bytes = now;
-    peak.fqn = frames.empty() ? std::string() : names[frames.back().module];
-    peak.phase = frames.empty() ? Phase::forward : frames.back().phase;
+    if (owner != ~0u) {
+      peak.fqn = owner == detail::Provenance::none ? std::string() : names[provenance.activation(owner).module];
+      peak.phase = Phase::backward;
+    } else {
+      peak.fqn = frames.empty() ? std::string() : names[frames.back().module];
+      peak.phase = frames.empty() ? Phase::forward : frames.back().phase;
+    }
     peak.by_category = by_category();
   }
+  // A backward allocation (or free, with `freed`) by provenance: to the node's
+  // module and its ancestors.
+  void credit_backward(std::uint32_t owner, std::uint64_t bytes, bool is_free) {
+    if (owner == detail::Provenance::none) return;
+    const auto pass = backend().backward_pass();
+    provenance.for_each_module(owner, [&](std::uint32_t m) {
+      auto& st = stats[m][static_cast<std::size_t>(Phase::backward)];
+      if (open_pass.size() <= m) open_pass.resize(names.size());
+      auto& o = open_pass[m];
+      if (o.pass != pass) {  // its first own work in this pass
+        o = {pass, is_free ? live + bytes : live - bytes};
+        ++st.activations;
+      }
+      (is_free ? st.freed : st.allocated) += bytes;
+      if (live > o.level) st.peak = std::max(st.peak, live - o.level);
+    });
+  }
   void allocated_block(Header& h) {
+    const auto owner = node_owner();
     h.time = allocated;
-    h.category = category_now();
+    h.category = category_now(owner);
     allocated += h.size;
     live += h.size;
     live_by[static_cast<std::size_t>(h.category)] += h.size;
-    if (!frames.empty()) frames.back().max_live = std::max(frames.back().max_live, live);
-    note_peak();
+    if (owner != ~0u) credit_backward(owner, h.size, false);
+    else if (!frames.empty()) frames.back().max_live = std::max(frames.back().max_live, live);
+    note_peak(owner);
   }
   void freed_block(const Header& h) {
     freed += h.size;
     live -= h.size;
     live_by[static_cast<std::size_t>(h.category)] -= h.size;
+    if (const auto owner = node_owner(); owner != ~0u) credit_backward(owner, h.size, true);
     // Young for every frame that entered before it was allocated: credited to
     // the deepest of them, which hands it on to its parent when it exits.
     const auto it = std::upper_bound(frames.begin(), frames.end(), h.time,
@@ -227,7 +274,7 @@ std::string_view category_name(MemoryCategory c) noexcept {
   return names[static_cast<std::size_t>(c)];
 }
 
-MemoryTracker::MemoryTracker(Tracker& tracker) : state_(&counting_state) {
+MemoryTracker::MemoryTracker(Tracker& tracker, Attribution backward) : state_(&counting_state) {
   {
     std::lock_guard<std::mutex> lock(install_mutex);
     if (c10::GetCPUAllocator() == &counting)
@@ -235,6 +282,8 @@ MemoryTracker::MemoryTracker(Tracker& tracker) : state_(&counting_state) {
     {
       std::lock_guard<SpinLock> state_lock(state_->lock);
       state_->restart(next_id++);
+      state_->attribution = backward;
+      state_->nodes.emplace();
     }
     counting.original = c10::GetCPUAllocator();
     c10::SetCPUAllocator(&counting, /*priority=*/255);
@@ -248,6 +297,7 @@ MemoryTracker::~MemoryTracker() {
   c10::SetCPUAllocator(counting.original, /*priority=*/255);
   std::lock_guard<SpinLock> state_lock(state_->lock);
   state_->restart(0);  // blocks allocated meanwhile count for nobody
+  state_->nodes.reset();
 }
 
 void MemoryTracker::track(const torch::nn::Module& module) {
@@ -270,6 +320,8 @@ void MemoryTracker::on_scope(bool started) {
   std::lock_guard<SpinLock> lock(state_->lock);
   state_->scope_on = started;
   state_->frames.clear();
+  state_->provenance.clear();
+  state_->open_pass.clear();
   state_->recognize();
 }
 
@@ -284,6 +336,8 @@ void MemoryTracker::on_transition(const Transition& t) {
   const auto m = it->second;
   s.timeline.emplace_back(t.time, s.live + s.external);
   if (s.timeline.size() > (1u << 16)) s.timeline.pop_front();
+  if (t.phase == Phase::forward) s.provenance.forward(t.kind, m);
+  else if (s.by_provenance()) return;  // backward work goes by its nodes, not by spans
   if (t.kind == Kind::enter) {
     if (t.phase == Phase::forward && t.depth == 0) s.recognize();  // a step starts: gradients and optimizer state are new
     s.frames.push_back({m, t.phase, s.allocated, s.live, s.allocated, s.freed, s.live, 0});

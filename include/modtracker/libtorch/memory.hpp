@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include <modtracker/libtorch/attribution.hpp>
 #include <modtracker/libtorch/backend.hpp>
 
 import modtracker.libtorch;  // modtracker and modtracker.backend
@@ -52,14 +53,18 @@ struct MemoryPeak {
 
 /// Counts every CPU allocation (on every thread) while it lives, through a
 /// wrapper of LibTorch's CPU allocator, and attributes bytes to the modules
-/// a scope of the tracker runs. One at a time per process (the allocator has
+/// a scope of the tracker runs: in forward to the modules running, in
+/// backward by default to the module whose forward made the autograd node
+/// that allocates, and its ancestors (Attribution::provenance; a module's
+/// backward peak is then the live bytes above the level at its first own
+/// allocation in the pass, the most while its own nodes ran). One at a time per process (the allocator has
 /// one wrapper). Memory allocated before it was made is not seen, except the
 /// parameters, buffers, gradients and optimizer state given to track().
 /// Coexists with LibTorch's profiler.
 class MemoryTracker final : public TransitionListener {
  public:
   /// Throws std::logic_error if another MemoryTracker lives.
-  explicit MemoryTracker(Tracker& tracker);
+  explicit MemoryTracker(Tracker& tracker, Attribution backward = Attribution::provenance);
   MemoryTracker(const MemoryTracker&) = delete;
   MemoryTracker& operator=(const MemoryTracker&) = delete;
   /// Frees after this reach the original allocator untouched.
