@@ -72,6 +72,9 @@ struct ToolCosts {
   double alloc_ns = 0, alloc_tracked_ns = 0;
   double op_ns = 0, op_bare_callback_ns = 0, op_flop_counter_ns = 0, op_profiler_ns = 0;
   double step_us = 0, step_memory_us = 0, step_flops_us = 0, step_both_us = 0, step_bare_callback_us = 0;
+  // Backward attribution's share: the FlopCounter by spans (no node callback), and
+  // a bare callback on backward nodes alone.
+  double step_flops_spans_us = 0, step_bare_node_callback_us = 0;
 };
 ToolCosts tool_costs(const Options& options);
 

@@ -155,12 +155,26 @@ ToolCosts tool_costs(const Options& options) {
                                             const double us = steps();
                                             at::removeCallback(handle);
                                             return us;
+                                          },
+                                          [&] {
+                                            lt::FlopCounter counter(tracker, lt::Attribution::spans);
+                                            return steps();
+                                          },
+                                          [&] {
+                                            const auto handle = at::addGlobalCallback(
+                                                at::RecordFunctionCallback(&bare_callback).scopes(
+                                                    {at::RecordScope::BACKWARD_FUNCTION}));
+                                            const double us = steps();
+                                            at::removeCallback(handle);
+                                            return us;
                                           }});
   out.step_us = best[0];
   out.step_memory_us = best[1];
   out.step_flops_us = best[2];
   out.step_both_us = best[3];
   out.step_bare_callback_us = best[4];
+  out.step_flops_spans_us = best[5];
+  out.step_bare_node_callback_us = best[6];
   return out;
 }
 

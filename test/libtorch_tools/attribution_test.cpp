@@ -25,6 +25,18 @@ std::map<std::string, std::uint64_t> summed(const Counts& c) {
   return out;
 }
 
+// One tracked run of `step`, counted by provenance (`flops`) and by spans.
+struct Counted {
+  lt::Tracker tracker;
+  lt::FlopCounter flops{tracker};
+  lt::FlopCounter spans{tracker, lt::Attribution::spans};
+  template <class Step>
+  explicit Counted(Step&& step) {
+    auto scope = tracker.track();
+    step();
+  }
+};
+
 // Every FLOP has one owner: the exclusive counts sum to the total.
 void check_exclusive_sum(const lt::FlopCounter& f, Phase phase) {
   std::uint64_t sum = 0;
@@ -56,13 +68,11 @@ constexpr std::uint64_t stem_fw = 2 * 64 * (4 * 3 * 9), conv1_fw = 2 * 64 * (8 *
 TEST_CASE("attribution: a residual block's 1x1 downsample is charged its own gradients only") {
   torch::manual_seed(0);
   Net net;
-  lt::Tracker tracker;
-  lt::FlopCounter flops(tracker);
-  lt::FlopCounter spans(tracker, lt::Attribution::spans);
-  {
-    auto scope = tracker.track();
+  const Counted run([&] {
     net(torch::randn({1, 3, 8, 8})).sum().backward();
-  }
+  });
+  const auto& flops = run.flops;
+  const auto& spans = run.spans;
   // The stem's input is data: its weight's gradient only; the others both.
   const auto bw = summed(flops.counts(Phase::backward));
   CHECK(bw.at("Net.block.downsample") == 2 * down_fw);
@@ -106,13 +116,11 @@ MODTRACKER_MODULE(Siblings);
 TEST_CASE("attribution: a branch on data is not charged its sibling's backward") {
   torch::manual_seed(0);
   Siblings net;
-  lt::Tracker tracker;
-  lt::FlopCounter flops(tracker);
-  lt::FlopCounter spans(tracker, lt::Attribution::spans);
-  {
-    auto scope = tracker.track();
+  const Counted run([&] {
     net(torch::randn({1, 3, 8, 8}), torch::randn({4, 8}, torch::requires_grad())).backward();
-  }
+  });
+  const auto& flops = run.flops;
+  const auto& spans = run.spans;
   constexpr std::uint64_t conv_weight = 2 * 36 * (4 * 3 * 9), fc_both = 2 * 2 * 4 * 8 * 16;
   const auto bw = summed(flops.counts(Phase::backward));
   CHECK(bw.at("Siblings.conv") == conv_weight);
@@ -125,12 +133,10 @@ TEST_CASE("attribution: a branch on data is not charged its sibling's backward")
 TEST_CASE("attribution: a module called twice is charged both calls' gradients, once each") {
   torch::manual_seed(0);
   nn::Linear fc(8, 8);
-  lt::Tracker tracker;
-  lt::FlopCounter flops(tracker);
-  {
-    auto scope = tracker.track();
+  const Counted run([&] {
     fc(fc(torch::randn({4, 8}, torch::requires_grad()))).sum().backward();
-  }
+  });
+  const auto& flops = run.flops;
   const auto bw = summed(flops.counts(Phase::backward));
   CHECK(bw.at("Linear") == 2 * (2 * 2 * 4 * 8 * 8));
   CHECK(bw.at("Global") == bw.at("Linear"));
@@ -157,12 +163,10 @@ MODTRACKER_MODULE(Tied);
 TEST_CASE("attribution: a shared parameter's gradient goes to the module whose forward used it") {
   torch::manual_seed(0);
   Tied net;
-  lt::Tracker tracker;
-  lt::FlopCounter flops(tracker);
-  {
-    auto scope = tracker.track();
+  const Counted run([&] {
     net(torch::randn({4, 8})).sum().backward();
-  }
+  });
+  const auto& flops = run.flops;
   constexpr std::uint64_t product = 2 * 4 * 8 * 8;
   const auto own = summed(flops.exclusive_counts(Phase::backward));
   CHECK(own.at("Tied.tied") == 2 * product);  // h's gradient and embed's weight's, both made by its mm
@@ -198,12 +202,10 @@ MODTRACKER_MODULE(Checkpointed);
 TEST_CASE("attribution: a forward recomputed in backward owns its work and its gradients") {
   torch::manual_seed(0);
   Checkpointed net;
-  lt::Tracker tracker;
-  lt::FlopCounter flops(tracker);
-  {
-    auto scope = tracker.track();
+  const Counted run([&] {
     net(torch::randn({4, 8}, torch::requires_grad())).sum().backward();
-  }
+  });
+  const auto& flops = run.flops;
   constexpr std::uint64_t product = 2 * 4 * 8 * 8;
   CHECK(flops.total(Phase::forward) == product);
   // In backward: the recomputed forward, then the input's gradient.
@@ -216,14 +218,12 @@ TEST_CASE("attribution: a forward recomputed in backward owns its work and its g
 TEST_CASE("attribution: a gradient penalty's second backward goes to the module of the first") {
   torch::manual_seed(0);
   nn::Linear fc(8, 8);
-  lt::Tracker tracker;
-  lt::FlopCounter flops(tracker);
-  {
-    auto scope = tracker.track();
+  const Counted run([&] {
     auto x = torch::randn({4, 8}, torch::requires_grad());
     auto g = torch::autograd::grad({fc(x).sum()}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
     g.pow(2).sum().backward();
-  }
+  });
+  const auto& flops = run.flops;
   constexpr std::uint64_t product = 2 * 4 * 8 * 8;
   // grad(): x's gradient (one product); backward(): the weight's gradient of that product.
   CHECK(summed(flops.exclusive_counts(Phase::backward)) == std::map<std::string, std::uint64_t>{{"Linear", 2 * product}});
@@ -234,14 +234,12 @@ TEST_CASE("attribution: a gradient penalty's second backward goes to the module 
 TEST_CASE("attribution: a retained graph run twice is charged twice to the same modules") {
   torch::manual_seed(0);
   Net net;
-  lt::Tracker tracker;
-  lt::FlopCounter flops(tracker);
-  {
-    auto scope = tracker.track();
+  const Counted run([&] {
     auto loss = net(torch::randn({1, 3, 8, 8})).sum();
     loss.backward({}, /*retain_graph=*/true);
     loss.backward();
-  }
+  });
+  const auto& flops = run.flops;
   CHECK(summed(flops.counts(Phase::backward)).at("Net.block.downsample") == 2 * 2 * down_fw);
   check_exclusive_sum(flops, Phase::backward);
 }
