@@ -25,7 +25,6 @@
 #include <gsl/gsl>
 
 #include "detail/pool.hpp"
-#include "detail/prefetch.hpp"
 #include "detail/small_vector.hpp"
 #include "detail/spin_lock.hpp"
 #include "libtorch/passes.hpp"
@@ -42,7 +41,6 @@ namespace {
 
 using modtracker::detail::BlockPool;
 using modtracker::detail::PoolAllocator;
-using modtracker::detail::prefetch_line;
 using modtracker::detail::SmallVector;
 using modtracker::detail::SpinLock;
 using torch::autograd::Node;
@@ -112,23 +110,9 @@ SpinLock hooks_lock;  // guards Dispatch entries and links, Hook pass state, and
 // are never erased while the node lives (a removed one is skipped), so hooks
 // fired outside the lock stay alive.
 struct Dispatch {
-  // Where the next backward step will likely look, prefetched when this one
-  // fires (at 1000 modules all are out of cache by then): the dispatcher on
-  // this module's input, the module entered there, and that node's pre-hook
-  // list (a separate allocation of LibTorch's, which the engine reads to find
-  // the dispatcher). Addresses only: never read through (they may be gone),
-  // guarded by hooks_lock.
-  const Dispatch* next = nullptr;
-  const void* next_context = nullptr;
-  const void* next_hooks = nullptr;
   // Two inline: a module boundary in a chain. Their extra: the shared Hooks
   // of the entries (rare, so beside the spilled ones).
   SmallVector<Entry, 2, std::vector<std::shared_ptr<Hook>>> entries;
-  ~Dispatch() {  // a graph is freed from its output on: the same next step
-    prefetch_line(next);
-    prefetch_line(next_context);
-    prefetch_line(next_hooks);
-  }
   Dispatch() = default;
   Dispatch(const Dispatch&) = delete;
   Dispatch& operator=(const Dispatch&) = delete;
@@ -186,12 +170,6 @@ void Dispatch::fire(const at::Tensor* grads, std::size_t n) {
   SmallVector<Ready, 4> run;
   {
     std::lock_guard<SpinLock> lock(hooks_lock);
-    if (next) {
-      prefetch_line(next);
-      prefetch_line(reinterpret_cast<const char*>(next) + 64);
-      prefetch_line(next_context);
-      prefetch_line(next_hooks);
-    }
     for (std::size_t i = 0; i < entries.size(); ++i) {
       Entry& e = entries[i];
       if (e.output_nr >= n || !grads[e.output_nr].defined()) continue;  // no gradient on this edge
@@ -271,32 +249,6 @@ TensorEdge edge_of(const at::Tensor& t) {
   return {true, node, node ? static_cast<std::uint32_t>(t.output_nr()) : 0u};
 }
 
-// The last exit kept on this thread: a module's input dispatcher, its node's
-// pre-hook list and the module entered there, found again when the same
-// module (the same callback context) registers its output's entry (see
-// Dispatch::next).
-struct LastExit {
-  const void* context = nullptr;
-  const Dispatch* where = nullptr;
-  const void* hooks = nullptr;
-  const void* entered = nullptr;
-};
-[[gnu::tls_model("initial-exec")]] thread_local LastExit last_exit;
-
-// `hooks`: the pre-hook list of d's node (null for a leaf). hooks_lock held.
-void link_next_step(Dispatch& d, const void* hooks, const void* context, Kind kind) {
-  if (kind == Kind::exit) {
-    const void* entered = nullptr;  // the latest kept entry there: the outermost module
-    for (std::size_t i = 0; i < d.entries.size(); ++i)
-      if (const Entry& e = d.entries[i]; !e.hook() && !e.exit) entered = e.fn.ref().context;
-    last_exit = LastExit{context, &d, hooks, entered};
-  } else if (last_exit.context == context) {
-    d.next = last_exit.where;
-    d.next_hooks = last_exit.hooks;
-    d.next_context = last_exit.entered;
-  }
-}
-
 // One edge of the values: a tensor that requires grad, by node (or leaf) and output.
 struct Edge {
   const at::Tensor* tensor = nullptr;
@@ -307,7 +259,7 @@ struct Edge {
 
 // The dispatcher of an edge, made if it has none (hooks_lock held). A new
 // leaf dispatcher goes to `fresh`, to be owned by the leaf's tensor hook.
-Dispatch& dispatch_of(const Edge& e, const void*& node_hooks, std::shared_ptr<Dispatch>& leaf,
+Dispatch& dispatch_of(const Edge& e, std::shared_ptr<Dispatch>& leaf,
                       SmallVector<std::pair<const at::Tensor*, std::shared_ptr<Dispatch>>, 2>& fresh) {
   if (e.node) {
     auto* nh = node_hook_of(*e.node);
@@ -316,7 +268,6 @@ Dispatch& dispatch_of(const Edge& e, const void*& node_hooks, std::shared_ptr<Di
       nh = owned.get();
       e.node->add_pre_hook(std::move(owned));
     }
-    node_hooks = e.node->pre_hooks().data();
     return nh->dispatch;
   }
   if (++leaf_inserts_since_sweep > 1024) {  // forget leaves that are gone
@@ -372,14 +323,12 @@ bool add_gradient_hooks(ValuesRef values, std::span<GradientHook> hooks, Registr
   {
     std::lock_guard<SpinLock> lock(hooks_lock);
     for (std::size_t i = 0; i < edges.size(); ++i) {
-      const void* node_hooks = nullptr;  // the node's pre-hook list (its storage)
-      std::shared_ptr<Dispatch> leaf;    // a leaf's dispatcher, held while we add to it
-      Dispatch& d = dispatch_of(edges[i], node_hooks, leaf, fresh_leaves);
+      std::shared_ptr<Dispatch> leaf;  // a leaf's dispatcher, held while we add to it
+      Dispatch& d = dispatch_of(edges[i], leaf, fresh_leaves);
       for (std::size_t k = 0; k < hooks.size(); ++k) {
         if (shared[k]) {
           d.add(edges[i].output_nr, hooks[k].order, shared[k]);
         } else {
-          link_next_step(d, node_hooks, hooks[k].fn.ref().context, hooks[k].order.kind);
           d.add(edges[i].output_nr, hooks[k].order, std::move(hooks[k].fn));  // one edge: moved once
         }
       }
