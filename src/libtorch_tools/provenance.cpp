@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -41,6 +42,7 @@ struct Derived {
 };
 std::mutex derived_mutex;
 std::map<std::pair<std::uint64_t, std::uint64_t>, Derived> derived;  // (made_on, from) -> range
+std::deque<std::pair<std::uint64_t, std::uint64_t>> derived_order;   // the latest 65536 ranges are kept
 std::atomic<bool> any_derived{false};
 
 std::unique_ptr<at::ObserverContext> node_started(const at::RecordFunction& fn) {
@@ -56,8 +58,14 @@ void node_ended(const at::RecordFunction&, at::ObserverContext*) {
   last_node = frame.node;
   const auto now = at::sequence_number::peek();
   if (!frame.grad_mode || now == frame.made_from || frame.node.sequence < 0) return;
+  const std::pair key{at::RecordFunction::currentThreadId(), frame.made_from};
   std::lock_guard<std::mutex> lock(derived_mutex);
-  derived[{at::RecordFunction::currentThreadId(), frame.made_from}] = {now, frame.node.forward_thread, frame.node.sequence};
+  if (derived.insert_or_assign(key, Derived{now, frame.node.forward_thread, frame.node.sequence}).second)
+    derived_order.push_back(key);
+  if (derived_order.size() > (std::size_t{1} << 16)) {
+    derived.erase(derived_order.front());
+    derived_order.pop_front();
+  }
   any_derived.store(true, std::memory_order_release);
 }
 
@@ -86,8 +94,6 @@ NodeWatch::~NodeWatch() {
   if (--watchers == 0) at::removeCallback(std::exchange(watch_handle, 0));
 }
 
-Provenance::Thread& Provenance::thread(std::uint64_t id) { return threads_[id]; }
-
 void Provenance::mark(Thread& t, std::uint64_t sequence, std::uint32_t owner) {
   if (!t.boundaries.empty() && t.boundaries.back().sequence == sequence) {
     t.boundaries.back().owner = owner;  // no node made since the last boundary
@@ -103,7 +109,8 @@ void Provenance::mark(Thread& t, std::uint64_t sequence, std::uint32_t owner) {
 }
 
 void Provenance::forward(Kind kind, std::uint32_t module) {
-  auto& t = thread(at::RecordFunction::currentThreadId());
+  ++forward_events_;
+  auto& t = threads_[at::RecordFunction::currentThreadId()];
   const auto sequence = at::sequence_number::peek();
   if (kind == Kind::enter) {
     // A forward run inside a backward node (recomputation) nests in the
@@ -156,20 +163,24 @@ std::uint32_t Provenance::lookup(std::uint64_t forward_thread, std::int64_t sequ
 }
 
 std::uint32_t Provenance::owner_now() {
-  // A forward running inside backward (recomputation) owns its own work.
-  if (const auto in_forward = innermost(); in_forward != none) return in_forward;
+  // Every operator and allocation of a node asks again: the answer holds for
+  // the node's execution until a forward transition (of recomputation).
   const auto* node = running_node();
-  if (!node) return none;
-  if (node->serial == cached_serial_) return cached_owner_;
-  cached_serial_ = node->serial;
-  return cached_owner_ = lookup(node->forward_thread, node->sequence);
+  const auto serial = node ? node->serial : 0;
+  if (serial != 0 && serial == cached_serial_ && forward_events_ == cached_events_) return cached_owner_;
+  // A forward running inside backward (recomputation) owns its own work.
+  auto owner = innermost();
+  if (owner == none && node) owner = lookup(node->forward_thread, node->sequence);
+  cached_serial_ = serial;
+  cached_events_ = forward_events_;
+  return cached_owner_ = owner;
 }
 
 void Provenance::clear() {
   activations_.assign(1, Activation{0, none});
   interned_.clear();
   threads_.clear();
-  cached_serial_ = ~std::uint64_t{0};
+  cached_serial_ = 0;
 }
 
 }  // namespace modtracker::libtorch::detail

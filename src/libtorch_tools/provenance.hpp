@@ -60,10 +60,10 @@ class Provenance {
 
   /// A forward transition of module index `module`, on the calling thread.
   void forward(Kind kind, std::uint32_t module);
-  /// The activation whose forward made the node running on this thread, or
-  /// the activation whose forward runs inside it now (recomputation); none
-  /// outside backward, for AccumulateGrad and for nodes made outside every
-  /// module.
+  /// Who owns the work of this thread now: the activation whose forward runs
+  /// on it (outside backward, or recomputed inside a node), else the one
+  /// whose forward made the node running; none for AccumulateGrad and for
+  /// nodes made outside every module.
   [[nodiscard]] std::uint32_t owner_now();
   /// The activation innermost on this thread's forward stack (none if empty).
   [[nodiscard]] std::uint32_t innermost() const;
@@ -98,7 +98,6 @@ class Provenance {
     std::vector<std::uint32_t> stack;  // the activations open on this thread
     bool pruned = false;               // older boundaries were dropped
   };
-  Thread& thread(std::uint64_t id);
   void mark(Thread& t, std::uint64_t sequence, std::uint32_t owner);
   [[nodiscard]] std::uint32_t lookup(std::uint64_t forward_thread, std::int64_t sequence);
 
@@ -106,8 +105,9 @@ class Provenance {
   std::unordered_map<std::uint64_t, std::uint32_t> interned_;  // (module << 32 | parent) -> activation
   std::unordered_map<std::uint64_t, Thread> threads_;
   std::uint64_t unresolved_ = 0;
-  // The last lookup, by node execution: every operator of a node asks again.
-  std::uint64_t cached_serial_ = ~std::uint64_t{0};
+  // The last answer of owner_now(), for a node execution (serial 0: none)
+  // and the forward transitions seen so far.
+  std::uint64_t forward_events_ = 0, cached_serial_ = 0, cached_events_ = 0;
   std::uint32_t cached_owner_ = none;
 };
 
