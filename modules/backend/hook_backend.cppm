@@ -73,6 +73,11 @@ class HookBackend {
   /// Do `values` hold anything the backend could hook (for a forward's
   /// output: any tensor at all)? Asked when an output got no gradient hook.
   [[nodiscard]] virtual bool holds_values(ValuesRef values) const { return static_cast<bool>(values); }
+  /// A count that grows with every node of the backward graph that this
+  /// thread's forward records (0 throughout: the backend cannot tell). Read at
+  /// a call's enter and compared at its exit: a call that recorded nodes but
+  /// returned nothing to follow is opaque, whatever its inputs.
+  [[nodiscard]] virtual std::uint64_t graph_nodes_recorded() const { return 0; }
   /// A number that changes when the gradients of the module's own
   /// parameters change (0: none, or the backend cannot tell), and whether
   /// any of them is nonzero now. A tracker compares the stamps at a scope's

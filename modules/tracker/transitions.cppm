@@ -38,7 +38,7 @@ struct Diagnostic {
     untracked_scope,     ///< modules ran in a scope that saw no tracked call
     root_inside_module,  ///< a module named as a root turned out to sit inside a tracked module
     fqn_collision,       ///< two distinct modules would share one fqn: the later one got a suffix
-    opaque_output,       ///< a call's output holds no tensor to follow while its inputs require grad
+    opaque_output,       ///< a call's output holds no tensor to follow while it is in the backward graph
     unowned_module,      ///< a module no std::shared_ptr owns: backward hooks cannot get it
     untracked_gradients, ///< a module's parameters got gradients in a scope where it never entered backward
   };

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/graph_task.h>
 
 #include <ATen/record_function.h>
+#include <ATen/SequenceNumber.h>
 
 #include <array>
 #include <atomic>
@@ -227,6 +228,9 @@ std::string Backend::stop_watch(std::uint64_t watch) {
 void Backend::scope_starting() { jit::detail::scope_started(); }
 void Backend::scope_ending() { jit::detail::scope_ended(); }
 
+
+// Autograd numbers the nodes of one thread's forward in order (thread local).
+std::uint64_t Backend::graph_nodes_recorded() const { return at::sequence_number::peek(); }
 
 std::string_view Backend::remedy(Diagnostic::Code code) noexcept {
   using enum Diagnostic::Code;

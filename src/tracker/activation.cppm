@@ -30,6 +30,7 @@ struct alignas(64) Activation {
   std::uint64_t end_sequence;  // activations started before its forward ended
   const void* module;          // with module_generation: see Engine::live_module()
   std::uint64_t module_generation;
+  std::uint64_t graph_at_enter;  // HookBackend::graph_nodes_recorded() at its enter
   // Linked into the engine's list of running forwards between pre_forward and
   // post_forward (state lock), so that a scope ending mid-forward frees it.
   Activation* running_prev = nullptr;

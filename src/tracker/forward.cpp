@@ -93,6 +93,7 @@ void Engine::begin_enter(const ForwardCall& call, PendingEnter& e) {
   act->depth = call.depth;
   act->end_sequence = ~std::uint64_t{0};
   act->thread = thread_index();
+  act->graph_at_enter = backend_.graph_nodes_recorded();
 }
 
 void Engine::enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& clock) {
@@ -206,17 +207,20 @@ void Engine::register_output(ActivationRef act, ValuesRef output, PendingEnter* 
   }
   const bool added = backend_.add_gradient_hooks(output, std::span(hooks.data(), n), nullptr);
   if (next) next->act->inputs_hooked = added;
-  // Inputs that require grad and an output with nothing to follow: its
-  // backward cannot be seen (a user type the backend cannot look into).
-  if (!added && a->inputs_hooked && !backend_.holds_values(output)) [[unlikely]] {
+  // A call in the backward graph (its inputs require grad, or it recorded
+  // nodes of its own) and an output with nothing to follow: its backward
+  // cannot be seen (a user type the backend cannot look into).
+  if (!added && !backend_.holds_values(output) &&
+      (a->inputs_hooked || backend_.graph_nodes_recorded() != a->graph_at_enter)) [[unlikely]] {
     std::string fqn;
     {
       std::lock_guard<SpinLock> lock(state_);
       fqn = names_.fqn(a->fqn);
     }
     diagnose_once({Diagnostic::Code::opaque_output, fqn,
-                   "module '" + fqn + "' returned no value that the backend can follow while its inputs require "
-                       "grad, so its backward cannot be followed"});
+                   "module '" + fqn + "' returned no value that the backend can follow while it is part of the "
+                       "backward graph (its inputs require grad, or its forward recorded nodes), so its backward "
+                       "cannot be followed"});
   }
 }
 

@@ -287,6 +287,20 @@ TEST_CASE("models as tutorials write them: a VAE returning a struct, followed in
   CHECK(lost.diagnostics[0].code == modtracker::Diagnostic::Code::opaque_output);
   CHECK(lost.diagnostics[0].fqn == "OpaqueVAE");
   CHECK(lost.diagnostics[0].message.find("Flatten") != std::string::npos);
+  // The same on data (no input requires grad): its forward recorded nodes all the same.
+  OpaqueVAE on_data;
+  lt::Tracker third;
+  const auto data_only = track(third, *on_data, [&] { on_data(x.detach()).reconstruction.sum().backward(); });
+  REQUIRE(data_only.diagnostics.size() == 1);
+  CHECK(data_only.diagnostics[0].code == modtracker::Diagnostic::Code::opaque_output);
+  CHECK(data_only.diagnostics[0].fqn == "OpaqueVAE");
+  // No grad: nothing recorded, nothing said.
+  lt::Tracker fourth;
+  const auto no_grad = track(fourth, *on_data, [&] {
+    torch::NoGradGuard off;
+    (void)on_data(x.detach());
+  });
+  CHECK(no_grad.diagnostics.empty());
 }
 
 namespace {

@@ -37,6 +37,7 @@ class Backend final : public HookBackend {
   bool add_gradient_hooks(ValuesRef values, std::span<GradientHook> hooks, Registration* removal) override;
   void at_end_of_backward(std::function<void()> fn) override;
   [[nodiscard]] bool holds_values(ValuesRef values) const override;
+  [[nodiscard]] std::uint64_t graph_nodes_recorded() const override;
   [[nodiscard]] std::uint64_t gradient_stamp(ModuleRef module) const override;
   [[nodiscard]] bool has_nonzero_gradient(ModuleRef module) const override;
   std::uint64_t start_watch() override;
