@@ -37,10 +37,21 @@ struct Model {
   std::vector<std::int64_t> input_shape;
 };
 
-// LibTorch's messages run on with a backtrace: their first line says it.
+// LibTorch's messages run on with a backtrace: their first line says it,
+// except the TorchScript interpreter's, whose cause is their last line.
 std::string first_line(const std::exception& e) {
-  const std::string what = e.what();
+  std::string what = e.what();
+  if (what.starts_with("The following operation failed in the TorchScript interpreter")) {
+    while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+    return what.substr(what.rfind('\n') + 1);
+  }
   return what.substr(0, what.find('\n'));
+}
+
+// A model file rather than an embedded model's name.
+bool is_model_path(const std::string& name) {
+  return name.find('/') != std::string::npos || name.ends_with(".pt") || name.ends_with(".pth") ||
+         name.ends_with(".ptl") || name.ends_with(".zip") || std::filesystem::exists(name);
 }
 
 // A TorchScript model file (torch.jit.script(m).save(path) in Python, or
@@ -51,8 +62,13 @@ std::optional<Model> load_model(const std::string& path, std::vector<std::int64_
     script = torch::jit::load(path);
     lt::jit::instrument(script);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "modtracker-demo: cannot use '%s' as a TorchScript model: %s\n", path.c_str(),
-                 first_line(e).c_str());
+    const auto why = first_line(e);
+    // torch.save writes a pickle of Python objects, which LibTorch cannot load.
+    const bool pickled = why.find("constants.pkl") != std::string::npos;
+    std::fprintf(stderr, "modtracker-demo: cannot use '%s' as a TorchScript model: %s%s\n", path.c_str(), why.c_str(),
+                 pickled ? " (saved with torch.save? Save a TorchScript model with torch.jit.save(torch.jit.script(model), "
+                           "path) or torch.jit.trace(model, example).save(path))"
+                         : "");
     return std::nullopt;
   }
   script.train();
@@ -284,7 +300,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   const bool root = rank <= 0;  // the process that prints and writes
-  const bool scripted = model_name.ends_with(".pt") || model_name.find('/') != std::string::npos;
+  const bool scripted = is_model_path(model_name);
   auto model = scripted ? load_model(model_name, input_shape) : make_model(model_name);
   if (scripted && !model) return 1;
   if (!model) {

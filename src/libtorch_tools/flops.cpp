@@ -33,9 +33,12 @@ namespace {
 using modtracker::detail::SpinLock;
 
 // --- the formulas: hand counts, 2 FLOPs per multiply-add ----------------------
-enum Operator : std::uint8_t { mm, addmm, bmm, baddbmm, convolution, convolution_backward, operators };
-constexpr std::array<std::string_view, operators> operator_names{"aten::mm",      "aten::addmm",       "aten::bmm",
-                                                                 "aten::baddbmm", "aten::convolution", "aten::convolution_backward"};
+// `_convolution` is what torch.jit.trace records for every convolution (the
+// eager `convolution` calls it inside, where it is not counted again).
+enum Operator : std::uint8_t { mm, addmm, bmm, baddbmm, convolution, convolution_, convolution_backward, operators };
+constexpr std::array<std::string_view, operators> operator_names{
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "aten::_convolution",
+    "aten::convolution_backward"};
 
 using Inputs = c10::ArrayRef<const c10::IValue>;
 
@@ -69,7 +72,8 @@ std::uint64_t flops_of(Operator op, Inputs in) {
       TORCH_CHECK(a.size() == 3 && b.size() == 3, "not batches of matrices");
       return static_cast<std::uint64_t>(2 * a[0] * a[1] * a[2] * b[2]);
     }
-    case convolution: {  // (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+    case convolution:
+    case convolution_: {  // (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups, ...)
       const auto x = in[0].toTensor().sizes(), w = in[1].toTensor().sizes();
       const bool transposed = in[6].toBool();
       TORCH_CHECK(x.size() >= 3 && x.size() == w.size(), "not a convolution's shapes");

@@ -81,6 +81,27 @@ TEST_CASE("FLOPs: convolutions with groups, stride, padding, dilation and transp
   CHECK(f.backward == 2 * f.forward);
 }
 
+TEST_CASE("FLOPs: _convolution, as torch.jit.trace records convolutions, counts as convolution does") {
+  torch::manual_seed(0);
+  nn::Conv2d conv(nn::Conv2dOptions(4, 6, 3).stride(2).padding(1).groups(2));
+  const auto x = torch::randn({2, 4, 8, 8}, torch::requires_grad());
+  const auto eager = count([&] { return conv(x); });
+  // The traced form: aten::_convolution with the same arguments, inside the module's call.
+  const auto traced = count([&] {
+    lt::ForwardScope call(*conv, x);
+    auto y = at::_convolution(x, conv->weight, conv->bias, {2, 2}, {1, 1}, {1, 1}, false, {0, 0}, 2, false, false, true,
+                              true);
+    call.finish(y);
+    return y;
+  });
+  CHECK(traced.forward == 2 * 2 * 16 * (6 * 2 * 9));
+  CHECK(traced.forward == eager.forward);
+  CHECK(traced.backward == eager.backward);
+  CHECK(traced.fw.at("Conv2d") == std::map<std::string, std::uint64_t>{{"aten::_convolution", traced.forward}});
+  // The eager convolution calls _convolution inside: counted once, as convolution.
+  CHECK(eager.fw.at("Conv2d") == std::map<std::string, std::uint64_t>{{"aten::convolution", eager.forward}});
+}
+
 TEST_CASE("FLOPs: bmm, baddbmm and matmul through them") {
   const auto a = torch::randn({3, 4, 5}, torch::requires_grad()), b = torch::randn({3, 5, 6});
   auto f = count([&] { return torch::bmm(a, b); });

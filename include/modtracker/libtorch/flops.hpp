@@ -18,7 +18,7 @@ import modtracker.libtorch;  // modtracker and modtracker.backend
 namespace modtracker::libtorch {
 
 /// Counts the FLOPs of the matmul and convolution operators (mm, addmm, bmm,
-/// baddbmm, and through them matmul and linear; convolution and, per
+/// baddbmm, and through them matmul and linear; convolution, _convolution and, per
 /// gradient it computes, convolution_backward) while a scope of the tracker
 /// is active. A forward operator's FLOPs are credited to every module
 /// running at that moment, "Global" included, so a module's count includes
