@@ -111,6 +111,7 @@ class TrackerBase {
  protected:
   TrackerBase(HookBackend& backend, TrackerOptions options, DiagnosticRemedy remedy = nullptr);
   [[nodiscard]] std::optional<std::string> known_fqn(ModuleRef module) const;
+  void name_root(ModuleRef module, std::string name);
   [[nodiscard]] Generator<std::pair<std::string, ModuleRef>> walk(ModuleRef root) const;
   void set_hooks(detail::ErasedHooks hooks, const std::array<bool, 4>& given);
   void set_filter(detail::ErasedFilter filter);
@@ -141,6 +142,15 @@ class Tracker : public TrackerBase {
   /// The fqn of a module this tracker has seen, or nothing.
   [[nodiscard]] std::optional<std::string> known_fqn(const module_type& m) const {
     return TrackerBase::known_fqn(ModuleRef{static_cast<const void*>(&m)});
+  }
+
+  /// Names a root module (and so its submodules, "name.child"), instead of
+  /// after its type: two models of one type, or a GAN's D and G, keep their
+  /// names whichever runs first. Before the module's first tracked call:
+  /// throws std::logic_error if it is named already under another name,
+  /// std::invalid_argument for an empty name, "Global" or one with a '.'.
+  void name_root(const module_type& m, std::string name) {
+    TrackerBase::name_root(ModuleRef{static_cast<const void*>(&m)}, std::move(name));
   }
 
   /// Sets any of the four user hooks; pass no_hook to leave a slot alone.

@@ -44,6 +44,7 @@ class Engine final : public ForwardObserver {
 
   // naming.cpp
   void children_changed(ModuleRef module) override;
+  void name_root(ModuleRef module, std::string name);
   Generator<std::pair<std::string, ModuleRef>> walk(ModuleRef root) const;
 
   // journal.cpp

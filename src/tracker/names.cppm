@@ -65,6 +65,8 @@ class ModuleNames {
     }
     return name_root(call.module, call.serial, filter);
   }
+  /// The name `module` gets when it is named as a root (Tracker::name_root).
+  void request_root_name(ModuleRef module, std::string name);
   /// Names every child below `module` not named yet (first name wins).
   void name_subtree(ModuleRef module, std::uint32_t fqn, const ErasedFilter& filter);
   /// HookBackend::gradient_stamp of the module named `fqn`, at the scope's
@@ -99,6 +101,14 @@ class ModuleNames {
   std::vector<Owner> owners_;  // by fqn id
   std::vector<std::uint64_t> grad_stamps_;  // by fqn id
   AddressMap<ModuleInfo> modules_;
+  // Root names asked for, until the module is named (the weak handle tells a
+  // freed module's request from the new module's at its address).
+  struct RootName {
+    WeakModule weak;
+    bool weak_known;
+    std::string name;
+  };
+  std::unordered_map<const void*, RootName> root_names_;
   std::uint64_t generation_ = 0;
 };
 

@@ -49,7 +49,8 @@ std::uint32_t ModuleNames::unique_id(std::string fqn, ModuleRef module) {
     if (held_by_another(alt, module)) continue;
     pending_.push_back({Diagnostic::Code::fqn_collision, names_[alt],
                         "two distinct modules would both be named '" + fqn + "'; the later one is '" + names_[alt] +
-                            "'. Usually their parent's call is not tracked, so each became a root"});
+                            "'. Usually their parent's call is not tracked, so each became a root; two models of their own "
+                            "are told apart by naming each with name_root()"});
     return alt;
   }
 }
@@ -89,11 +90,38 @@ void ModuleNames::name_subtree(ModuleRef module, std::uint32_t fqn, const Erased
   });
 }
 
+void ModuleNames::request_root_name(ModuleRef module, std::string name) {
+  if (const auto* info = named(module)) {
+    if (names_[info->fqn] == name) return;
+    throw std::logic_error("modtracker: name_root('" + name + "'): the module is named '" + names_[info->fqn] +
+                           "' already (a module is named at its first tracked call): call name_root before it runs");
+  }
+  auto weak = backend_.weak(module);
+  const bool known = !weak.expired();
+  root_names_.insert_or_assign(module.ptr, RootName{std::move(weak), known, std::move(name)});
+}
+
 const ModuleInfo& ModuleNames::name_root(ModuleRef module, std::uint64_t serial, const ErasedFilter& filter) {
-  const auto id = remember(module, root_name_from_type(backend_.type_name(module)), true, filter).fqn;
+  std::string fqn;
+  if (const auto it = root_names_.find(module.ptr); it != root_names_.end()) {
+    if (!(it->second.weak_known && it->second.weak.expired())) fqn = std::move(it->second.name);  // else a freed module's
+    root_names_.erase(it);
+  }
+  if (fqn.empty()) fqn = root_name_from_type(backend_.type_name(module));
+  const auto id = remember(module, std::move(fqn), true, filter).fqn;
   modules_.find(module.ptr)->serial = serial;
   name_subtree(module, id, filter);
   return *modules_.find(module.ptr);  // naming the subtree may have moved it
+}
+
+void Engine::name_root(ModuleRef module, std::string name) {
+  if (!module) throw std::invalid_argument("modtracker: name_root of a null module");
+  if (name.empty() || name == "Global" || name.find('.') != std::string::npos)
+    throw std::invalid_argument("modtracker: name_root('" + name +
+                                "'): a root's name is not empty, not 'Global', and has no '.' (which separates a "
+                                "child's name)");
+  std::lock_guard<SpinLock> lock(state_);
+  names_.request_root_name(module, std::move(name));
 }
 
 void Engine::children_changed(ModuleRef module) {

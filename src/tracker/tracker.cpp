@@ -10,6 +10,7 @@ namespace modtracker {
 TrackerBase::TrackerBase(HookBackend& backend, TrackerOptions options, DiagnosticRemedy remedy)
     : engine_(std::make_unique<detail::Engine>(backend, options, remedy)) {}
 TrackerBase::~TrackerBase() = default;
+void TrackerBase::name_root(ModuleRef module, std::string name) { engine_->name_root(module, std::move(name)); }
 
 TrackerBase::Scope::Scope(TrackerBase& tracker) : tracker_(&tracker) { tracker.engine_->start(); }
 TrackerBase::Scope::~Scope() {

@@ -257,3 +257,30 @@ TEST_CASE("diagnostics: distinct modules whose parent is not tracked get distinc
   CHECK(diags.count(Code::fqn_collision) == 1);
   CHECK(diags.all.back().fqn == "Linear#2");
 }
+
+TEST_CASE("names: a GAN's generator and discriminator, two Sequentials, named with name_root") {
+  torch::manual_seed(0);
+  // The GAN tutorials' style: two nn::Sequential models, no common parent.
+  nn::Sequential G(nn::Linear(4, 8), nn::ReLU(), nn::Linear(8, 6));
+  nn::Sequential D(nn::Linear(6, 8), nn::LeakyReLU(), nn::Linear(8, 1));
+  const auto names_after = [&](bool named, bool discriminator_first) {
+    lt::Tracker tracker;
+    Diagnostics diags(tracker);
+    if (named) {
+      tracker.name_root(*G, "G");
+      tracker.name_root(*D, "D");
+    }
+    {
+      auto scope = tracker.track();
+      const auto z = torch::randn({2, 4});
+      if (discriminator_first) D->forward(torch::randn({2, 6})).sum().backward();
+      D->forward(G->forward(z)).sum().backward();
+    }
+    return std::pair{Strings{*tracker.known_fqn(*G), *tracker.known_fqn(*D[2])}, diags.count(Code::fqn_collision)};
+  };
+  CHECK(names_after(true, false) == std::pair{Strings{"G", "D.2"}, std::size_t{0}});
+  CHECK(names_after(true, true) == std::pair{Strings{"G", "D.2"}, std::size_t{0}});
+  // Unnamed, the names depend on which runs first, and the collision is said.
+  CHECK(names_after(false, false) == std::pair{Strings{"Sequential", "Sequential#2.2"}, std::size_t{1}});
+  CHECK(names_after(false, true) == std::pair{Strings{"Sequential#2", "Sequential.2"}, std::size_t{1}});
+}

@@ -35,5 +35,6 @@ TEST_CASE("diagnostics: the engine's words name no framework's API") {
   }
   REQUIRE_FALSE(diags.empty());
   CHECK(diags[0].message == "two distinct modules would both be named 'Linear'; the later one is 'Linear#2'. "
-                            "Usually their parent's call is not tracked, so each became a root");
+                            "Usually their parent's call is not tracked, so each became a root; two models of their own "
+                            "are told apart by naming each with name_root()");
 }

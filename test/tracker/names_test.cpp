@@ -132,3 +132,34 @@ TEST_CASE("forward: hook order, and a throwing forward still runs post hooks and
   CHECK(join(t.parents()) == "Global");
 }
 
+
+TEST_CASE("names: name_root names a root and its subtree, whichever root runs first") {
+  Backend b;
+  const auto model = [&] { return b.module("Sequential", {{"0", b.module("Linear")}}); };
+  auto d = model(), g = model();
+  ReferenceTracker t(b);
+  std::vector<Diagnostic> diags;
+  t.set_diagnostics([&](const Diagnostic& x) { diags.push_back(x); });
+  t.name_root(*d, "D");
+  t.name_root(*g, "G");
+  t.name_root(*g, "G");  // the same name again changes nothing
+  auto scope = t.track();
+  b.call(*g, {b.value(false)}, [&](const Values& x) { return b.call(*g->child("0"), x); });
+  b.call(*d, {b.value(false)}, [&](const Values& x) { return b.call(*d->child("0"), x); });
+  CHECK(t.known_fqn(*g) == "G");
+  CHECK(t.known_fqn(*d->child("0")) == "D.0");
+  CHECK(diags.empty());
+  CHECK_THROWS_AS(t.name_root(*d, "Discriminator"), std::logic_error);  // named already: it keeps "D"
+  CHECK(t.known_fqn(*d) == "D");
+  t.name_root(*d, "D");
+  for (const auto* bad : {"", "Global", "a.b"}) CHECK_THROWS_AS(t.name_root(*model(), bad), std::invalid_argument);
+  // Without names, the second root of a type is Sequential#2, and that is said.
+  ReferenceTracker plain(b);
+  plain.set_diagnostics([&](const Diagnostic& x) { diags.push_back(x); });
+  auto other = plain.track();
+  b.call(*g, {b.value(false)});
+  b.call(*d, {b.value(false)});
+  CHECK(plain.known_fqn(*d) == "Sequential#2");
+  REQUIRE(diags.size() == 1);
+  CHECK(diags[0].message.find("name_root()") != std::string::npos);
+}
