@@ -73,6 +73,25 @@ class HookBackend {
   /// Do `values` hold anything the backend could hook (for a forward's
   /// output: any tensor at all)? Asked when an output got no gradient hook.
   [[nodiscard]] virtual bool holds_values(ValuesRef values) const { return static_cast<bool>(values); }
+  /// Is the module a building block of the framework (a layer), not a model
+  /// of the user's? Several layers running as roots means their parent's
+  /// call was not seen.
+  [[nodiscard]] virtual bool is_framework_layer(ModuleRef module) const {
+    (void)module;
+    return false;
+  }
+  /// Does the module only hold modules, with no forward of its own (a list
+  /// or a dict of them)? Its children run in the calls of its parent.
+  [[nodiscard]] virtual bool holds_only_modules(ModuleRef module) const {
+    (void)module;
+    return false;
+  }
+  /// Will `parent`'s forward call `child` where the backend cannot see the
+  /// call (a plain layer inside a tracked module)? Asked once, at naming.
+  [[nodiscard]] virtual bool calls_untracked(ModuleRef parent, ModuleRef child) const {
+    (void)parent, (void)child;
+    return false;
+  }
   /// A count that grows with every node of the backward graph that this
   /// thread's forward records (0 throughout: the backend cannot tell). Read at
   /// a call's enter and compared at its exit: a call that recorded nodes but

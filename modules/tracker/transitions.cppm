@@ -41,6 +41,9 @@ struct Diagnostic {
     opaque_output,       ///< a call's output holds no tensor to follow while it is in the backward graph
     unowned_module,      ///< a module no std::shared_ptr owns: backward hooks cannot get it
     untracked_gradients, ///< a module's parameters got gradients in a scope where it never entered backward
+    untracked_child,     ///< a child its parent calls where the backend cannot see the call (a plain layer)
+    outside_parent,      ///< a module ran outside a call of the parent it is named under (information)
+    untracked_parent,    ///< several framework layers ran as roots: their parent's call is not tracked
   };
   Code code;
   std::string fqn;      ///< the module concerned ("" for a scope)

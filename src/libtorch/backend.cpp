@@ -24,6 +24,7 @@
 #include "libtorch/passes.hpp"
 #include "modtracker/libtorch/backend.hpp"
 #include "modtracker/libtorch/calls.hpp"
+#include "modtracker/libtorch/sequential.hpp"
 #include "libtorch/jit_calls.hpp"
 
 // `modtracker` first: clang 16 then merges the std headers of both modules cleanly.
@@ -229,6 +230,38 @@ void Backend::scope_starting() { jit::detail::scope_started(); }
 void Backend::scope_ending() { jit::detail::scope_ended(); }
 
 
+namespace {
+bool built_in(std::string_view type) { return type.starts_with("torch::nn::"); }
+// Containers that run no forward of their own.
+bool holds_only(std::string_view type) {
+  return type == "torch::nn::ModuleListImpl" || type == "torch::nn::ModuleDictImpl" ||
+         type == "torch::nn::ParameterListImpl" || type == "torch::nn::ParameterDictImpl";
+}
+}  // namespace
+
+// A torch::nn layer, eager or scripted from Python, not a container (a
+// Sequential is a model as often as not).
+bool Backend::is_framework_layer(ModuleRef module) const {
+  static constexpr std::string_view scripted = "__torch__.torch.nn.modules.";
+  const auto type = type_name(module);
+  if (type.starts_with(scripted)) return !type.starts_with(std::string(scripted) + "container.");
+  return built_in(type) && !holds_only(type) && type != "torch::nn::SequentialImpl";
+}
+
+bool Backend::holds_only_modules(ModuleRef module) const { return holds_only(type_name(module)); }
+
+// A plain torch::nn layer (not Tracked) registered in a module of the user's:
+// its forward will call it untracked. torch::nn's own modules use their
+// children as they please (MultiheadAttention's out_proj), and the tracked
+// Sequential tracks its children itself.
+bool Backend::calls_untracked(ModuleRef parent, ModuleRef child) const {
+  const auto& p = checked_module(parent);
+  const auto& c = checked_module(child);
+  if (built_in(type_name(parent)) || dynamic_cast<const SequentialImpl*>(&p)) return false;
+  const auto type = c.name();
+  return built_in(type) && !holds_only(type) && !dynamic_cast<const TrackedModule*>(&c);
+}
+
 // Autograd numbers the nodes of one thread's forward in order (thread local).
 std::uint64_t Backend::graph_nodes_recorded() const { return at::sequence_number::peek(); }
 
@@ -254,6 +287,15 @@ std::string_view Backend::remedy(Diagnostic::Code code) noexcept {
     case untracked_gradients:
       return "A plain torch::nn holder, or ->forward on a plain module, is not tracked: track it "
              "(modtracker::libtorch::nn, MODTRACKER_MODULE, modtracker::libtorch::call)";
+    case untracked_child:
+      return "Declare it with modtracker::libtorch::nn (namespace nn = modtracker::libtorch::nn;) in place of "
+             "torch::nn, or call it through modtracker::libtorch::call (docs/tracking.md)";
+    case outside_parent:
+      return "To nest it, make the parent's method a tracked call: modtracker::libtorch::ForwardScope "
+             "call(*this, z); ...; call.finish(y); (docs/tracking.md)";
+    case untracked_parent:
+      return "Call the model through modtracker::libtorch::call(model, x), or declare it as a tracked module "
+             "(struct NetImpl : nn::Module {...}; MODTRACKER_MODULE(Net);) (docs/tracking.md)";
     case reentrant_forward:
     case unfinished_backward:
     case journal_overflow:

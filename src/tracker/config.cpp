@@ -97,6 +97,11 @@ void Engine::diagnose(Diagnostic d) {
   sink(d);
 }
 
+bool Engine::said(Diagnostic::Code code, const std::string& fqn) const {
+  std::lock_guard<std::mutex> lock(config_);
+  return said_.contains({code, fqn});
+}
+
 void Engine::diagnose_once(Diagnostic d) {
   {
     std::lock_guard<std::mutex> lock(config_);

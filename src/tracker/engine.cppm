@@ -103,6 +103,7 @@ class Engine final : public ForwardObserver {
 
   // scope.cpp: what a scope could not see
   void check_scope_end();
+  void say_outside_parent(std::uint32_t fqn, std::uint32_t parent);
   void first_call_seen();
 
   // journal.cpp: every transition goes to the journal and the listeners (state lock held).
@@ -117,6 +118,7 @@ class Engine final : public ForwardObserver {
   void diagnose(Diagnostic d);
   // Says `d` unless this tracker said the same code for the same fqn before.
   void diagnose_once(Diagnostic d);
+  [[nodiscard]] bool said(Diagnostic::Code code, const std::string& fqn) const;
   // The diagnostics collected under the state lock (naming), said after it.
   void say_pending();
   [[nodiscard]] std::shared_ptr<const ErasedHooks> hooks() const;

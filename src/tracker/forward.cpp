@@ -40,6 +40,7 @@ struct Engine::PendingEnter {
   std::uint32_t fqn = 0;
   bool reported = false;
   bool reentered = false;
+  std::uint32_t outside = 0;  // the parent it is named under, when that parent is not running
   bool stale = false;
   std::string_view name;  // read under the lock: the names may grow meanwhile
   bool naming_found = false;  // naming left diagnostics to say
@@ -107,6 +108,12 @@ void Engine::enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& c
   e.fqn = info.fqn;
   e.reported = info.reported;
   e.reentered = counts_.active(e.fqn) && !e.in_bw();
+  if (!info.root) {
+    const auto parent = names_.parent_of(e.fqn);
+    if (parent != global_id && counts_.count(parent, Phase::forward) == 0 && !e.in_bw() &&
+        names_.first_outside(e.fqn)) [[unlikely]]
+      e.outside = parent;
+  }
   counts_.add(e.fqn, Phase::forward);
   if (e.reported) record(Phase::forward, Kind::enter, e.fqn, call.depth, clock);
   if (e.reentered) e.name = names_.fqn(e.fqn);  // only the diagnostic needs it (a cold string)
@@ -131,6 +138,8 @@ EnterResult Engine::end_enter(const ForwardCall& call, PendingEnter& e) {
     diagnose({Diagnostic::Code::unfinished_backward, "",
               "a backward pass ended without running its end callbacks (did it throw?); "
               "its modules left backward when the next forward started"});
+  if (e.outside) [[unlikely]]
+    say_outside_parent(e.fqn, e.outside);
   if (e.reentered)
     diagnose({Diagnostic::Code::reentrant_forward, std::string(e.name),
               "module '" + std::string(e.name) + "' entered while already active; the module hierarchy may be wrong"});

@@ -69,6 +69,17 @@ class ModuleNames {
   void request_root_name(ModuleRef module, std::string name);
   /// Names every child below `module` not named yet (first name wins).
   void name_subtree(ModuleRef module, std::uint32_t fqn, const ErasedFilter& filter);
+  /// The fqn id of the module in whose calls a child runs: the parent it was
+  /// named under, or for a list's or dict's child that container's (global_id
+  /// for a root).
+  [[nodiscard]] std::uint32_t parent_of(std::uint32_t fqn) const noexcept { return parents_[fqn]; }
+  /// Was it named as the child of a framework layer (which may use it as it
+  /// pleases: MultiheadAttention's out_proj)?
+  [[nodiscard]] bool inside_layer(std::uint32_t fqn) const noexcept { return inside_layer_[fqn] != 0; }
+  /// True the first time only, per fqn: it ran outside its parent's call.
+  [[nodiscard]] bool first_outside(std::uint32_t fqn) noexcept { return std::exchange(outside_[fqn], std::uint8_t{1}) == 0; }
+  /// The roots named since the last call that the backend calls framework layers.
+  [[nodiscard]] std::vector<std::uint32_t> take_layer_roots() { return std::exchange(layer_roots_, {}); }
   /// HookBackend::gradient_stamp of the module named `fqn`, at the scope's
   /// start or its naming (cold: kept apart from the lookup's slots).
   [[nodiscard]] std::uint64_t& grad_stamp(std::uint32_t fqn) noexcept { return grad_stamps_[fqn]; }
@@ -100,6 +111,10 @@ class ModuleNames {
   std::unordered_map<std::string_view, std::uint32_t> ids_;
   std::vector<Owner> owners_;  // by fqn id
   std::vector<std::uint64_t> grad_stamps_;  // by fqn id
+  std::vector<std::uint32_t> parents_;      // by fqn id
+  std::vector<std::uint8_t> outside_;       // by fqn id: first_outside() answered
+  std::vector<std::uint8_t> inside_layer_;  // by fqn id
+  std::vector<std::uint32_t> layer_roots_;
   AddressMap<ModuleInfo> modules_;
   // Root names asked for, until the module is named (the weak handle tells a
   // freed module's request from the new module's at its address).

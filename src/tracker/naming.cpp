@@ -29,6 +29,9 @@ std::uint32_t ModuleNames::intern(std::string fqn) {
   ids_.emplace(names_.back(), id);
   owners_.emplace_back();
   grad_stamps_.emplace_back();
+  parents_.emplace_back(0);
+  outside_.push_back(0);
+  inside_layer_.push_back(0);
   return id;
 }
 
@@ -86,7 +89,15 @@ void ModuleNames::name_subtree(ModuleRef module, std::uint32_t fqn, const Erased
     }
     std::string child_fqn = names_[fqn];
     child_fqn.append(".").append(name);
-    name_subtree(child, remember(child, std::move(child_fqn), false, filter).fqn, filter);
+    const auto id = remember(child, std::move(child_fqn), false, filter).fqn;
+    parents_[id] = backend_.holds_only_modules(module) ? parents_[fqn] : fqn;
+    inside_layer_[id] = backend_.is_framework_layer(module) ? 1 : 0;
+    if (backend_.calls_untracked(module, child))
+      pending_.push_back({Diagnostic::Code::untracked_child, names_[id],
+                          "module '" + names_[id] + "' is called by '" + names_[fqn] +
+                              "' where the backend cannot see the call: its forward and backward are counted as '" +
+                              names_[fqn] + "''s own"});
+    name_subtree(child, id, filter);
   });
 }
 
@@ -109,6 +120,7 @@ const ModuleInfo& ModuleNames::name_root(ModuleRef module, std::uint64_t serial,
   }
   if (fqn.empty()) fqn = root_name_from_type(backend_.type_name(module));
   const auto id = remember(module, std::move(fqn), true, filter).fqn;
+  if (backend_.is_framework_layer(module)) layer_roots_.push_back(id);
   modules_.find(module.ptr)->serial = serial;
   name_subtree(module, id, filter);
   return *modules_.find(module.ptr);  // naming the subtree may have moved it

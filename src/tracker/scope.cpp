@@ -69,6 +69,22 @@ void Engine::first_call_seen() {
   if (!seen_call_.exchange(true)) (void)backend_.stop_watch(watch_);
 }
 
+// A child entered outside its parent's call (a method other than forward
+// that calls it, or the child used alone on purpose): information, once.
+void Engine::say_outside_parent(std::uint32_t fqn, std::uint32_t parent) {
+  std::string name, parent_name;
+  {
+    std::lock_guard<SpinLock> lock(state_);
+    name = names_.fqn(fqn);
+    parent_name = names_.fqn(parent);
+  }
+  diagnose({Diagnostic::Code::outside_parent, name,
+                 "module '" + name + "' ran outside a call of its parent '" + parent_name +
+                     "': its transitions are not nested in '" + parent_name +
+                     "' (a method of the parent other than forward that calls it is not a tracked call). If it is "
+                     "used alone on purpose, nothing is wrong"});
+}
+
 // Once per scope: work done without a tracked call, and parameters that got
 // gradients in a scope where their module never entered backward.
 void Engine::check_scope_end() {
@@ -80,17 +96,30 @@ void Engine::check_scope_end() {
                          ": the model's modules are not tracked"});
   }
   std::vector<std::pair<std::string, std::shared_ptr<const void>>> candidates;
+  std::string layer_roots;
+  std::size_t layers = 0;
   {
     std::lock_guard<SpinLock> lock(state_);
+    for (const auto id : names_.take_layer_roots()) {
+      layer_roots += (layers++ ? ", " : "") + names_.fqn(id);
+    }
     names_.for_each([&](const void* ptr, ModuleInfo& info) {
       if (counts_.backward_entries(info.fqn) != 0 || !info.weak_known) return;
+      // A framework layer that ran backward used its children's parameters itself.
+      if (names_.inside_layer(info.fqn) && counts_.backward_entries(names_.parent_of(info.fqn)) != 0) return;
       auto alive = info.weak.lock();
       if (!alive) return;
       const auto stamp = backend_.gradient_stamp(ModuleRef{ptr});
       if (stamp != 0 && stamp != names_.grad_stamp(info.fqn)) candidates.emplace_back(names_.fqn(info.fqn), std::move(alive));
     });
   }
+  if (layers >= 2)
+    diagnose_once({Diagnostic::Code::untracked_parent, "",
+                   "the layers " + layer_roots +
+                       " ran as roots in this scope: the call of the model that holds them was not tracked, so "
+                       "its name, its own work and their nesting are missing"});
   for (const auto& [fqn, module] : candidates) {
+    if (said(Diagnostic::Code::untracked_child, fqn)) continue;  // said already, at its naming
     if (!backend_.has_nonzero_gradient(ModuleRef{module.get()})) continue;  // zeroed, not computed
     diagnose_once({Diagnostic::Code::untracked_gradients, fqn,
                    "the parameters of '" + fqn + "' received gradients in this scope, but it never entered "

@@ -172,10 +172,13 @@ TEST_CASE("models as tutorials write them: an LSTM language model, hidden state 
       hidden = std::make_tuple(std::get<0>(state).detach(), std::get<1>(state).detach());
       output.sum().backward();
     }
-    (void)model->rnn->forward(torch::randn({5, 3, 8}));  // the LSTM's default hidden state
+    (void)model->rnn->forward(torch::randn({5, 3, 8}));  // the LSTM alone, with its default hidden state
   });
   INFO(diagnostics_text(seen));
-  CHECK(seen.diagnostics.empty());
+  // Calling the LSTM outside its parent is said once, as information.
+  REQUIRE(seen.diagnostics.size() == 1);
+  CHECK(seen.diagnostics[0].code == modtracker::Diagnostic::Code::outside_parent);
+  CHECK(seen.diagnostics[0].fqn == "RNNModel.rnn");
   using C = std::pair<int, int>;
   CHECK(seen.calls == std::map<std::string, C>{{"RNNModel", {3, 3}},
                                                {"RNNModel.encoder", {3, 3}},  // token ids in, but its weight needs a gradient

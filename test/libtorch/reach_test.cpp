@@ -64,6 +64,20 @@ struct PlainImpl : torch::nn::Module {
 };
 TORCH_MODULE(Plain);
 
+// A module of the user's own plain type (TORCH_MODULE), with a parameter.
+struct ScaleImpl : torch::nn::Module {
+  torch::Tensor w = register_parameter("w", torch::ones({4}));
+  torch::Tensor forward(const torch::Tensor& x) { return x * w; }
+};
+TORCH_MODULE(Scale);
+
+// Tracked, holding it.
+struct WrappedImpl : nn::Module {
+  Scale inner{register_module("inner", Scale())};
+  torch::Tensor forward(torch::Tensor x) { return inner->forward(x); }
+};
+MODTRACKER_MODULE(Wrapped);
+
 // Tracked, but with one child held by a plain torch::nn holder.
 struct HalfImpl : nn::Module {
   nn::Linear body{register_module("body", nn::Linear(4, 4))};
@@ -224,8 +238,24 @@ TEST_CASE("diagnostics: parameters that got gradients in a scope where their mod
     model(torch::randn({2, 4})).sum().backward();
   }
   INFO(diags.text());
-  REQUIRE(diags.count(Code::untracked_gradients) == 1);
+  // A plain holder in a tracked module is said when the module is first
+  // named, and not again when its parameters get gradients.
+  REQUIRE(diags.all.size() == 1);
+  CHECK(diags.all[0].code == Code::untracked_child);
   CHECK(diags.all[0].fqn == "Half.head");
+  // A child of the user's own plain type (TORCH_MODULE), called with ->forward:
+  // nothing tells at naming; its parameters' gradients do, at the scope's end.
+  Wrapped wrapped;
+  lt::Tracker other;
+  Diagnostics other_diags(other);
+  {
+    auto scope = other.track();
+    wrapped(torch::randn({2, 4})).sum().backward();
+  }
+  INFO(other_diags.text());
+  REQUIRE(other_diags.all.size() == 1);
+  CHECK(other_diags.all[0].code == Code::untracked_gradients);
+  CHECK(other_diags.all[0].fqn == "Wrapped.inner");
   // Silent when every module is tracked, and when gradients are only zeroed.
   Net net;
   lt::Tracker clean;

@@ -38,6 +38,9 @@ class Backend final : public HookBackend {
   void at_end_of_backward(std::function<void()> fn) override;
   [[nodiscard]] bool holds_values(ValuesRef values) const override;
   [[nodiscard]] std::uint64_t graph_nodes_recorded() const override;
+  [[nodiscard]] bool is_framework_layer(ModuleRef module) const override;
+  [[nodiscard]] bool holds_only_modules(ModuleRef module) const override;
+  [[nodiscard]] bool calls_untracked(ModuleRef parent, ModuleRef child) const override;
   [[nodiscard]] std::uint64_t gradient_stamp(ModuleRef module) const override;
   [[nodiscard]] bool has_nonzero_gradient(ModuleRef module) const override;
   std::uint64_t start_watch() override;
