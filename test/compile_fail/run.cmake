@@ -19,4 +19,8 @@ endif()
 if(NOT out MATCHES "${EXPECT}")
   message(FATAL_ERROR "${TARGET} failed without a diagnostic matching '${EXPECT}':\n${out}")
 endif()
+# With NO_LIBRARY_ERRORS, no error may come from inside the library's headers (a cascade).
+if(NO_LIBRARY_ERRORS AND out MATCHES "modtracker/[a-z_/]+\\.hpp:[0-9]+:[0-9]+: error")
+  message(FATAL_ERROR "${TARGET} failed with errors inside the library's headers:\n${out}")
+endif()
 message(STATUS "${TARGET}: refused as expected")
