@@ -150,6 +150,9 @@ int main(int argc, char** argv) {
                 "bare callback's)   profiler (FLOPs, memory) +%.1f ns\n",
                 t.op_ns, t.op_bare_callback_ns - t.op_ns, t.op_flop_counter_ns - t.op_ns,
                 (t.op_flop_counter_ns - t.op_ns) / (t.op_bare_callback_ns - t.op_ns), t.op_profiler_ns - t.op_ns);
+    std::printf("  operator, scope with no tracked call yet (the watch) +%.1f ns   (a bare callback without inputs "
+                "+%.1f ns)\n",
+                t.op_watch_ns - t.op_watch_base_ns, t.op_bare_no_inputs_ns - t.op_watch_base_ns);
     std::printf("  training step, demo model     tracked %6.1f us   + MemoryTracker %+.1f%%   + FlopCounter %+.1f%%   "
                 "+ both %+.1f%%   (+ a bare callback %+.1f%%)\n",
                 t.step_us, 100 * (t.step_memory_us / t.step_us - 1), 100 * (t.step_flops_us / t.step_us - 1),

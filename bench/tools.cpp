@@ -109,6 +109,29 @@ ToolCosts tool_costs(const Options& options) {
     out.op_flop_counter_ns = best[2];
     out.op_profiler_ns = best[3];
   }
+  {
+    // The watch of a scope that has seen no tracked call yet, against a bare
+    // callback on the same scopes without inputs (its floor).
+    lt::Tracker idle;
+    const auto best = rounds(options.runs, {[&] { return op_loop(); },
+                                            [&] {
+                                              const auto handle = at::addGlobalCallback(
+                                                  at::RecordFunctionCallback(&bare_callback).scopes(
+                                                      {at::RecordScope::FUNCTION, at::RecordScope::BACKWARD_FUNCTION}));
+                                              const double ns = op_loop();
+                                              at::removeCallback(handle);
+                                              return ns;
+                                            },
+                                            [&] {
+                                              auto scope = idle.track();
+                                              const double ns = op_loop();
+                                              probe(nothing);  // ends the watch: no diagnostic
+                                              return ns;
+                                            }});
+    out.op_watch_base_ns = best[0];
+    out.op_bare_no_inputs_ns = best[1];
+    out.op_watch_ns = best[2];
+  }
 
   // A training step of the demo's model: tracked alone, with each tool, with both.
   torch::manual_seed(0);
