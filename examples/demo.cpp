@@ -332,7 +332,9 @@ int main(int argc, char** argv) {
   if (!distributed) trace.emplace(trace_file, "modtracker-demo " + model_name);
   std::optional<lt::FlopCounter> flops;
   std::optional<lt::MemoryTracker> memory;
+  std::optional<lt::BackwardTimer> backward_time;  // bw times by the modules' own autograd nodes
   if (tools) {
+    backward_time.emplace(tracker);
     flops.emplace(tracker);
     memory.emplace(tracker);
     memory->track(*model->module);
@@ -380,6 +382,7 @@ int main(int argc, char** argv) {
     if (tools) {
       flops->reset();
       memory->reset();
+      backward_time->reset();
     }
     const auto t0 = std::chrono::steady_clock::now();
     for (step = 1; step <= steps; ++step) {
@@ -409,6 +412,7 @@ int main(int argc, char** argv) {
     if (trace) lt::annotate(*trace, *memory);
     lt::annotate(stats, *flops);
     lt::annotate(stats, *memory);
+    lt::annotate(stats, *backward_time);
   }
   if (distributed) return report_ranks(*job, tracker, stats, spans, params, failure, table, trace_path, tty);
   trace->finish();

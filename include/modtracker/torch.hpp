@@ -8,6 +8,7 @@
 //   libtorch/stats.hpp       LibTorch tools: parameters and output shapes for the statistics
 //   libtorch/attribution.hpp whom the tools charge backward work to
 //   libtorch/flops.hpp       FlopCounter: FLOPs per module and operator
+//   libtorch/backward_time.hpp BackwardTimer: backward time per module, by its autograd nodes
 //   libtorch/memory.hpp      MemoryTracker: memory per module, phase and category
 #pragma once
 
@@ -22,6 +23,7 @@
 #include <modtracker/libtorch/stats.hpp>
 #include <modtracker/libtorch/attribution.hpp>
 #include <modtracker/libtorch/flops.hpp>
+#include <modtracker/libtorch/backward_time.hpp>
 #include <modtracker/libtorch/memory.hpp>
 
 import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats

@@ -25,6 +25,8 @@ struct NodeFrame {
   RunningNode node;
   std::uint64_t made_from;  // this thread's node counter at the node's start
   bool grad_mode;           // the node builds a graph (create_graph): its nodes are its owner's
+  std::chrono::steady_clock::time_point start{};  // timed nodes only
+  std::chrono::nanoseconds inner{};               // the nodes run inside it
 };
 thread_local std::vector<NodeFrame> node_stack;
 // The node that ended last on this thread: the engine's work on its outputs
@@ -45,9 +47,14 @@ std::map<std::pair<std::uint64_t, std::uint64_t>, Derived> derived;  // (made_on
 std::deque<std::pair<std::uint64_t, std::uint64_t>> derived_order;   // the latest 65536 ranges are kept
 std::atomic<bool> any_derived{false};
 
+std::mutex listeners_mutex;
+std::vector<NodeListener*> listeners;
+std::atomic<bool> timing{false};
+
 std::unique_ptr<at::ObserverContext> node_started(const at::RecordFunction& fn) {
   node_stack.push_back({{fn.forwardThreadId(), fn.seqNr(), node_serials.fetch_add(1, std::memory_order_relaxed)},
                         at::sequence_number::peek(), at::GradMode::is_enabled()});
+  if (timing.load(std::memory_order_relaxed)) node_stack.back().start = std::chrono::steady_clock::now();
   return nullptr;
 }
 
@@ -56,6 +63,12 @@ void node_ended(const at::RecordFunction&, at::ObserverContext*) {
   const auto frame = node_stack.back();
   node_stack.pop_back();
   last_node = frame.node;
+  if (timing.load(std::memory_order_relaxed) && frame.start != std::chrono::steady_clock::time_point{}) {
+    const auto ran = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - frame.start);
+    if (!node_stack.empty()) node_stack.back().inner += ran;
+    std::lock_guard<std::mutex> lock(listeners_mutex);
+    for (auto* l : listeners) l->on_node(frame.node, ran - frame.inner);
+  }
   const auto now = at::sequence_number::peek();
   if (!frame.grad_mode || now == frame.made_from || frame.node.sequence < 0) return;
   const std::pair key{at::RecordFunction::currentThreadId(), frame.made_from};
@@ -80,6 +93,18 @@ const RunningNode* running_node() noexcept {
   if (last_node.serial != 0 && torch::autograd::get_current_graph_task_exec_info()) return &last_node;
   last_node.serial = 0;  // the pass is over
   return nullptr;
+}
+
+void add_node_listener(NodeListener& listener) {
+  std::lock_guard<std::mutex> lock(listeners_mutex);
+  listeners.push_back(&listener);
+  timing.store(true, std::memory_order_relaxed);
+}
+
+void remove_node_listener(NodeListener& listener) {
+  std::lock_guard<std::mutex> lock(listeners_mutex);
+  std::erase(listeners, &listener);
+  timing.store(!listeners.empty(), std::memory_order_relaxed);
 }
 
 NodeWatch::NodeWatch() {

@@ -14,6 +14,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -34,6 +35,19 @@ struct RunningNode {
   std::uint64_t serial;    // one per execution in the process: tells two runs of one node apart
 };
 [[nodiscard]] const RunningNode* running_node() noexcept;
+
+/// Told of each node execution's end, on the thread that ran it, with the
+/// time the node ran less the nodes run inside it (reentrant backward).
+class NodeListener {
+ public:
+  virtual void on_node(const RunningNode& node, std::chrono::nanoseconds own_time) = 0;
+
+ protected:
+  ~NodeListener() = default;
+};
+/// Nodes are timed only while a listener is added (two clock reads a node).
+void add_node_listener(NodeListener& listener);
+void remove_node_listener(NodeListener& listener);
 
 /// Keeps the process's one BACKWARD_FUNCTION callback installed while any lives.
 class NodeWatch {
@@ -67,6 +81,8 @@ class Provenance {
   [[nodiscard]] std::uint32_t owner_now();
   /// The activation innermost on this thread's forward stack (none if empty).
   [[nodiscard]] std::uint32_t innermost() const;
+  /// The activation whose forward made `node` (none: Global's).
+  [[nodiscard]] std::uint32_t owner_of(const RunningNode& node) { return lookup(node.forward_thread, node.sequence); }
   [[nodiscard]] const Activation& activation(std::uint32_t a) const { return activations_[a]; }
   /// The modules of `a` and its ancestors, innermost first, each once.
   template <class F>

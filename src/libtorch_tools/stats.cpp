@@ -88,6 +88,18 @@ void annotate(Statistics& stats, const FlopCounter& flops) {
   }
 }
 
+void annotate(Statistics& stats, const BackwardTimer& timer) {
+  const auto times = timer.times();
+  for (const auto& [fqn, t] : times)
+    if (fqn != "Global") stats.at(fqn);
+  for (const auto* row : stats.rows()) {
+    auto& r = stats.at(row->fqn);
+    const auto it = times.find(r.fqn);
+    r.bw_inclusive = it == times.end() ? std::chrono::nanoseconds{} : it->second.inclusive;
+    r.bw_exclusive = it == times.end() ? std::chrono::nanoseconds{} : it->second.exclusive;
+  }
+}
+
 void annotate(Statistics& stats, const MemoryTracker& memory) {
   const auto all = memory.modules();
   for (const auto& [fqn, phases] : all) stats.at(fqn);

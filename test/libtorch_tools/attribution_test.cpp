@@ -265,3 +265,42 @@ TEST_CASE("attribution: memory allocated by a branch's nodes goes to that branch
   CHECK(block > own);
   CHECK(block <= block_by_span);
 }
+
+TEST_CASE("attribution: backward time is the time of each module's own nodes, and sums to the time in nodes") {
+  torch::manual_seed(0);
+  Net net;
+  lt::Tracker tracker;
+  lt::BackwardTimer timer(tracker);
+  modtracker::Statistics stats;
+  {
+    auto scope = tracker.track();
+    for (int i = 0; i < 2; ++i) net(torch::randn({1, 3, 8, 8})).sum().backward();
+  }
+  stats.consume_all(tracker.drain_transitions());
+  const auto times = timer.times();
+  // Each convolution made one node per step; the block its relu's and its sum's.
+  const std::map<std::string, std::uint64_t> nodes{
+      {"Net.stem", 2}, {"Net.block.conv1", 2}, {"Net.block.conv2", 2}, {"Net.block.downsample", 2}, {"Net.block", 4}};
+  for (const auto& [fqn, n] : nodes) {
+    CAPTURE(fqn);
+    REQUIRE(times.contains(fqn));
+    CHECK(times.at(fqn).nodes == n);
+    CHECK(times.at(fqn).exclusive.count() > 0);
+  }
+  CHECK(times.at("Net").nodes == 0);
+  CHECK(times.at("Net").exclusive.count() == 0);
+  const auto incl = [&](const char* fqn) { return times.at(fqn).inclusive; };
+  CHECK(incl("Net.block.downsample") == times.at("Net.block.downsample").exclusive);
+  CHECK(incl("Net.block") ==
+        times.at("Net.block").exclusive + incl("Net.block.conv1") + incl("Net.block.conv2") + incl("Net.block.downsample"));
+  CHECK(incl("Net") == incl("Net.stem") + incl("Net.block"));
+  std::chrono::nanoseconds sum{};
+  for (const auto& [fqn, t] : times) sum += t.exclusive;
+  CHECK(sum == timer.total());
+  CHECK(incl("Global") == timer.total());
+  // In the table: the nodes' times replace the spans'.
+  lt::annotate(stats, timer);
+  CHECK(stats.find("Net.block.downsample")->bw_exclusive == times.at("Net.block.downsample").exclusive);
+  CHECK(stats.find("Net")->bw_inclusive == incl("Net"));
+  CHECK(stats.total(Phase::backward) == timer.total() - times.at("Global").exclusive);
+}

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <modtracker/libtorch/backend.hpp>
+#include <modtracker/libtorch/backward_time.hpp>
 #include <modtracker/libtorch/flops.hpp>
 #include <modtracker/libtorch/memory.hpp>
 
@@ -45,6 +46,9 @@ void annotate(Statistics& stats, const Tracker& tracker, const torch::nn::Module
 /// Adds the FLOPs of each phase to every row, and a row for each module the
 /// counter saw: the table gains its "fw FLOPs" and "bw FLOPs" columns.
 void annotate(Statistics& stats, const FlopCounter& flops);
+/// Sets each module's backward inclusive and exclusive time to the time of
+/// its autograd nodes (and its descendants'), instead of its backward spans'.
+void annotate(Statistics& stats, const BackwardTimer& timer);
 /// Adds each module's forward and backward peaks and kept bytes: the table
 /// gains its "fw peak", "kept" and "bw peak" columns.
 void annotate(Statistics& stats, const MemoryTracker& memory);
