@@ -21,12 +21,12 @@
 #include <string>
 #include <string_view>
 #include <typeinfo>
+#include <vector>
 
 #include "libtorch/passes.hpp"
 #include "modtracker/libtorch/backend.hpp"
 #include "modtracker/libtorch/calls.hpp"
 #include "modtracker/libtorch/sequential.hpp"
-#include "libtorch/jit_calls.hpp"
 
 // `modtracker` first: clang 16 then merges the std headers of both modules cleanly.
 import modtracker;
@@ -241,8 +241,34 @@ std::string Backend::stop_watch(std::uint64_t watch) {
   return report;
 }
 
-void Backend::scope_starting() { jit::detail::scope_started(); }
-void Backend::scope_ending() { jit::detail::scope_ended(); }
+namespace {
+struct ScopeObservers {
+  std::mutex mutex;
+  std::vector<ScopeObserver*> all;
+};
+ScopeObservers& scope_observers() {
+  static auto* o = new ScopeObservers;  // never freed: scopes may end during static destruction
+  return *o;
+}
+std::vector<ScopeObserver*> observers_now() {
+  auto& o = scope_observers();
+  std::lock_guard<std::mutex> lock(o.mutex);
+  return o.all;
+}
+}  // namespace
+
+void Backend::add_scope_observer(ScopeObserver& observer) {
+  auto& o = scope_observers();
+  std::lock_guard<std::mutex> lock(o.mutex);
+  o.all.push_back(&observer);
+}
+
+void Backend::scope_starting() {
+  for (auto* o : observers_now()) o->scope_starting();
+}
+void Backend::scope_ending() {
+  for (auto* o : observers_now()) o->scope_ending();
+}
 
 
 namespace {

@@ -15,6 +15,18 @@ import modtracker.libtorch;  // modtracker and modtracker.backend
 
 namespace modtracker::libtorch {
 
+/// Told when a tracking scope starts and ends (the TorchScript part follows
+/// its calls across them). Observers live as long as the process.
+class ScopeObserver {
+ public:
+  virtual void scope_starting() = 0;
+  /// On the thread that ends the scope.
+  virtual void scope_ending() noexcept = 0;
+
+ protected:
+  ~ScopeObserver() = default;
+};
+
 /// Gradient hooks with one dispatcher per autograd node (events that share a
 /// tensor run in GradOrder), the engine's exec info for "will this pass
 /// compute it", and queue_callback for the end of a pass.
@@ -47,6 +59,8 @@ class Backend final : public HookBackend {
   std::string stop_watch(std::uint64_t watch) override;
   void scope_starting() override;
   void scope_ending() override;
+  /// Adds an observer of every scope from now on, for the process's lifetime.
+  void add_scope_observer(ScopeObserver& observer);
 
   /// What a LibTorch user does about a diagnostic (Tracker<Backend> adds it
   /// to the engine's account of what happened).

@@ -62,4 +62,15 @@ void instrument(torch::jit::Module& model);
 /// The stand-in `m` is, or null for an eager module.
 [[nodiscard]] const ScriptedModule* as_scripted(const torch::nn::Module& m) noexcept;
 
+namespace detail {
+/// The file that registers the `modtracker::` operators (enter, exit) with
+/// LibTorch. Every file that includes this header calls it once at start-up,
+/// so a program using modtracker's TorchScript support links that file and
+/// loads instrumented models even if it never calls instrument().
+bool link_operators() noexcept;
+namespace {
+[[maybe_unused]] const bool operators_linked = link_operators();
+}
+}  // namespace detail
+
 }  // namespace modtracker::libtorch::jit

@@ -1,0 +1,124 @@
+// Editing the method graphs: instrument() puts into every method of every
+// TorchScript class of a model, once, a `modtracker::enter(self, inputs)` at
+// its start and a `modtracker::exit(self, outputs)` before its return
+// (calls.cpp runs them).
+#include <torch/torch.h>
+#include <torch/script.h>
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <stdexcept>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "libtorch/jit/jit.hpp"
+
+namespace modtracker::libtorch::jit {
+
+namespace {
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+
+const c10::Symbol enter_symbol = c10::Symbol::fromQualString("modtracker::enter");
+const c10::Symbol exit_symbol = c10::Symbol::fromQualString("modtracker::exit");
+const c10::Symbol enter1_symbol = c10::Symbol::fromQualString("modtracker::enter1");
+const c10::Symbol exit1_symbol = c10::Symbol::fromQualString("modtracker::exit1");
+
+// --- the graphs
+bool instrumented(const Graph& g) {
+  for (const auto* n : g.nodes())
+    if (n->kind() == enter_symbol || n->kind() == enter1_symbol) return true;
+  return false;
+}
+
+// `op` (enter or exit) over `tensors`, at the insertion point: what replaces them.
+std::vector<Value*> pass(Graph& g, bool enter, Value* self, const std::vector<Value*>& tensors) {
+  if (tensors.size() == 1) {
+    auto* call = g.insertNode(g.create(enter ? enter1_symbol : exit1_symbol, {self, tensors[0]}, 1));
+    call->output()->setType(tensors[0]->type());
+    return {call->output()};
+  }
+  auto* list = g.insertNode(g.createList(c10::TensorType::get(), tensors))->output();
+  auto* call = g.insertNode(g.create(enter ? enter_symbol : exit_symbol, {self, list}, 1));
+  call->output()->setType(c10::ListType::ofTensors());
+  auto* unpack = g.insertNode(g.createListUnpack(call->output(), tensors.size()));
+  return {unpack->outputs().begin(), unpack->outputs().end()};
+}
+
+bool is_tensor(const Value* v) { return v->type()->cast<c10::TensorType>() != nullptr; }
+
+void instrument_graph(Graph& g, const std::string& where) {
+  if (g.inputs().empty()) throw std::invalid_argument("modtracker: " + where + " has no self");
+  if (g.outputs().size() != 1) throw std::invalid_argument("modtracker: " + where + " does not return one value");
+  auto* self = g.inputs()[0];
+  std::vector<Value*> inputs;
+  for (std::size_t i = 1; i < g.inputs().size(); ++i)
+    if (is_tensor(g.inputs()[i])) inputs.push_back(g.inputs()[i]);
+  {
+    torch::jit::WithInsertPoint at_start(g.block()->nodes().front());
+    const auto passed = pass(g, true, self, inputs);
+    for (std::size_t k = 0; k < inputs.size(); ++k)
+      inputs[k]->replaceAllUsesAfterNodeWith(passed[k]->node(), passed[k]);
+  }
+  torch::jit::WithInsertPoint at_return(g.return_node());
+  auto* out = g.outputs()[0];
+  if (is_tensor(out)) {
+    g.return_node()->replaceInput(0, pass(g, false, self, {out})[0]);
+  } else if (const auto tuple = out->type()->cast<c10::TupleType>()) {
+    auto* parts = g.insertNode(g.createTupleUnpack(out));
+    std::vector<Value*> elements(parts->outputs().begin(), parts->outputs().end()), tensors;
+    for (auto* e : elements)
+      if (is_tensor(e)) tensors.push_back(e);
+    const auto passed = pass(g, false, self, tensors);
+    for (std::size_t i = 0, k = 0; i < elements.size(); ++i)
+      if (is_tensor(elements[i])) elements[i] = passed[k++];
+    auto* rebuilt = g.insertNode(g.createTuple(elements, tuple->schema() ? tuple : nullptr));
+    g.return_node()->replaceInput(0, rebuilt->output());
+  } else {
+    pass(g, false, self, {});  // a module call all the same (no tensor out: no backward)
+  }
+}
+
+// torch::jit::freeze drops the `training` attribute (Python-scripted modules
+// have it, C++-built ones may not) and folds the parameters into constants.
+bool frozen(const torch::jit::Module& model) {
+  if (model.hasattr("training")) return false;
+  const auto forward = model.find_method("forward");
+  if (!forward) return false;
+  for (const auto* n : torch::jit::toGraphFunction(forward->function()).graph()->nodes())
+    if (n->kind() == c10::prim::Constant && n->output()->type()->cast<c10::TensorType>()) return true;
+  return false;
+}
+}  // namespace
+
+void instrument(torch::jit::Module& model) {
+  if (frozen(model))
+    throw std::invalid_argument("modtracker: cannot instrument a frozen TorchScript model (torch::jit::freeze, or "
+                                "saved after freezing): its submodules are gone. Instrument it before freezing");
+  std::unordered_set<const c10::ClassType*> done;
+  for (const auto& m : model.modules()) {
+    const auto type = m.type();
+    if (!done.insert(type.get()).second) continue;
+    // forward and the other methods (a parent's self.encoder.encode(x) is a
+    // call of encoder); not the special ones (__getstate__, ...).
+    for (const auto& method : m.get_methods()) {
+      if (method.name().starts_with("__")) continue;
+      auto& fn = torch::jit::toGraphFunction(method.function());
+      auto& g = *fn.graph();
+      if (instrumented(g)) continue;
+      instrument_graph(g, "method " + method.name() + " of " + type->repr_str());
+      fn.clear_optimized_graphs();  // callers inline the edited graph
+    }
+  }
+  (void)detail::stand_in(model._ivalue());
+  detail::observe_scopes(/*instrumented=*/true);
+}
+
+bool is_instrumented(const torch::jit::Module& model) {
+  const auto forward = model.find_method("forward");
+  return forward && instrumented(*torch::jit::toGraphFunction(forward->function()).graph());
+}
+
+}  // namespace modtracker::libtorch::jit
