@@ -98,6 +98,10 @@ class ModuleNames {
     const void* module = nullptr;
     std::uint64_t generation = 0;
   };
+  // The module in whose calls the children of `module` (named `fqn`) run.
+  [[nodiscard]] std::uint32_t runs_in(ModuleRef module, std::uint32_t fqn) const {
+    return backend_.holds_only_modules(module) ? parents_[fqn] : fqn;
+  }
   // A new root (or a new module at a freed one's address, which takes over its entry).
   const ModuleInfo& name_root(ModuleRef module, std::uint64_t serial, const ErasedFilter& filter);
   const ModuleInfo& remember(ModuleRef module, std::string fqn, bool root, const ErasedFilter& filter);

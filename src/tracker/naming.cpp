@@ -85,12 +85,15 @@ void ModuleNames::name_subtree(ModuleRef module, std::uint32_t fqn, const Erased
              "module '" + names_[known->fqn] + "' ran as a root before its parent '" + names_[fqn] +
                  "' was tracked, so it keeps that name instead of '" + names_[fqn] + "." + std::string(name) +
                  "'. A call between them is not tracked"});
+      // Registered under a second parent too (a shared layer): it runs in
+      // either's calls, so no one parent's call is its place.
+      if (!known->root && parents_[known->fqn] != runs_in(module, fqn)) parents_[known->fqn] = global_id;
       return;  // the first name wins
     }
     std::string child_fqn = names_[fqn];
     child_fqn.append(".").append(name);
     const auto id = remember(child, std::move(child_fqn), false, filter).fqn;
-    parents_[id] = backend_.holds_only_modules(module) ? parents_[fqn] : fqn;
+    parents_[id] = runs_in(module, fqn);
     inside_layer_[id] = backend_.is_framework_layer(module) ? 1 : 0;
     if (backend_.calls_untracked(module, child))
       pending_.push_back({Diagnostic::Code::untracked_child, names_[id],

@@ -146,3 +146,22 @@ TEST_CASE("reach: a parent without a holder, whose layers run as roots, is said 
   CHECK(fixed_said.fqns(Code::untracked_parent).empty());
   CHECK(fixed.known_fqn(*model.fc2) == "Net.fc2");
 }
+
+#include "../examples/models.hpp"
+
+TEST_CASE("reach: the demo's models (a ModuleList of blocks sharing a layer, a ModuleDict, Sequentials) say nothing") {
+  torch::manual_seed(0);
+  models::Classifier classifier;
+  models::ConvNet convnet;
+  lt::Tracker tracker;
+  Said said(tracker);
+  {
+    auto scope = tracker.track();
+    for (int i = 0; i < 2; ++i) {
+      classifier(torch::randn({4, 16})).sum().backward();
+      convnet(torch::randn({2, 1, 12, 12})).sum().backward();
+    }
+  }
+  INFO(said.text());
+  CHECK(said.all.empty());
+}
