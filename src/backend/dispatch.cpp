@@ -9,7 +9,7 @@ module;
 #include <string>
 #include <utility>
 
-#include "detail/sections.hpp"
+#include "backend/sections.hpp"
 module modtracker.backend;
 
 namespace modtracker {

@@ -1,7 +1,7 @@
 // The read/write section protocol (sections.hpp): readers mark their own
 // thread's slot, the rare writer makes every slot visible with membarrier(2)
 // and waits for the readers to leave.
-#include "detail/sections.hpp"
+#include "backend/sections.hpp"
 
 #include <atomic>
 #include <cstdint>

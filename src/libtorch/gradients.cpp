@@ -24,9 +24,9 @@
 
 #include <gsl/gsl>
 
-#include "detail/pool.hpp"
-#include "detail/small_vector.hpp"
-#include "detail/spin_lock.hpp"
+#include "backend/pool.hpp"
+#include "libtorch/small_vector.hpp"
+#include "backend/spin_lock.hpp"
 #include "libtorch/passes.hpp"
 #include "modtracker/libtorch/tensors.hpp"
 

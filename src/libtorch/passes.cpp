@@ -12,7 +12,7 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "detail/spin_lock.hpp"
+#include "backend/spin_lock.hpp"
 #include "libtorch/passes.hpp"
 
 namespace modtracker::libtorch::detail {

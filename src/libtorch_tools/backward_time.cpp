@@ -11,7 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "detail/spin_lock.hpp"
+#include "backend/spin_lock.hpp"
 #include "libtorch_tools/provenance.hpp"
 #include "modtracker/libtorch/backward_time.hpp"
 

@@ -22,7 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "detail/spin_lock.hpp"
+#include "backend/spin_lock.hpp"
 #include "libtorch_tools/provenance.hpp"
 #include "modtracker/libtorch/flops.hpp"
 

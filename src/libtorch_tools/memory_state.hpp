@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include "detail/spin_lock.hpp"
+#include "backend/spin_lock.hpp"
 #include "libtorch_tools/provenance.hpp"
 #include "modtracker/libtorch/backend.hpp"
 #include "modtracker/libtorch/memory.hpp"

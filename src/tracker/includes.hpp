@@ -33,9 +33,9 @@
 
 #include <gsl/gsl>
 
-#include "detail/address_map.hpp"
-#include "detail/clock.hpp"
-#include "detail/pool.hpp"
-#include "detail/prefetch.hpp"
-#include "detail/sections.hpp"
-#include "detail/spin_lock.hpp"
+#include "tracker/address_map.hpp"
+#include "tracker/clock.hpp"
+#include "backend/pool.hpp"
+#include "tracker/prefetch.hpp"
+#include "backend/sections.hpp"
+#include "backend/spin_lock.hpp"

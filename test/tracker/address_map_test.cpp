@@ -1,7 +1,7 @@
 // The engine's module lookup (a private container, tested directly).
 #include <vector>
 
-#include "detail/address_map.hpp"
+#include "tracker/address_map.hpp"
 
 #include <doctest/doctest.h>
 

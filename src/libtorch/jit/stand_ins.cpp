@@ -9,7 +9,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "detail/spin_lock.hpp"
+#include "backend/spin_lock.hpp"
 #include "libtorch/jit/jit.hpp"
 
 namespace modtracker::libtorch::jit {

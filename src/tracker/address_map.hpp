@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "detail/prefetch.hpp"
+#include "tracker/prefetch.hpp"
 
 namespace modtracker::detail {
 
