@@ -1,5 +1,5 @@
-// The tracker's surface: transitions with std and range-v3 views, the
-// journal's bounds, walks, bad input, scopes ended at odd moments, and no
+// The tracker's surface (src/tracker/tracker.cpp, journal.cpp): transitions
+// with std and range-v3 views, the journal's bounds, bad input, and no
 // allocation per enter/exit.
 #include <algorithm>
 #include <chrono>
@@ -116,18 +116,6 @@ TEST_CASE("transitions: a full journal drops the oldest and reports how many") {
   CHECK_THROWS_AS(ReferenceTracker(b, TrackerOptions{.journal_capacity = 0}), std::invalid_argument);
 }
 
-TEST_CASE("walk: yields (fqn, module) pre-order") {
-  Backend b;
-  auto root = b.module("NetImpl", {{"a", b.module("A", {{"x", b.module("X")}})}, {"b", b.module("B")}});
-  ReferenceTracker t(b);
-  V names;
-  for (const auto& [fqn, ref] : t.walk(*root)) {
-    names.push_back(fqn);
-    CHECK(ref);
-  }
-  CHECK(names == V{"Net", "Net.a", "Net.a.x", "Net.b"});
-}
-
 TEST_CASE("bad input: null and foreign modules, removed handles, exits without enters") {
   Backend b, other;
   auto foreign = other.module("Linear");
@@ -168,82 +156,6 @@ TEST_CASE("bad input: null and foreign modules, removed handles, exits without e
   refused.remove();
   CHECK_FALSE(refused.active());
   CHECK(attempts == 2);
-}
-
-TEST_CASE("a tracking scope cannot be ended from inside one of its own hooks") {
-  Backend b;
-  auto lin = b.module("Linear");
-  ReferenceTracker t(b);
-  auto scope = std::make_unique<ReferenceTracker::Scope>(t.track());
-  t.register_user_hooks([&](Module&, const Values&) { scope->end(); });
-  CHECK_THROWS_WITH_AS(b.call(*lin, {b.value(false)}), doctest::Contains("inside one of its own hooks"),
-                       std::logic_error);
-  CHECK(join(t.parents()) == "Global");
-  t.clear_user_hooks();
-  CHECK_NOTHROW(b.call(*lin, {b.value(false)}));
-  // The refused end lost nothing: the scope is still active and tracking, and ends normally.
-  CHECK(scope->active());
-  CHECK(t.tracking());
-  CHECK(transitions(t) == V{"fw enter Linear", "fw exit Linear", "fw enter Linear", "fw exit Linear"});
-  scope->end();
-  CHECK_FALSE(t.tracking());
-  b.call(*lin, {b.value(false)});
-  CHECK(transitions(t).empty());
-}
-
-TEST_CASE("a tracker may start inside another tracker's hook: it sees the calls from then on") {
-  Backend b;
-  auto outer = b.module("Outer");
-  auto inner = b.module("Inner");
-  ReferenceTracker t(b), late(b);
-  std::optional<ReferenceTracker::Scope> late_scope;
-  t.register_user_hooks([&](Module& m, const Values&) {
-    if (&m == outer.get() && !late_scope) late_scope.emplace(late.track());
-  });
-  auto scope = t.track();
-  b.call(*outer, {b.value(false)}, [&](const Values& v) { return b.call(*inner, v, [](const Values& x) { return x; }); });
-  CHECK(late.tracking());
-  // It started inside Outer's pre hooks, so it saw Outer's enter too (the
-  // dispatcher runs the observers present when it reaches them) and its exit.
-  CHECK(transitions(late) == V{"fw enter Outer", "fw enter Inner", "fw exit Inner", "fw exit Outer"});
-  CHECK(join(late.parents()) == "Global");
-  late_scope.reset();
-}
-
-TEST_CASE("a scope may end inside one of its backward hooks: it does not wait for itself, later events do nothing") {
-  Backend b;
-  auto lin = b.module("Linear");
-  ReferenceTracker t(b);
-  auto scope = std::make_unique<ReferenceTracker::Scope>(t.track());
-  int pre_bw = 0, post_bw = 0;
-  t.register_user_hooks(modtracker::no_hook, modtracker::no_hook,
-                        [&](Module*, const Values&) {
-                          ++pre_bw;
-                          scope->end();  // would deadlock if the end waited for this very callback
-                        },
-                        [&](Module*, const Values&) { ++post_bw; });
-  const auto x = b.value(true);
-  const auto y = b.call(*lin, {x}, [&](const Values& in) { return Values{b.op(in)}; });
-  b.backward({y[0], x});
-  CHECK(pre_bw == 1);
-  CHECK(post_bw == 0);  // the exit came after the scope ended
-  CHECK_FALSE(t.tracking());
-  auto again = t.track();
-  CHECK(join(t.parents()) == "Global");
-}
-
-TEST_CASE("the scope may end inside a module's forward: the pending exit is skipped, not misapplied") {
-  Backend b;
-  auto lin = b.module("Linear");
-  ReferenceTracker t(b);
-  auto scope = t.track();
-  b.call(*lin, {b.value(true)}, [&](const Values& x) {
-    scope.end();
-    return x;
-  });
-  CHECK(transitions(t) == V{"fw enter Linear"});
-  auto again = t.track();  // nothing of the abandoned call is left behind
-  CHECK(join(t.parents()) == "Global");
 }
 
 #ifndef MODTRACKER_NO_COUNTING_NEW

@@ -1,5 +1,5 @@
-// docs/semantics.md on the reference backend, one test per rule: names,
-// parents, forward.
+// docs/semantics.md on the reference backend, one test per rule: names
+// (src/tracker/naming.cpp), name_root, walk().
 #include <functional>
 #include <memory>
 #include <new>
@@ -85,54 +85,6 @@ TEST_CASE("names: a new module at a freed module's address is named afresh") {
   CHECK(transitions(t) == V{"fw enter First", "fw exit First", "fw enter Second", "fw exit Second"});
 }
 
-TEST_CASE("parents: a module active twice stays until its last activation ends, the re-entry is reported") {
-  Backend b;
-  auto rec = b.module("Rec");
-  ReferenceTracker t(b);
-  std::vector<Diagnostic> diags;
-  t.set_diagnostics([&](const Diagnostic& d) { diags.push_back(d); });
-  auto scope = t.track();
-  std::vector<std::string> seen;
-  std::function<Values(const Values&)> body = [&](const Values& x) {
-    seen.push_back(join(t.parents()));
-    if (seen.size() < 3) return b.call(*rec, x, body);
-    return x;
-  };
-  b.call(*rec, {b.value(false)}, body);
-  CHECK(seen == V{"Global,Rec", "Global,Rec", "Global,Rec"});
-  CHECK(join(t.parents()) == "Global");
-  REQUIRE(diags.size() == 2);
-  CHECK(diags[0].code == Diagnostic::Code::reentrant_forward);
-  CHECK(diags[0].fqn == "Rec");
-}
-
-TEST_CASE("forward: hook order, and a throwing forward still runs post hooks and restores parents") {
-  Backend b;
-  auto boom = b.module("Boom");
-  auto outer = b.module("Outer", {{"boom", boom}});
-  ReferenceTracker t(b);
-  Log log{t};
-  auto scope = t.track();
-  log.hook_all();
-  bool saw_null_output = false;
-  t.clear_user_hooks();
-  t.register_user_hooks([&](Module& m, const Values&) { log.add("pre_fw", &m); },
-                        [&](Module& m, const Values&, const Values* out) {
-                          saw_null_output = out == nullptr;
-                          log.add("post_fw", &m);
-                        });
-  CHECK_THROWS_WITH_AS(b.call(*outer, {b.value(false)},
-                              [&](const Values& x) -> Values {
-                                return b.call(*boom, x, [](const Values&) -> Values { throw std::runtime_error("boom"); });
-                              }),
-                       "boom", std::runtime_error);
-  CHECK(saw_null_output);
-  CHECK(log.lines == V{"pre_fw Outer [Global,Outer]", "pre_fw Outer.boom [Global,Outer,Outer.boom]",
-                       "post_fw Outer.boom [Global,Outer,Outer.boom]", "post_fw Outer [Global,Outer]"});
-  CHECK(join(t.parents()) == "Global");
-}
-
-
 TEST_CASE("names: name_root names a root and its subtree, whichever root runs first") {
   Backend b;
   const auto model = [&] { return b.module("Sequential", {{"0", b.module("Linear")}}); };
@@ -162,4 +114,16 @@ TEST_CASE("names: name_root names a root and its subtree, whichever root runs fi
   CHECK(plain.known_fqn(*d) == "Sequential#2");
   REQUIRE(diags.size() == 1);
   CHECK(diags[0].message.find("name_root()") != std::string::npos);
+}
+
+TEST_CASE("walk: yields (fqn, module) pre-order") {
+  Backend b;
+  auto root = b.module("NetImpl", {{"a", b.module("A", {{"x", b.module("X")}})}, {"b", b.module("B")}});
+  ReferenceTracker t(b);
+  V names;
+  for (const auto& [fqn, ref] : t.walk(*root)) {
+    names.push_back(fqn);
+    CHECK(ref);
+  }
+  CHECK(names == V{"Net", "Net.a", "Net.a.x", "Net.b"});
 }
