@@ -75,6 +75,7 @@ struct ToolCosts {
   // Backward attribution's share: the FlopCounter by spans (no node callback), and
   // a bare callback on backward nodes alone.
   double step_flops_spans_us = 0, step_bare_node_callback_us = 0;
+  double step_all_us = 0;  // memory, FLOPs and backward time, as the demo runs them
   // An operator while a scope has seen no tracked call (the watch), against a
   // bare callback without inputs.
   double op_watch_base_ns = 0, op_bare_no_inputs_ns = 0, op_watch_ns = 0;

@@ -183,6 +183,12 @@ ToolCosts tool_costs(const Options& options) {
                                             lt::FlopCounter counter(tracker, lt::Attribution::spans);
                                             return steps();
                                           },
+                                          [&] {  // every tool, as the demo runs them
+                                            lt::MemoryTracker memory(tracker);
+                                            lt::FlopCounter counter(tracker);
+                                            lt::BackwardTimer timer(tracker);
+                                            return steps();
+                                          },
                                           [&] {
                                             const auto handle = at::addGlobalCallback(
                                                 at::RecordFunctionCallback(&bare_callback).scopes(
@@ -197,7 +203,8 @@ ToolCosts tool_costs(const Options& options) {
   out.step_both_us = best[3];
   out.step_bare_callback_us = best[4];
   out.step_flops_spans_us = best[5];
-  out.step_bare_node_callback_us = best[6];
+  out.step_all_us = best[6];
+  out.step_bare_node_callback_us = best[7];
   return out;
 }
 
