@@ -1,6 +1,7 @@
 # ctest: run the demo for two steps, then check the trace it wrote. With
 # -DRANKS=2, on two ranks: a process per rank, named for it, each with the
-# slices of its rank (the ranks train the same steps: equal counts).
+# slices of its rank (the ranks train the same steps: equal counts) and its
+# memory track. Both: FLOPs on the slices, a memory sample per transition.
 set(args --steps 2 --trace "${TRACE}")
 if(RANKS)
   list(APPEND args --ranks ${RANKS})
@@ -44,6 +45,7 @@ foreach(i RANGE 0 ${last})
       message(FATAL_ERROR "a memory counter sample of ${bytes} live bytes")
     endif()
     math(EXPR counters "${counters} + 1")
+    set(counted_${pid} 1)
     continue()
   endif()
   string(JSON f ERROR_VARIABLE no_flops GET "${doc}" traceEvents ${i} args flops)
@@ -68,6 +70,9 @@ endif()
 if(RANKS)
   if(NOT names MATCHES "^1=rank 0 \\([^;]*, pid [0-9]+\\);2=rank 1 \\([^;]*, pid [0-9]+\\)$")
     message(FATAL_ERROR "process names: ${names}")
+  endif()
+  if(NOT counted_1 OR NOT counted_2 OR counters LESS slices OR flops LESS 10)
+    message(FATAL_ERROR "merged trace has ${counters} memory samples (rank 0: ${counted_1}, rank 1: ${counted_2}) and ${flops} slices with FLOPs")
   endif()
   math(EXPR both "${slices_1} + ${slices_2}")
   if(NOT both EQUAL slices OR NOT slices_1 EQUAL slices_2)

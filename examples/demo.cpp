@@ -203,8 +203,9 @@ void print_consumers(const modtracker::Statistics& stats, const lt::FlopCounter&
 // The end of a rank's job: the parameters compared across ranks, the
 // gather, and on rank 0 the table across ranks and the merged trace.
 int report_ranks(demo::Rank& job, const lt::Tracker& tracker, const modtracker::Statistics& stats,
-                 const modtracker::SpanLog& spans, const std::vector<torch::Tensor>& params, const std::string& failure,
-                 const modtracker::TableOptions& table, const std::string& trace_path, bool tty) {
+                 const modtracker::SpanLog& spans, lt::RankTools tools, const std::vector<torch::Tensor>& params,
+                 const std::string& failure, const modtracker::TableOptions& table, const std::string& trace_path,
+                 bool tty) {
   std::optional<double> difference;
   if (failure.empty()) {
     try {
@@ -213,7 +214,7 @@ int report_ranks(demo::Rank& job, const lt::Tracker& tracker, const modtracker::
       std::fprintf(stderr, "rank %d: cannot compare the parameters: %s\n", job.rank(), first_line(e).c_str());
     }
   }
-  const auto gathered = job.ranks().gather(tracker, stats, &spans);
+  const auto gathered = job.ranks().gather(tracker, stats, &spans, tools);
   if (job.rank() != 0) {
     for (const auto& p : gathered.problems)  // about rank 0 (no root), or this rank
       std::fprintf(stderr, "rank %d: %s\n", job.rank(), p.message.c_str());
@@ -414,7 +415,9 @@ int main(int argc, char** argv) {
     lt::annotate(stats, *memory);
     lt::annotate(stats, *backward_time);
   }
-  if (distributed) return report_ranks(*job, tracker, stats, spans, params, failure, table, trace_path, tty);
+  if (distributed)
+    return report_ranks(*job, tracker, stats, spans, {tools ? &*flops : nullptr, tools ? &*memory : nullptr}, params,
+                        failure, table, trace_path, tty);
   trace->finish();
   std::printf("%s\n%s\n", tty ? "\n" : "", stats.table(table).c_str());
   if (tools) print_consumers(stats, *flops, *memory);

@@ -11,6 +11,7 @@ module;
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 export module modtracker.stats:ranks;
 import modtracker;
@@ -27,6 +28,12 @@ struct RankRecord {
   std::int64_t pid = 0;           ///< its process id
   std::vector<ModuleStats> rows;  ///< its Statistics::rows()
   SpanLog spans;                  ///< empty unless it sent a trace
+  /// Per span of `spans`, in order: the FLOPs of that activation (0 for
+  /// none); empty if the rank had no FLOP counter.
+  std::vector<std::uint64_t> span_flops;
+  /// Its live bytes over time (its clock), as its memory tool sampled them;
+  /// empty without one.
+  std::vector<std::pair<std::chrono::nanoseconds, std::uint64_t>> memory;
   /// Added to this rank's times, gives rank 0's clock (the merged trace's);
   /// the true offset lies within clock_uncertainty of it.
   std::chrono::nanoseconds clock_offset{}, clock_uncertainty{};
@@ -58,11 +65,31 @@ struct RankSpread {
   int slowest = -1;                                 ///< the rank of `max`; -1 if no rank ran it
 };
 
+/// A module's count (FLOPs, bytes) across the ranks that have it.
+struct ValueSpread {
+  std::size_t ranks = 0;  ///< that have a value (their tool was attached)
+  std::uint64_t min = 0, median = 0, max = 0;
+  int most = -1;  ///< the rank of `max` (the lowest such rank); -1 if no rank has a value
+};
+
 /// One module across the ranks: its row on each rank, and the spreads.
 struct CrossRankRow {
   std::string fqn;
   std::vector<const ModuleStats*> per_rank;  ///< like records(); null where a rank lacks the module
   RankSpread fw, bw;
+  /// Forward and backward FLOPs (inclusive of submodules), the bytes its
+  /// forwards kept for backward, and its peak: the larger of its forward
+  /// and backward peaks (ModuleStats' fields, from the FLOP and memory tools).
+  ValueSpread fw_flops, bw_flops, kept, peak;
+};
+
+/// The rank whose memory peaked highest, and the module it peaked in.
+struct PeakRank {
+  int rank = 0;
+  std::string fqn;  ///< the module whose own peak (forward or backward) is that rank's highest
+  Phase phase = Phase::forward;
+  std::uint64_t bytes = 0;
+  std::uint64_t median = 0;  ///< the median over the ranks of each rank's highest peak
 };
 
 /// The module whose time on one rank stands out most above the median of
@@ -93,12 +120,20 @@ class CrossRankStatistics {
   [[nodiscard]] std::vector<RankProblem> shape_differences() const;
   /// Nothing with fewer than two ranks, or when no module's time is above its median.
   [[nodiscard]] std::optional<Straggler> straggler() const;
+  /// The highest memory peak of any rank, if some rank had a memory tool.
+  [[nodiscard]] std::optional<PeakRank> peak() const;
   /// Per module: the ranks, and per phase the calls, min / median / max of
-  /// inclusive time and the slowest rank; then the slowest rank overall and
-  /// the straggler. Only options.max_depth is read.
+  /// inclusive time and the slowest rank. Where the ranks counted FLOPs, a
+  /// second table of forward and backward FLOPs, and where they tracked
+  /// memory a third of kept and peak bytes, each with min / median / max
+  /// and the rank with the most. Then the slowest rank overall, the
+  /// straggler, and the rank with the highest peak. Only options.max_depth
+  /// is read.
   [[nodiscard]] std::string table(const TableOptions& options = {}) const;
   /// One Chrome/Perfetto trace, a process per rank (pid = rank + 1), every
-  /// rank's spans on rank 0's clock. Returns the number of slices written.
+  /// rank's spans on rank 0's clock, with the FLOPs of each slice (argument
+  /// "flops") and a "memory" counter track per rank where the rank sent
+  /// them. Returns the number of slices written.
   std::uint64_t write_trace(std::ostream& out) const;
 
  private:

@@ -43,9 +43,15 @@ class ChromeTraceWriter {
   /// Gives every slice consumed from now on the argument `name`, valued
   /// `value(span)` where that is not empty (a tool's FLOPs, for instance).
   void add_slice_arg(std::string name, std::function<std::optional<std::uint64_t>(const Span&)> value);
-  /// A sample of the process's counter track `track` (series `series`) at
-  /// `time` (the transitions' clock): a memory curve, for instance.
-  void counter(std::string_view track, std::string_view series, std::chrono::nanoseconds time, double value);
+  /// A sample of counter track `track` (series `series`) of process
+  /// `process` at `time` (the transitions' clock, shifted by `shift`): a
+  /// memory curve, for instance.
+  void counter(std::string_view track, std::string_view series, std::chrono::nanoseconds time, double value,
+               std::uint32_t process = 1, std::chrono::nanoseconds shift = {});
+  /// Writes one span like span(), with `args` as extra slice arguments
+  /// (after the ones add_slice_arg() gives).
+  void span(const Span& s, std::uint32_t process, std::chrono::nanoseconds shift,
+            const std::vector<std::pair<std::string_view, std::uint64_t>>& args);
   /// Closes the JSON document (also done by the destructor).
   void finish();
   [[nodiscard]] std::uint64_t slices() const noexcept { return slices_; }

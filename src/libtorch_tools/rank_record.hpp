@@ -1,10 +1,12 @@
 // A rank's record as bytes: LibTorch's pickle of an IValue tuple, numbers
-// in two int64 tensors (rows, spans), names in string lists. Included by
+// in int64 tensors (rows, spans, the spans' FLOPs, the memory timeline),
+// names in string lists. Included by
 // ranks.cpp only (one LibTorch TU).
 #pragma once
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -52,9 +54,19 @@ inline std::vector<char> encode(const RankRecord& r) {
                                          s.children.count(), s.nested ? 1 : 0};
     q = std::copy(std::begin(v), std::end(v), q);
   }
+  auto span_flops = torch::empty({static_cast<std::int64_t>(r.span_flops.size())}, torch::kLong);
+  std::transform(r.span_flops.begin(), r.span_flops.end(), span_flops.data_ptr<std::int64_t>(),
+                 [](std::uint64_t n) { return static_cast<std::int64_t>(n); });
+  auto memory = torch::empty({static_cast<std::int64_t>(r.memory.size()), 2}, torch::kLong);
+  auto* m = memory.data_ptr<std::int64_t>();
+  for (const auto& [time, bytes] : r.memory) {
+    *m++ = time.count();
+    *m++ = static_cast<std::int64_t>(bytes);
+  }
   return torch::pickle_save(c10::ivalue::Tuple::create(
       {c10::IValue(static_cast<std::int64_t>(r.rank)), c10::IValue(r.host), c10::IValue(r.pid), c10::IValue(fqns),
-       c10::IValue(shapes), c10::IValue(rows), c10::IValue(span_names), c10::IValue(spans)}));
+       c10::IValue(shapes), c10::IValue(rows), c10::IValue(span_names), c10::IValue(spans), c10::IValue(span_flops),
+       c10::IValue(memory)}));
 }
 
 inline void expect(bool ok, const char* what) {
@@ -65,8 +77,8 @@ inline RankRecord decode(const std::vector<char>& bytes, std::int64_t rows_expec
   const auto value = torch::pickle_load(bytes);
   expect(value.isTuple(), "not a tuple");
   const auto& e = value.toTupleRef().elements();
-  expect(e.size() == 8 && e[0].isInt() && e[1].isString() && e[2].isInt() && e[3].isList() && e[4].isList() &&
-             e[5].isTensor() && e[6].isList() && e[7].isTensor(),
+  expect(e.size() == 10 && e[0].isInt() && e[1].isString() && e[2].isInt() && e[3].isList() && e[4].isList() &&
+             e[5].isTensor() && e[6].isList() && e[7].isTensor() && e[8].isTensor() && e[9].isTensor(),
          "unexpected fields");
   RankRecord r;
   r.rank = static_cast<int>(e[0].toInt());
@@ -116,6 +128,20 @@ inline RankRecord decode(const std::vector<char>& bytes, std::int64_t rows_expec
                      static_cast<std::uint32_t>(q[2]), static_cast<std::uint32_t>(q[3]), static_cast<std::uint64_t>(q[4]),
                      std::chrono::nanoseconds(q[5]), std::chrono::nanoseconds(q[6]), std::chrono::nanoseconds(q[7]),
                      q[8] != 0, 0});
+  }
+  const auto flops = e[8].toTensor().contiguous(), memory = e[9].toTensor().contiguous();
+  expect(flops.scalar_type() == torch::kLong && flops.dim() == 1 && (flops.size(0) == 0 || flops.size(0) == spans_expected),
+         "its spans' FLOPs do not match its spans");
+  expect(memory.scalar_type() == torch::kLong && memory.dim() == 2 && memory.size(1) == 2, "its memory timeline is malformed");
+  const auto* f = flops.data_ptr<std::int64_t>();
+  for (std::int64_t i = 0; i < flops.size(0); ++i) {
+    expect(f[i] >= 0, "a span's FLOPs are negative");
+    r.span_flops.push_back(static_cast<std::uint64_t>(f[i]));
+  }
+  const auto* t = memory.data_ptr<std::int64_t>();
+  for (std::int64_t i = 0; i < memory.size(0); ++i, t += 2) {
+    expect(t[1] >= 0, "its live bytes are negative");
+    r.memory.emplace_back(std::chrono::nanoseconds(t[0]), static_cast<std::uint64_t>(t[1]));
   }
   return r;
 }

@@ -28,7 +28,7 @@ using std::chrono::milliseconds;
 using Kind = RankProblem::Kind;
 
 constexpr std::int64_t magic = 0x6d6f64747261636b;  // "modtrack"
-constexpr std::int64_t version = 1;
+constexpr std::int64_t version = 2;  // 2: the spans' FLOPs and the memory timeline
 constexpr std::int64_t max_record_bytes = std::int64_t{1} << 30;
 constexpr int clock_rounds = 4;  // ping-pongs per rank; the fastest gives the offset
 enum Tag : int { ping_tag = 0x6d7400, pong_tag, data_tag };

@@ -30,6 +30,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <unistd.h>
 
+#include <modtracker/libtorch/flops.hpp>
+#include <modtracker/libtorch/memory.hpp>
 #include <modtracker/libtorch/ranks.hpp>
 
 #include "libtorch_tools/rank_record.hpp"
@@ -160,13 +162,16 @@ struct RankGroup::State {
     return std::nullopt;
   }
 
-  RankRecord own(const Statistics& stats, const SpanLog* spans) const {
+  RankRecord own(const Statistics& stats, const SpanLog* spans, RankTools tools) const {
     RankRecord r;
     r.rank = rank;
     r.host = host;
     r.pid = static_cast<std::int64_t>(getpid());
     for (const auto* row : stats.rows()) r.rows.push_back(*row);
     if (spans) r.spans = *spans;
+    if (tools.flops)
+      for (const auto& span : r.spans.spans()) r.span_flops.push_back(tools.flops->activation_flops(span.exit_sequence));
+    if (tools.memory) r.memory = tools.memory->timeline();
     return r;
   }
   void gather_root(const TrackerBase& tracker, RankRecord mine, Gathered& out);
@@ -244,14 +249,14 @@ std::string Gathered::report() const {
   return out;
 }
 
-Gathered RankGroup::gather(const TrackerBase& tracker, const Statistics& stats, const SpanLog* spans) {
+Gathered RankGroup::gather(const TrackerBase& tracker, const Statistics& stats, const SpanLog* spans, RankTools tools) {
   const auto start = Clock::now();
   auto& s = *state_;
   Gathered out;
   out.rank = s.rank;
   out.world = s.world;
   ++s.round;
-  auto mine = s.own(stats, spans);
+  auto mine = s.own(stats, spans, tools);
   if (s.rank == 0)
     s.gather_root(tracker, std::move(mine), out);
   else

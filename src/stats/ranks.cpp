@@ -5,6 +5,7 @@ module;
 // definitions of std entities that name its typedefs (std::align).
 #include <cstdint>
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -66,6 +67,26 @@ RankSpread spread(const CrossRankRow& row, const std::vector<RankRecord>& record
   return s;
 }
 
+// Over the ranks that have a value: min, median (of an even count, the
+// mean of the middle two), max and the lowest rank that has the max.
+ValueSpread value_spread(const CrossRankRow& row, const std::vector<RankRecord>& records,
+                         std::optional<std::uint64_t> (*of)(const ModuleStats&)) {
+  std::vector<std::pair<std::uint64_t, int>> v;
+  for (std::size_t i = 0; i < row.per_rank.size(); ++i)
+    if (const auto* r = row.per_rank[i])
+      if (const auto value = of(*r)) v.emplace_back(*value, records[i].rank);
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : a.second > b.second; });
+  const auto n = v.size();
+  return {n, v.front().first, n % 2 ? v[n / 2].first : (v[n / 2 - 1].first + v[n / 2].first) / 2, v.back().first,
+          v.back().second};
+}
+
+std::optional<std::uint64_t> peak_of(const ModuleStats& r) {
+  if (!r.fw_peak_bytes && !r.bw_peak_bytes) return std::nullopt;
+  return std::max(r.fw_peak_bytes.value_or(0), r.bw_peak_bytes.value_or(0));
+}
+
 std::string calls_cell(const RankSpread& s) {
   if (s.ranks == 0) return "-";
   return s.calls_min == s.calls_max ? std::to_string(s.calls_min)
@@ -114,9 +135,13 @@ CrossRankStatistics::CrossRankStatistics(std::vector<RankRecord> records) : reco
     }
   rows_.reserve(by_fqn.size());
   for (auto& [fqn, per_rank] : by_fqn) {
-    CrossRankRow row{std::string(fqn), std::move(per_rank), {}, {}};
+    CrossRankRow row{std::string(fqn), std::move(per_rank), {}, {}, {}, {}, {}, {}};
     row.fw = spread(row, records_, Phase::forward);
     row.bw = spread(row, records_, Phase::backward);
+    row.fw_flops = value_spread(row, records_, [](const ModuleStats& r) { return r.fw_flops; });
+    row.bw_flops = value_spread(row, records_, [](const ModuleStats& r) { return r.bw_flops; });
+    row.kept = value_spread(row, records_, [](const ModuleStats& r) { return r.fw_kept_bytes; });
+    row.peak = value_spread(row, records_, peak_of);
     rows_.push_back(std::move(row));
   }
 }
@@ -173,24 +198,79 @@ std::optional<Straggler> CrossRankStatistics::straggler() const {
   return best;
 }
 
+std::optional<PeakRank> CrossRankStatistics::peak() const {
+  // Each rank's highest module peak, then the highest of those.
+  std::vector<std::pair<std::uint64_t, int>> highest;
+  std::optional<PeakRank> best;
+  for (const auto& record : records_) {
+    std::optional<PeakRank> mine;
+    for (const auto& r : record.rows)
+      for (const auto& [value, phase] : {std::pair{r.fw_peak_bytes, Phase::forward}, std::pair{r.bw_peak_bytes, Phase::backward}})
+        if (value && (!mine || *value > mine->bytes)) mine = PeakRank{record.rank, r.fqn, phase, *value, 0};
+    if (!mine) continue;
+    highest.emplace_back(mine->bytes, record.rank);
+    if (!best || mine->bytes > best->bytes) best = std::move(mine);
+  }
+  if (!best) return std::nullopt;
+  std::sort(highest.begin(), highest.end());
+  const auto n = highest.size();
+  best->median = n % 2 ? highest[n / 2].first : (highest[n / 2 - 1].first + highest[n / 2].first) / 2;
+  return best;
+}
+
 std::string CrossRankStatistics::table(const TableOptions& options) const {
   const auto world = std::to_string(records_.size());
-  std::vector<std::vector<std::string>> cells{{"module", "ranks", "fw calls", "fw min", "fw median", "fw max", "slowest",
-                                               "bw calls", "bw min", "bw median", "bw max", "slowest"}};
+  // The rows shown, each with its indented name.
+  std::vector<std::pair<const CrossRankRow*, std::string>> shown;
   for (const auto& row : rows_) {
     const auto depth = static_cast<std::size_t>(std::count(row.fqn.begin(), row.fqn.end(), '.')) + 1;
     if (options.max_depth && depth > options.max_depth) continue;
-    const auto present = static_cast<std::size_t>(std::count_if(row.per_rank.begin(), row.per_rank.end(),
-                                                                 [](const auto* r) { return r != nullptr; }));
     const auto dot = row.fqn.rfind('.');
-    cells.push_back({std::string(2 * (depth - 1), ' ') + (dot == std::string::npos ? row.fqn : row.fqn.substr(dot + 1)),
-                     present == records_.size() ? world : std::to_string(present) + "/" + world, calls_cell(row.fw),
-                     time_cell(row.fw, row.fw.min), time_cell(row.fw, row.fw.median), time_cell(row.fw, row.fw.max),
-                     rank_cell(row.fw), calls_cell(row.bw), time_cell(row.bw, row.bw.min),
-                     time_cell(row.bw, row.bw.median), time_cell(row.bw, row.bw.max), rank_cell(row.bw)});
+    shown.emplace_back(&row, std::string(2 * (depth - 1), ' ') + (dot == std::string::npos ? row.fqn : row.fqn.substr(dot + 1)));
+  }
+  std::vector<std::vector<std::string>> cells{{"module", "ranks", "fw calls", "fw min", "fw median", "fw max", "slowest",
+                                               "bw calls", "bw min", "bw median", "bw max", "slowest"}};
+  for (const auto& [row, name] : shown) {
+    const auto present = static_cast<std::size_t>(std::count_if(row->per_rank.begin(), row->per_rank.end(),
+                                                                 [](const auto* r) { return r != nullptr; }));
+    cells.push_back({name, present == records_.size() ? world : std::to_string(present) + "/" + world,
+                     calls_cell(row->fw), time_cell(row->fw, row->fw.min), time_cell(row->fw, row->fw.median),
+                     time_cell(row->fw, row->fw.max), rank_cell(row->fw), calls_cell(row->bw),
+                     time_cell(row->bw, row->bw.min), time_cell(row->bw, row->bw.median),
+                     time_cell(row->bw, row->bw.max), rank_cell(row->bw)});
   }
   std::string out = format_table(cells, {true, false, false, false, false, false, false, false, false, false, false, false},
                                  false);
+  // FLOPs and memory: a table each, where some rank's tool gave them.
+  using Member = ValueSpread CrossRankRow::*;
+  auto values = [&](const char* title, std::array<std::pair<const char*, Member>, 2> columns,
+                    std::string (*format)(std::uint64_t)) {
+    if (std::none_of(shown.begin(), shown.end(), [&](const auto& r) {
+          return (r.first->*columns[0].second).ranks || (r.first->*columns[1].second).ranks;
+        }))
+      return;
+    std::vector<std::vector<std::string>> t{{"module"}};
+    for (const auto& [label, member] : columns)
+      for (const char* what : {" min", " median", " max"}) t[0].push_back(std::string(label) + what);
+    t[0].insert(t[0].begin() + 4, "most");
+    t[0].push_back("most");
+    for (const auto& [row, name] : shown) {
+      t.push_back({name});
+      for (const auto& [label, member] : columns) {
+        const auto& v = row->*member;
+        for (const auto x : {v.min, v.median, v.max}) t.back().push_back(v.ranks ? format(x) : "-");
+        // The rank with the most, where the ranks differ.
+        t.back().push_back(v.ranks > 1 && v.min != v.max ? std::to_string(v.most) : "-");
+      }
+    }
+    out += "\n" + std::string(title) + "\n" +
+           format_table(t, {true, false, false, false, false, false, false, false, false}, false);
+  };
+  values("FLOPs across ranks (inclusive of submodules; most: the rank with the most, where the ranks differ):",
+         {std::pair{"fw", &CrossRankRow::fw_flops}, std::pair{"bw", &CrossRankRow::bw_flops}}, format_count);
+  values("memory across ranks (kept: bytes its forwards kept for backward; peak: the higher of its forward and "
+         "backward peaks):",
+         {std::pair{"kept", &CrossRankRow::kept}, std::pair{"peak", &CrossRankRow::peak}}, format_bytes);
   // The slowest rank overall: the most time in its roots, forward and backward.
   if (records_.size() > 1) {
     std::vector<std::pair<std::chrono::nanoseconds, int>> totals;
@@ -208,6 +288,10 @@ std::string CrossRankStatistics::table(const TableOptions& options) const {
     out += "straggler: rank " + std::to_string(s->rank) + " in " + s->fqn + " (" +
            (s->phase == Phase::forward ? "forward" : "backward") + ", its own time): " + format_duration(s->time) +
            " against a median of " + format_duration(s->median) + "\n";
+  if (const auto p = peak())
+    out += "highest peak: rank " + std::to_string(p->rank) + ", " + format_bytes(p->bytes) + " in " + p->fqn + " (" +
+           (p->phase == Phase::forward ? "forward" : "backward") + "); median of the ranks' highest peaks " +
+           format_bytes(p->median) + "\n";
   return out;
 }
 
@@ -217,7 +301,16 @@ std::uint64_t CrossRankStatistics::write_trace(std::ostream& out) const {
   for (const auto& record : records_) {
     const auto process = static_cast<std::uint32_t>(record.rank + 1);
     if (!rank0 || &record != &records_.front()) trace.name_process(process, record.label());
-    for (const auto& span : record.spans.spans()) trace.span(span, process, record.clock_offset);
+    const auto& spans = record.spans.spans();
+    const bool flops = record.span_flops.size() == spans.size();
+    std::vector<std::pair<std::string_view, std::uint64_t>> args;
+    for (std::size_t i = 0; i < spans.size(); ++i) {
+      args.clear();
+      if (flops && record.span_flops[i]) args.emplace_back("flops", record.span_flops[i]);
+      trace.span(spans[i], process, record.clock_offset, args);
+    }
+    for (const auto& [time, bytes] : record.memory)
+      trace.counter("memory", "live bytes", time, static_cast<double>(bytes), process, record.clock_offset);
   }
   trace.finish();
   return trace.slices();

@@ -12,6 +12,7 @@ module;
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 module modtracker.stats;
 import modtracker;
 
@@ -62,6 +63,11 @@ void ChromeTraceWriter::consume(const Transition& t) {
 }
 
 void ChromeTraceWriter::span(const Span& s, std::uint32_t process, std::chrono::nanoseconds shift) {
+  span(s, process, shift, {});
+}
+
+void ChromeTraceWriter::span(const Span& s, std::uint32_t process, std::chrono::nanoseconds shift,
+                             const std::vector<std::pair<std::string_view, std::uint64_t>>& extra) {
   if (finished_) return;
   const char* phase = s.phase == Phase::forward ? "forward" : "backward";
   const auto fqn = json_escape(s.fqn);
@@ -78,6 +84,7 @@ void ChromeTraceWriter::span(const Span& s, std::uint32_t process, std::chrono::
     out_ << "\"args\":{\"fqn\":\"" << fqn << "\",\"phase\":\"" << phase << "\",\"call\":" << s.call;
     for (const auto& [name, value] : slice_args_)
       if (const auto v = value(s)) out_ << ",\"" << json_escape(name) << "\":" << *v;
+    for (const auto& [name, v] : extra) out_ << ",\"" << json_escape(name) << "\":" << v;
     return out_ << "}}";
   };
   if (s.nested) {
@@ -99,12 +106,12 @@ void ChromeTraceWriter::add_slice_arg(std::string name,
 }
 
 void ChromeTraceWriter::counter(std::string_view track, std::string_view series, std::chrono::nanoseconds time,
-                                double value) {
+                                double value, std::uint32_t process, std::chrono::nanoseconds shift) {
   if (finished_) return;
   char ts[48], num[48];
-  std::snprintf(ts, sizeof ts, "%.3f", static_cast<double>(time.count()) / 1e3);
+  std::snprintf(ts, sizeof ts, "%.3f", static_cast<double>((time + shift).count()) / 1e3);
   std::snprintf(num, sizeof num, "%.17g", value);
-  out_ << ",\n{\"ph\":\"C\",\"pid\":1,\"tid\":0,\"name\":\"" << json_escape(track) << "\",\"ts\":" << ts
+  out_ << ",\n{\"ph\":\"C\",\"pid\":" << process << ",\"tid\":0,\"name\":\"" << json_escape(track) << "\",\"ts\":" << ts
        << ",\"args\":{\"" << json_escape(series) << "\":" << num << "}}";
 }
 

@@ -63,6 +63,10 @@ struct Job {
   bool data_parallel = true;  // else each rank trains alone (models of different shapes)
   bool job_group = false;     // gather over the training's group, not a group of the layer's own
   int gathers = 1;            // at the end of training, one after the other (the last is kept)
+  // A FLOP counter on each rank and a memory tracker on rank 1 (one per
+  // process: it wraps the CPU allocator), sent with the records.
+  bool tools = false;
+  bool batch_by_rank = false; // rank r trains on batches of 8 (r + 1) rows, else 8
   std::vector<Rank> ranks = std::vector<Rank>(static_cast<std::size_t>(world));
   c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::HashStore>();
   std::mutex tracking;
@@ -83,6 +87,14 @@ struct Job {
     auto& me = ranks[static_cast<std::size_t>(rank)];
     lt::Tracker tracker;
     me.tracker_created = std::chrono::steady_clock::now() - tracker.now();  // its clock's zero
+    std::optional<lt::FlopCounter> flops;
+    std::optional<lt::MemoryTracker> memory;
+    if (tools) flops.emplace(tracker);
+    if (tools && rank == 1) {
+      memory.emplace(tracker);
+      memory->track(*net);
+    }
+    const std::int64_t batch = batch_by_rank ? 8 * (rank + 1) : 8;
     const auto gather_group =
         job_group ? std::make_unique<lt::RankGroup>(c10::intrusive_ptr<c10d::ProcessGroup>::reclaim_copy(group), store,
                                                     lt::RankOptions{timeout, "modtracker"})
@@ -94,7 +106,7 @@ struct Job {
         const std::lock_guard<std::mutex> turn(tracking);
         auto scope = tracker.track();
         opt.zero_grad();
-        const auto x = torch::randn({8, 4}, gen);
+        const auto x = torch::randn({batch, 4}, gen);
         net(x).square().mean().backward();
         scope.end();
         for (const auto& t : tracker.drain_transitions()) {
@@ -116,7 +128,11 @@ struct Job {
     }
     if (role(rank) == Role::hangs) std::this_thread::sleep_for(timeout * 3);
     if (role(rank) == Role::leaves) return;  // its group closes: its connections with it
-    for (int g = 0; g < gathers; ++g) me.gathered = gather_group->gather(tracker, me.stats, &me.spans);
+    if (flops) lt::annotate(me.stats, *flops);
+    if (memory) lt::annotate(me.stats, *memory);
+    for (int g = 0; g < gathers; ++g)
+      me.gathered = gather_group->gather(tracker, me.stats, &me.spans,
+                                         {flops ? &*flops : nullptr, memory ? &*memory : nullptr});
   }
 
   void run() {
@@ -244,6 +260,68 @@ TEST_CASE("ranks as threads: every rank's table and trace reach rank 0, paramete
       }
     }
     CHECK(written == total);
+  }
+}
+
+TEST_CASE("ranks: FLOPs and memory per module across ranks, the highest peak, and both in the merged trace") {
+  Job job{3};
+  job.tools = true;
+  job.batch_by_rank = true;  // rank r: batches of 8 (r + 1) rows, so its FLOPs are (r + 1) times rank 0's
+  job.run();
+  const auto& root = job.root();
+  INFO(root.report());
+  REQUIRE(root.complete());
+  const auto& merged = *root.merged;
+  // Net.fc1 is Linear(4, 16): 2 x rows x 4 x 16 FLOPs a forward, 3 steps;
+  // its backward needs only the weight's gradient (its input is data): as many.
+  const auto* fc1 = merged.find("Net.fc1");
+  REQUIRE(fc1 != nullptr);
+  const std::uint64_t per_row = 2 * 4 * 16 * 3;
+  CHECK(fc1->fw_flops.ranks == 3);
+  CHECK(fc1->fw_flops.min == per_row * 8);
+  CHECK(fc1->fw_flops.median == per_row * 16);
+  CHECK(fc1->fw_flops.max == per_row * 24);
+  CHECK(fc1->fw_flops.most == 2);
+  CHECK(fc1->bw_flops.max == per_row * 24);
+  CHECK(fc1->bw_flops.most == 2);
+  // Memory: rank 1's (the only rank with a memory tracker here; the demo's
+  // ranks, processes, all have one).
+  const auto* net = merged.find("Net");
+  REQUIRE(net != nullptr);
+  CHECK(net->kept.ranks == 1);
+  CHECK(net->kept.most == 1);
+  CHECK(net->kept.max == *job.ranks[1].stats.find("Net")->fw_kept_bytes);
+  CHECK(net->kept.max > 0);
+  CHECK(net->peak.ranks == 1);
+  CHECK(net->peak.median == net->peak.max);
+  const auto peak = merged.peak();
+  REQUIRE(peak);
+  CHECK(peak->rank == 1);
+  CHECK(peak->bytes >= net->peak.max);
+  CHECK(peak->median == peak->bytes);
+  const auto table = merged.table();
+  INFO(table);
+  CHECK(table.find("\nFLOPs across ranks") != std::string::npos);
+  CHECK(table.find("module  fw min  fw median  fw max  most  bw min  bw median  bw max  most\n") != std::string::npos);
+  CHECK(table.find("\nmemory across ranks") != std::string::npos);
+  CHECK(table.find("module  kept min  kept median  kept max  most  peak min  peak median  peak max  most\n") !=
+        std::string::npos);
+  CHECK(table.find("highest peak: rank 1, ") != std::string::npos);
+  // The trace: each rank's slices carry their FLOPs, and each rank has a memory track.
+  std::ostringstream out;
+  merged.write_trace(out);
+  const auto doc = nlohmann::json::parse(out.str());
+  std::map<int, std::uint64_t> fc1_forward_flops;
+  std::map<int, std::size_t> memory_samples;
+  for (const auto& e : doc.at("traceEvents")) {
+    if (e.at("ph") == "X" && e.at("name") == "Net.fc1" && e.at("cat") == "forward")
+      fc1_forward_flops[e.at("pid").get<int>()] += e.at("args").at("flops").get<std::uint64_t>();
+    if (e.at("ph") == "C" && e.at("name") == "memory") ++memory_samples[e.at("pid").get<int>()];
+  }
+  for (int r = 0; r < 3; ++r) {
+    CHECK(fc1_forward_flops[r + 1] == per_row * 8 * static_cast<std::uint64_t>(r + 1));
+    CHECK(memory_samples[r + 1] == merged.records()[static_cast<std::size_t>(r)].memory.size());
+    CHECK((memory_samples[r + 1] > 0) == (r == 1));
   }
 }
 
@@ -390,7 +468,7 @@ TEST_CASE("ranks: a rank that speaks another protocol is refused before any reco
   REQUIRE(root->problems.size() == 1);
   CHECK(root->problems[0].rank == 1);
   CHECK(root->problems[0].kind == Kind::rejected);
-  CHECK(root->problems[0].message.find("another protocol (version 99, this rank 1)") != std::string::npos);
+  CHECK(root->problems[0].message.find("another protocol (version 99, this rank 2)") != std::string::npos);
   CHECK(root->merged->records().size() == 1);
   CHECK(answer.starts_with("0 it speaks another protocol"));
   CHECK(root->elapsed < 1500ms);  // refused at once, not timed out

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -134,6 +136,82 @@ TEST_CASE("ranks merged: a rank that sent no spans while rank 0 did is named (it
   REQUIRE(diffs.size() == 1);
   CHECK(diffs[0].rank == 1);
   CHECK(diffs[0].message.find("rank 1 sent no spans while rank 0 did") != std::string::npos);
+}
+
+TEST_CASE("ranks merged: FLOPs and memory per module, min / median / max and the rank with the most") {
+  auto records = three_ranks();  // in the order ranks 2, 0, 1
+  const std::uint64_t fc_fw[] = {300, 100, 200}, kept[] = {64, 64, 64};
+  for (std::size_t i = 0; i < 3; ++i) {
+    auto& fc = records[i].rows[1];
+    fc.fw_flops = fc_fw[i];
+    fc.bw_flops = 2 * fc_fw[i];
+    fc.fw_kept_bytes = kept[i];
+    fc.fw_peak_bytes = 1000 * (i + 1);  // rank 2: 1000, rank 0: 2000, rank 1: 3000
+    fc.bw_peak_bytes = 1500;
+  }
+  records[0].rows[0].bw_peak_bytes = 2500;  // rank 2's Net, backward
+  const CrossRankStatistics merged(std::move(records));
+  const auto* fc = merged.find("Net.fc");
+  CHECK(fc->fw_flops.ranks == 3);
+  CHECK(fc->fw_flops.min == 100);
+  CHECK(fc->fw_flops.median == 200);
+  CHECK(fc->fw_flops.max == 300);
+  CHECK(fc->fw_flops.most == 2);
+  CHECK(fc->bw_flops.max == 600);
+  CHECK(fc->kept.min == 64);
+  CHECK(fc->kept.max == 64);
+  CHECK(fc->kept.most == 0);  // a tie: the lowest rank
+  CHECK(fc->peak.min == 1500);  // rank 2: the higher of 1000 forward and 1500 backward
+  CHECK(fc->peak.median == 2000);
+  CHECK(fc->peak.max == 3000);
+  CHECK(fc->peak.most == 1);
+  const auto* net = merged.find("Net");
+  CHECK(net->fw_flops.ranks == 0);  // no rank counted it
+  CHECK(net->fw_flops.most == -1);
+  CHECK(net->peak.ranks == 1);
+  const auto peak = merged.peak();
+  REQUIRE(peak);
+  CHECK(peak->rank == 1);
+  CHECK(peak->fqn == "Net.fc");
+  CHECK(peak->phase == Phase::forward);
+  CHECK(peak->bytes == 3000);
+  CHECK(peak->median == 2500);  // of 2000 (rank 0), 3000 (rank 1), 2500 (rank 2)
+  const auto table = merged.table();
+  INFO(table);
+  CHECK(table.find("\nFLOPs across ranks") != std::string::npos);
+  // A module no rank counted shows dashes; where the ranks agree, no rank has the most.
+  CHECK(table.find("\nNet          -          -       -     -       -          -       -     -\n") != std::string::npos);
+  CHECK(table.find("\n  fc       100        200     300     2     200        400     600     2\n") != std::string::npos);
+  CHECK(table.find("\n  fc        64 B         64 B      64 B     -  1.46 KiB     1.95 KiB  2.93 KiB     1\n") !=
+        std::string::npos);
+  CHECK(table.find("highest peak: rank 1, 2.93 KiB in Net.fc (forward); median of the ranks' highest peaks 2.44 KiB\n") !=
+        std::string::npos);
+  // Without the tools' numbers, no such tables or line.
+  const CrossRankStatistics plain(three_ranks());
+  CHECK_FALSE(plain.peak());
+  CHECK(plain.table().find("across ranks") == std::string::npos);
+  CHECK(plain.table().find("highest peak") == std::string::npos);
+}
+
+TEST_CASE("ranks merged: the trace carries each rank's span FLOPs and its memory track, on rank 0's clock") {
+  auto records = three_ranks();
+  records[1].span_flops = {7, 0};                                    // rank 0: Net.fc 7 FLOPs, Net none
+  records[2].memory = {{std::chrono::nanoseconds(5ms), 4096}};       // rank 1
+  records[0].span_flops = {1};                                       // rank 2: not one per span: ignored
+  const CrossRankStatistics merged(std::move(records));
+  std::ostringstream out;
+  merged.write_trace(out);
+  const auto doc = nlohmann::json::parse(out.str());
+  std::vector<std::tuple<int, std::string, std::uint64_t>> flops;
+  std::vector<std::tuple<int, double, double>> counters;
+  for (const auto& e : doc.at("traceEvents")) {
+    if (e.at("ph") == "X" && e.at("args").contains("flops"))
+      flops.emplace_back(e.at("pid").get<int>(), e.at("name").get<std::string>(), e.at("args").at("flops").get<std::uint64_t>());
+    if (e.at("ph") == "C")
+      counters.emplace_back(e.at("pid").get<int>(), e.at("ts").get<double>(), e.at("args").at("live bytes").get<double>());
+  }
+  CHECK(flops == std::vector<std::tuple<int, std::string, std::uint64_t>>{{1, "Net.fc", 7}});
+  CHECK(counters == std::vector<std::tuple<int, double, double>>{{2, -95000.0, 4096.0}});  // 5 ms - 100 ms
 }
 
 TEST_CASE("ranks merged: two records of one rank are refused") {

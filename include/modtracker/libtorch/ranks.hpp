@@ -21,6 +21,19 @@ import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtrac
 
 namespace modtracker::libtorch {
 
+class FlopCounter;
+class MemoryTracker;
+
+/// The tools whose results travel with a rank's record, where attached:
+/// the FLOP counter's FLOPs per span (the merged trace's slice argument
+/// "flops") and the memory tracker's live bytes (a counter track per rank).
+/// Their per-module numbers travel in the Statistics rows already
+/// (lt::annotate(stats, flops), lt::annotate(stats, memory)).
+struct RankTools {
+  const FlopCounter* flops = nullptr;
+  const MemoryTracker* memory = nullptr;
+};
+
 struct RankOptions {
   /// How long rank 0 waits for a rank at a gather (and a rank for rank 0),
   /// and how long joining may take: every rank must reach each gather
@@ -80,10 +93,11 @@ class RankGroup {
   /// to rank 0, which merges them with its own: every rank calls it at the
   /// same points (the n-th call of each rank is one gather). `tracker` is
   /// the one that timed `stats`: rank 0 maps each rank's clock onto its own
-  /// with it (docs/ranks.md). Never throws for a fault of another rank: a
+  /// with it (docs/ranks.md). `tools` adds their extras to the merged trace. Never throws for a fault of another rank: a
   /// rank that fails is reported, and not waited for again by this group.
   /// One thread at a time per group.
-  Gathered gather(const TrackerBase& tracker, const Statistics& stats, const SpanLog* spans = nullptr);
+  Gathered gather(const TrackerBase& tracker, const Statistics& stats, const SpanLog* spans = nullptr,
+                  RankTools tools = {});
 
  private:
   struct State;
