@@ -135,6 +135,8 @@ int usage(std::FILE* to, int code) {
                "  --fault R:WHAT  rank R plays a fault, to see it reported: kill (killed at step\n"
                "                  2 of --steps), hang (stops at step 2), absent (never joins); --rank and\n"
                "                  --port are what --ranks passes to the processes it starts\n"
+               "  --pid-check on|off  rank 0 sees a rank on its host end by its process id (default\n"
+               "                  on); off: by its heartbeat alone, as if every rank ran on another host\n"
                "  --help          this text\n");
   return code;
 }
@@ -249,7 +251,7 @@ int main(int argc, char** argv) {
   std::string model_name = "classifier", trace_path = "trace.json";
   std::vector<std::int64_t> input_shape{64, 16};
   long steps = 20, warmup = 1, depth = 0, ranks = 1, timeout_ms = 30000, rank = -1, port = 0;
-  bool tools = true;
+  bool tools = true, pid_check = true;
   demo::Fault fault;
   modtracker::TableOptions table;
   for (int i = 1; i < argc; ++i) {
@@ -269,6 +271,8 @@ int main(int argc, char** argv) {
       depth = *to_number(value, 0);
     } else if (arg == "--tools" && (value == std::string_view("on") || value == std::string_view("off"))) {
       tools = value == std::string_view("on");
+    } else if (arg == "--pid-check" && (value == std::string_view("on") || value == std::string_view("off"))) {
+      pid_check = value == std::string_view("on");
     } else if (arg == "--trace" && *value) {
       trace_path = value;
     } else if (arg == "--sort" && modtracker::column_from_name(value)) {
@@ -318,7 +322,8 @@ int main(int argc, char** argv) {
     }
   }
   std::optional<demo::Rank> job;
-  if (distributed) job.emplace(static_cast<int>(rank), static_cast<int>(ranks), static_cast<int>(port), timeout);
+  if (distributed)
+    job.emplace(static_cast<int>(rank), static_cast<int>(ranks), static_cast<int>(port), timeout, pid_check);
   std::string failure = job ? job->training_error() : "";  // why training stopped, on a rank
   const auto params = model->module->parameters();
   if (job && failure.empty()) job->broadcast(params);

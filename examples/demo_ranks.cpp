@@ -111,14 +111,18 @@ int launch(const std::vector<std::string>& args, int world, std::chrono::millise
   return code;
 }
 
-Rank::Rank(int rank, int world, int port, std::chrono::milliseconds timeout) : rank_(rank), world_(world) {
+Rank::Rank(int rank, int world, int port, std::chrono::milliseconds timeout, bool pid_check)
+    : rank_(rank), world_(world) {
   c10d::TCPStoreOptions options;
   options.port = static_cast<std::uint16_t>(port);
   options.isServer = false;
   options.waitWorkers = false;
   options.timeout = timeout;  // bounds the training group's rendezvous
   store_ = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", options);
-  ranks_ = std::make_unique<lt::RankGroup>(store_, rank, world, lt::RankOptions{timeout, "modtracker"});
+  lt::RankOptions group;
+  group.timeout = timeout;
+  group.check_processes = pid_check;
+  ranks_ = std::make_unique<lt::RankGroup>(store_, rank, world, group);
   try {
     training_ = lt::make_gloo_group(c10::make_intrusive<c10d::PrefixStore>("train", store_), rank, world, timeout);
   } catch (const std::exception& e) {

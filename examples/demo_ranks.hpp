@@ -36,7 +36,8 @@ class Rank {
  public:
   /// Joins the store the launcher hosts: a RankGroup (named "modtracker")
   /// for the statistics and a Gloo group (prefix "train") for the training.
-  Rank(int rank, int world, int port, std::chrono::milliseconds timeout);
+  /// Without `pid_check`, rank 0 tells a dead rank by its heartbeat alone.
+  Rank(int rank, int world, int port, std::chrono::milliseconds timeout, bool pid_check = true);
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] int world() const noexcept { return world_; }
   /// Why there is no training group ("" if there is one).

@@ -6,14 +6,16 @@
 //   headers announced.
 // - An operation that times out closes every connection of its group. So
 //   nothing waits on Gloo for a rank that may not come: arrival is watched
-//   in the store (polled, with the peer's process checked when it runs on
-//   this host), and Gloo carries only exchanges both sides have agreed to.
+//   in the store (polled, with the peer's heartbeat read, and its process
+//   checked when it runs on this host), and Gloo carries only exchanges
+//   both sides have agreed to.
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdint>
 #include <map>
@@ -28,6 +30,7 @@
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
 
 #include <modtracker/libtorch/flops.hpp>
@@ -41,6 +44,79 @@ namespace modtracker::libtorch {
 
 using namespace transport;
 
+namespace {
+
+// A rank's heartbeat: a thread that adds 1 to `beat/R` every interval until
+// the group ends, then sets `closed/R`. Its store is a connection of its own
+// where the job's is a TCPStore: a user's blocking wait on the job's store
+// client (which holds the client's lock) must not stall it.
+class Heartbeat {
+ public:
+  Heartbeat(c10::intrusive_ptr<c10d::Store> store, int rank, milliseconds interval)
+      : store_(std::move(store)), rank_(std::to_string(rank)), interval_(interval), thread_([this] { run(); }) {}
+  Heartbeat(const Heartbeat&) = delete;
+  Heartbeat& operator=(const Heartbeat&) = delete;
+  ~Heartbeat() {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+    try {
+      store_->set("closed/" + rank_, bytes_of("1"));
+    } catch (const std::exception&) {  // the store is gone: rank 0 sees the heartbeat stop instead
+    }
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!stop_) {
+      lock.unlock();
+      try {
+        store_->add("beat/" + rank_, 1);
+      } catch (const std::exception&) {
+        return;  // the store is unreachable: the beat stops, as a dead rank's would
+      }
+      lock.lock();
+      wake_.wait_for(lock, interval_, [this] { return stop_; });
+    }
+  }
+
+  c10::intrusive_ptr<c10d::Store> store_;
+  std::string rank_;
+  milliseconds interval_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;  // last: started once the rest is made
+};
+
+// The store the heartbeat writes to: a second client of a TCPStore, else
+// the job's store itself (in-process and file stores do not block others).
+c10::intrusive_ptr<c10d::Store> heartbeat_store(const c10::intrusive_ptr<c10d::Store>& job, const std::string& name) {
+  if (const auto* tcp = dynamic_cast<const c10d::TCPStore*>(job.get())) {
+    c10d::TCPStoreOptions o;
+    o.port = tcp->getPort();
+    o.isServer = false;
+    o.waitWorkers = false;
+    o.timeout = tcp->getTimeout();
+    try {
+      return c10::make_intrusive<c10d::PrefixStore>(name, c10::make_intrusive<c10d::TCPStore>(tcp->getHost(), o));
+    } catch (const std::exception&) {  // a second connection refused: share the job's
+    }
+  }
+  return c10::make_intrusive<c10d::PrefixStore>(name, job);
+}
+
+milliseconds heartbeat_interval(const RankOptions& o) {
+  if (o.heartbeat.count() > 0) return o.heartbeat;
+  return std::clamp(o.timeout / 8, milliseconds(10), milliseconds(1000));
+}
+
+}  // namespace
+
 struct RankGroup::State {
   c10::intrusive_ptr<c10d::Store> store;         // PrefixStore(options.name, the job's)
   c10::intrusive_ptr<c10d::ProcessGroup> group;  // null if some rank never joined
@@ -52,6 +128,14 @@ struct RankGroup::State {
   bool root_gone = false;           // elsewhere: rank 0 failed once
   std::int64_t round = 0;
   std::map<int, std::pair<std::string, long>> who;  // host and pid of each rank, as read
+  // Each peer's heartbeat as last read: its count, and when it last moved.
+  struct Pulse {
+    std::int64_t beats = -1;
+    Clock::time_point moved, read;
+  };
+  std::map<int, Pulse> pulses;
+  milliseconds interval{};
+  std::unique_ptr<Heartbeat> heartbeat;  // last: ends first
 
   std::string key(const char* what, int r) const {
     return "g" + std::to_string(round) + "/" + what + std::to_string(r);
@@ -72,6 +156,34 @@ struct RankGroup::State {
                                "a second RankGroup uses that name (give it another RankOptions::name)");
     }
     store->set("who/" + std::to_string(rank), bytes_of(host + " " + std::to_string(getpid())));
+  }
+  void start_heartbeat(const c10::intrusive_ptr<c10d::Store>& job) {
+    interval = heartbeat_interval(options);
+    heartbeat = std::make_unique<Heartbeat>(heartbeat_store(job, options.name), rank, interval);
+  }
+  milliseconds stale_after() const { return std::max(4 * interval, milliseconds(200)); }
+
+  // Why rank r is taken for gone ("" while it lives): its group closed, its
+  // heartbeat stopped, or (on this host, if checked) its process ended.
+  std::string gone_reason(int r) {
+    if (options.check_processes && ended(r)) return ended_text(r);
+    auto& p = pulses[r];
+    const auto now = Clock::now();
+    if (p.beats >= 0 && now - p.read < interval) return {};  // read lately: not yet again
+    p.read = now;
+    if (store->check({"closed/" + std::to_string(r)}))
+      return "it closed its group (its RankGroup ended) without reaching this gather";
+    const auto beats = store->add("beat/" + std::to_string(r), 0);
+    if (beats != p.beats) {
+      p.beats = beats;
+      p.moved = now;
+      return {};
+    }
+    if (now - p.moved < stale_after()) return {};
+    return "its heartbeat stopped " +
+           std::to_string(std::chrono::duration_cast<milliseconds>(now - p.moved).count() +
+                          interval.count()) +
+           " ms ago or more (its process died, or its host or network failed)";
   }
 
   // A gather's keys, once read, are deleted: gathers every N steps would
@@ -103,10 +215,10 @@ struct RankGroup::State {
   }
 
   // Polls the store until each key is there, the deadline passes, or the
-  // process of the rank the key waits on is seen to end (that rank goes to
-  // `ended_ranks`). Returns, sorted, the ranks whose key came.
+  // rank the key waits on is seen to be gone (that rank goes to
+  // `ended_ranks`, with why). Returns, sorted, the ranks whose key came.
   std::vector<int> await(std::vector<std::pair<std::string, int>> keys, Clock::time_point due,
-                         std::vector<int>& ended_ranks) {
+                         std::map<int, std::string>& ended_ranks) {
     std::vector<int> here;
     auto pause = std::chrono::microseconds(50);
     while (!keys.empty()) {
@@ -114,8 +226,8 @@ struct RankGroup::State {
         if (store->check({it->first})) {
           here.push_back(it->second);
           it = keys.erase(it);
-        } else if (ended(it->second)) {
-          ended_ranks.push_back(it->second);
+        } else if (auto why = gone_reason(it->second); !why.empty()) {
+          ended_ranks.emplace(it->second, std::move(why));
           it = keys.erase(it);
         } else {
           ++it;
@@ -196,8 +308,9 @@ RankGroup::RankGroup(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intrusiv
   s.rank = group->getRank();
   s.world = group->getSize();
   s.options = std::move(options);
-  s.store = c10::make_intrusive<c10d::PrefixStore>(s.options.name, std::move(store));
+  s.store = c10::make_intrusive<c10d::PrefixStore>(s.options.name, store);
   s.join();
+  s.start_heartbeat(store);
   s.group = std::move(group);
 }
 
@@ -210,8 +323,9 @@ RankGroup::RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world,
   s.rank = rank;
   s.world = world;
   s.options = std::move(options);
-  s.store = c10::make_intrusive<c10d::PrefixStore>(s.options.name, std::move(store));
+  s.store = c10::make_intrusive<c10d::PrefixStore>(s.options.name, store);
   s.join();
+  s.start_heartbeat(store);
   std::vector<std::string> keys;
   for (int r = 0; r < world; ++r) keys.push_back("joined/" + std::to_string(r));
   try {
@@ -279,7 +393,8 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
                    " (the process died, or closed its group)"});
   };
   if (group) {
-    std::vector<int> peers, ended_ranks;
+    std::vector<int> peers;
+    std::map<int, std::string> ended_ranks;
     std::vector<std::pair<std::string, int>> awaited;
     for (int r = 1; r < world; ++r)
       if (!gone.count(r)) {
@@ -290,11 +405,14 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
     for (const int r : peers)
       if (!std::binary_search(arrived.begin(), arrived.end(), r)) {
         const auto gather = "arrive at gather " + std::to_string(round);
-        if (std::find(ended_ranks.begin(), ended_ranks.end(), r) == ended_ranks.end()) {
-          fail(r, Failure{Kind::timed_out, ""}, gather);
+        if (const auto it = ended_ranks.find(r); it == ended_ranks.end()) {
+          gone.insert(r);
+          out.problems.push_back({r, Kind::timed_out,
+                                  "rank " + std::to_string(r) + " did not " + gather + " within " + ms() +
+                                      " (its heartbeat goes on: hung, or not calling gather())"});
         } else {
           gone.insert(r);
-          out.problems.push_back({r, Kind::lost, "rank " + std::to_string(r) + " did not " + gather + ": " + ended_text(r)});
+          out.problems.push_back({r, Kind::lost, "rank " + std::to_string(r) + " did not " + gather + ": " + it->second});
         }
       }
     // Each rank in turn: answered, timed, and its record's receive posted.
@@ -372,9 +490,9 @@ void RankGroup::State::gather_other(const TrackerBase& tracker, const RankRecord
   store->set(key("h", rank), bytes_of(to_text(h)));
   // Rank 0 first waits up to the timeout for every rank, then answers each in turn.
   const auto answer_key = key("a", rank);
-  std::vector<int> root_ended;
+  std::map<int, std::string> root_ended;
   if (await({{answer_key, 0}}, Clock::now() + 2 * options.timeout, root_ended).empty())
-    return lost(root_ended.empty() ? "no answer within twice " + ms() : ended_text(0), "answer this rank");
+    return lost(root_ended.empty() ? "no answer within twice " + ms() : root_ended.begin()->second, "answer this rank");
   const auto answer = text_of(store->get(answer_key));
   forget(answer_key);
   if (answer != "1") {

@@ -53,7 +53,34 @@ struct Rank {
   std::chrono::steady_clock::time_point tracker_created;
 };
 
-enum class Role { normal, wider, hangs, leaves, absent };
+// A rank's own view of the job's store, which can be cut as a network is:
+// from then on, each of its operations fails as a dead peer's connection does.
+class CuttableStore : public c10d::Store {
+ public:
+  explicit CuttableStore(c10::intrusive_ptr<c10d::Store> inner) : inner_(std::move(inner)) {}
+  void cut() { cut_ = true; }
+  void set(const std::string& k, const std::vector<uint8_t>& v) override { live().set(k, v); }
+  std::vector<uint8_t> get(const std::string& k) override { return live().get(k); }
+  int64_t add(const std::string& k, int64_t v) override { return live().add(k, v); }
+  bool deleteKey(const std::string& k) override { return live().deleteKey(k); }
+  bool check(const std::vector<std::string>& k) override { return live().check(k); }
+  int64_t getNumKeys() override { return live().getNumKeys(); }
+  void wait(const std::vector<std::string>& k) override { live().wait(k); }
+  void wait(const std::vector<std::string>& k, const std::chrono::milliseconds& t) override { live().wait(k, t); }
+
+ private:
+  c10d::Store& live() {
+    if (cut_) throw std::runtime_error("Connection reset by peer");
+    return *inner_;
+  }
+  c10::intrusive_ptr<c10d::Store> inner_;
+  std::atomic<bool> cut_{false};
+};
+
+// hangs: sleeps three timeouts, then gathers. leaves: drops its group
+// without gathering. dies: its store is cut (as its host failing would),
+// then it drops its group: its heartbeat stops, and nothing says it closed.
+enum class Role { normal, wider, hangs, leaves, dies, absent };
 
 struct Job {
   int world;
@@ -63,6 +90,7 @@ struct Job {
   bool data_parallel = true;  // else each rank trains alone (models of different shapes)
   bool job_group = false;     // gather over the training's group, not a group of the layer's own
   int gathers = 1;            // at the end of training, one after the other (the last is kept)
+  bool check_processes = true;  // false: as if every rank ran on a host of its own
   // A FLOP counter on each rank and a memory tracker on rank 1 (one per
   // process: it wraps the CPU allocator), sent with the records.
   bool tools = false;
@@ -95,10 +123,14 @@ struct Job {
       memory->track(*net);
     }
     const std::int64_t batch = batch_by_rank ? 8 * (rank + 1) : 8;
+    lt::RankOptions options;
+    options.timeout = timeout;
+    options.check_processes = check_processes;
+    const auto mine = c10::make_intrusive<CuttableStore>(store);
     const auto gather_group =
-        job_group ? std::make_unique<lt::RankGroup>(c10::intrusive_ptr<c10d::ProcessGroup>::reclaim_copy(group), store,
-                                                    lt::RankOptions{timeout, "modtracker"})
-                  : std::make_unique<lt::RankGroup>(store, rank, world, lt::RankOptions{timeout, "modtracker"});
+        job_group ? std::make_unique<lt::RankGroup>(c10::intrusive_ptr<c10d::ProcessGroup>::reclaim_copy(group), mine,
+                                                    options)
+                  : std::make_unique<lt::RankGroup>(mine, rank, world, options);
     for (int step = 0; step < steps; ++step) {
       {
         // A tracker sees the modules of every thread (as in Python): the
@@ -128,6 +160,7 @@ struct Job {
     }
     if (role(rank) == Role::hangs) std::this_thread::sleep_for(timeout * 3);
     if (role(rank) == Role::leaves) return;  // its group closes: its connections with it
+    if (role(rank) == Role::dies) return mine->cut();
     if (flops) lt::annotate(me.stats, *flops);
     if (memory) lt::annotate(me.stats, *memory);
     for (int g = 0; g < gathers; ++g)
@@ -394,16 +427,75 @@ TEST_CASE("ranks: a rank that hangs is reported by rank 0 within the timeout, an
   const auto& late = *job.ranks[1].gathered;
   REQUIRE(late.problems.size() == 1);
   CHECK(late.problems[0].kind == Kind::no_root);
-  CHECK(late.problems[0].message.find("no answer within twice 500 ms") != std::string::npos);
+  // Rank 0 had gathered and closed its group by then: that is what the late rank hears.
+  CHECK(late.problems[0].message.find("it closed its group") != std::string::npos);
   CHECK(late.elapsed < 1000ms + 1500ms);
 }
 
-TEST_CASE("ranks: a rank that stops without gathering is named, the ranks after it still arrive") {
+namespace {
+// Rank 0 merged every rank but `missing`, reported alone as lost (`why`)
+// well within the timeout; the last rank gathered cleanly.
+void check_one_lost(const Job& job, int missing, const std::string& why) {
+  const auto& root = job.root();
+  INFO(root.report());
+  REQUIRE(root.merged);
+  REQUIRE(root.merged->records().size() == static_cast<std::size_t>(job.world - 1));
+  for (const auto& record : root.merged->records()) CHECK(record.rank != missing);
+  REQUIRE(root.problems.size() == 1);
+  CHECK(root.problems[0].rank == missing);
+  CHECK(root.problems[0].kind == Kind::lost);
+  CHECK(root.problems[0].message.find("rank " + std::to_string(missing) + " did not arrive at gather 1: " + why) !=
+        std::string::npos);
+  CHECK(root.elapsed < job.timeout);
+  CHECK(job.ranks.back().gathered->problems.empty());
+}
+}  // namespace
+
+TEST_CASE("ranks: a rank that closes its group without gathering is lost at once, the ranks after it still arrive") {
   Job job{4};
   job.roles[2] = Role::leaves;  // trains, then drops its group without gathering
-  job.timeout = 1s;
+  job.timeout = 10s;
+  job.check_processes = false;
   job.run();
-  check_one_timed_out(job, 2);
+  check_one_lost(job, 2, "it closed its group (its RankGroup ended) without reaching this gather");
+}
+
+TEST_CASE("ranks: a rank whose heartbeat stops (its host or network failed) is lost, with no process id to check") {
+  Job job{3};
+  job.roles[1] = Role::dies;  // rank 1, before another rank that arrives
+  job.timeout = 4s;           // its heartbeat every 500 ms: lost after 2 s without a beat
+  job.check_processes = false;
+  job.run();
+  check_one_lost(job, 1, "its heartbeat stopped ");
+  CHECK(job.root().elapsed >= 2s);  // not before four intervals without a beat
+}
+
+TEST_CASE("ranks: a hung rank whose heartbeat goes on is timed out, not lost, with no process id to check") {
+  Job job{3};
+  job.roles[1] = Role::hangs;
+  job.timeout = 500ms;
+  job.check_processes = false;
+  job.run();
+  check_one_timed_out(job, 1);
+  CHECK(job.root().problems[0].message.find("(its heartbeat goes on: hung, or not calling gather())") !=
+        std::string::npos);
+}
+
+TEST_CASE("ranks: the heartbeat runs while the group lives, and its end is marked") {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  {
+    lt::RankOptions options;
+    options.heartbeat = 10ms;
+    lt::RankGroup group(store, 0, 1, options);
+    const auto first = store->add("modtracker/beat/0", 0);
+    std::this_thread::sleep_for(200ms);
+    CHECK(store->add("modtracker/beat/0", 0) > first);
+    CHECK_FALSE(store->check({"modtracker/closed/0"}));
+  }
+  const auto last = store->add("modtracker/beat/0", 0);
+  CHECK(store->check({"modtracker/closed/0"}));
+  std::this_thread::sleep_for(50ms);
+  CHECK(store->add("modtracker/beat/0", 0) == last);  // the thread ended with the group
 }
 
 TEST_CASE("ranks: a store that already holds the group (a stale FileStore path) is refused with the fix") {

@@ -42,6 +42,15 @@ struct RankOptions {
   /// The prefix of the group the layer makes on the job's store: one name
   /// per store (a second group needs another).
   std::string name = "modtracker";
+  /// How often each rank's heartbeat thread marks the store; zero derives it
+  /// from the timeout (an eighth of it, within 10 ms and 1 s). Rank 0
+  /// reports a rank `lost` once its heartbeat has not moved for four
+  /// intervals (at least 200 ms), and `timed_out` only if the heartbeat goes
+  /// on but no record comes within the timeout.
+  std::chrono::milliseconds heartbeat{0};
+  /// Also see a rank on rank 0's host end by its process id, at once. Off,
+  /// every rank is judged by its heartbeat alone, as if on another host.
+  bool check_processes = true;
 };
 
 /// A Gloo process group for `rank` of `world` over `store`, on the network
@@ -80,7 +89,9 @@ class RankGroup {
   /// (Kind::absent) by every gather, which then has this rank's record only.
   /// Throws std::runtime_error if the store already holds this rank under
   /// this name: a stale store (a FileStore path of an earlier job) or a
-  /// second group of the same name.
+  /// second group of the same name. Both constructors start the rank's
+  /// heartbeat thread (on a connection of its own where the store is a
+  /// TCPStore); the destructor ends it and marks the rank closed.
   RankGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int world, RankOptions options = {});
   RankGroup(const RankGroup&) = delete;
   RankGroup& operator=(const RankGroup&) = delete;
@@ -93,9 +104,10 @@ class RankGroup {
   /// to rank 0, which merges them with its own: every rank calls it at the
   /// same points (the n-th call of each rank is one gather). `tracker` is
   /// the one that timed `stats`: rank 0 maps each rank's clock onto its own
-  /// with it (docs/ranks.md). `tools` adds their extras to the merged trace. Never throws for a fault of another rank: a
-  /// rank that fails is reported, and not waited for again by this group.
-  /// One thread at a time per group.
+  /// with it (docs/ranks.md). `tools` adds their extras to the merged
+  /// trace. Never throws for a fault of another rank: a rank that fails is
+  /// reported, and not waited for again by this group. One thread at a time
+  /// per group.
   Gathered gather(const TrackerBase& tracker, const Statistics& stats, const SpanLog* spans = nullptr,
                   RankTools tools = {});
 
