@@ -92,4 +92,21 @@ struct RankCosts {
 };
 RankCosts rank_costs(int world, int modules, int rounds);
 
+/// One gather size: `world` ranks as threads, a `modules`-row table each
+/// (with FLOPs and memory columns), 1 warm-up gather and `rounds` timed.
+struct GatherScale {
+  int world = 0, modules = 0;
+  double ms_min = 0, ms_median = 0, ms_max = 0;
+  std::uint64_t received_bytes = 0;  ///< per gather, by rank 0
+  double peak_growth_mb = 0;         ///< the process's peak RSS growth over the gathers (all rank threads)
+};
+GatherScale gather_scale(int world, int modules, int rounds);
+
+/// A training step with and without a RankGroup whose heartbeat beats every
+/// 10 ms (its shortest interval), alternating: microseconds per step.
+struct HeartbeatCost {
+  double step_us = 0, step_heartbeat_us = 0, ratio_min = 0, ratio_median = 0, ratio_max = 0;
+};
+HeartbeatCost heartbeat_cost(int rounds);
+
 }  // namespace bench

@@ -15,7 +15,7 @@
 namespace {
 int usage() {
   std::fprintf(stderr,
-               "usage: modtracker-bench [--json] [--torch-only | --tools-only | --script-only | --ranks-only] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
+               "usage: modtracker-bench [--json] [--torch-only | --tools-only | --script-only | --ranks-only | --ranks-scale] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
                "                        [--runs N] [--reps N]\n");
   return 2;
 }
@@ -60,6 +60,31 @@ int main(int argc, char** argv) {
       options.reps = std::atoi(argv[++i]);
     } else if (std::strcmp(argv[i], "--ranks-only") == 0) {
       ranks_only = true;
+    } else if (std::strcmp(argv[i], "--ranks-scale") == 0) {
+      // How a gather grows: 2 to 16 ranks (threads) x 100 to 10,000 modules.
+      at::set_num_threads(1);
+      std::printf("gather to rank 0, ranks as threads over a HashStore (Gloo over 127.0.0.1), 1 warm-up + 10 rounds\n");
+      std::printf("%6s %8s %10s %10s %10s %14s %16s\n", "ranks", "modules", "min_ms", "median_ms", "max_ms",
+                  "received_KiB", "peak_growth_MiB");
+      std::vector<std::pair<int, int>> sizes;  // --ranks-scale WORLDxMODULES: that size only
+      const bool one = i + 1 < argc && std::sscanf(argv[i + 1], "%dx%d", &n, &d) == 2 && n > 1 && d > 0;
+      if (one) sizes = {{n, d}};
+      for (const int world : {2, 4, 8, 16})
+        for (const int modules : {100, 1000, 10000})
+          if (!one) sizes.emplace_back(world, modules);
+      for (const auto [world, modules] : sizes) {
+        const auto g = bench::gather_scale(world, modules, 10);
+        std::printf("%6d %8d %10.2f %10.2f %10.2f %14.1f %16.1f\n", g.world, g.modules, g.ms_min, g.ms_median,
+                    g.ms_max, static_cast<double>(g.received_bytes) / 1024, g.peak_growth_mb);
+        std::fflush(stdout);
+      }
+      if (one) return 0;
+      const auto h = bench::heartbeat_cost(10);
+      std::printf("\ntraining step (16 x Linear(64, 64), batch 32) with a heartbeat every 10 ms against none, 10 "
+                  "alternating rounds of 50 steps:\n  %.1f us vs %.1f us a step; ratio by round min %.3f median %.3f "
+                  "max %.3f\n",
+                  h.step_heartbeat_us, h.step_us, h.ratio_min, h.ratio_median, h.ratio_max);
+      return 0;
     } else if (std::strcmp(argv[i], "--script-only") == 0) {
       script_only = true;
     } else if (std::strcmp(argv[i], "--tools-only") == 0) {

@@ -415,13 +415,15 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
           out.problems.push_back({r, Kind::lost, "rank " + std::to_string(r) + " did not " + gather + ": " + it->second});
         }
       }
-    // Each rank in turn: answered, timed, and its record's receive posted.
     std::vector<std::array<std::int64_t, header_size>> headers(world);
     std::vector<torch::Tensor> data(world);
     std::vector<Posted> works(world);
     std::vector<Clock::time_point> data_due(world);
     std::vector<Offset> clocks(world);
     std::vector<int> sending;
+    // Every header answered first, so that the ranks stop waiting at once;
+    // then each in turn timed, and its record's receive posted.
+    std::vector<int> accepted;
     for (const int r : arrived) {
       const auto header = header_of(text_of(store->get(key("h", r))));
       forget(key("h", r));
@@ -432,11 +434,14 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
         out.problems.push_back({r, Kind::rejected, "rank " + std::to_string(r) + "'s record was refused: " + why});
         continue;
       }
+      headers[r] = *header;
+      accepted.push_back(r);
+    }
+    for (const int r : accepted) {
       if (const auto f = align(tracker, r, Clock::now() + options.timeout, clocks[r])) {
         fail(r, *f, "answer the clock exchange");
         continue;
       }
-      headers[r] = *header;
       data[r] = torch::empty({headers[r][h_bytes]}, torch::kUInt8);
       works[r] = recv(data[r], r, data_tag);
       data_due[r] = Clock::now() + options.timeout;
@@ -447,6 +452,7 @@ void RankGroup::State::gather_root(const TrackerBase& tracker, RankRecord mine, 
         fail(r, *f, "send its record");
         continue;
       }
+      out.received_bytes += static_cast<std::uint64_t>(data[r].numel());
       const auto* bytes = reinterpret_cast<const char*>(data[r].data_ptr<std::uint8_t>());
       try {
         auto record = records::decode(std::vector<char>(bytes, bytes + data[r].numel()), headers[r][h_rows],

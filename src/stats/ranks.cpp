@@ -7,12 +7,12 @@ module;
 #include <algorithm>
 #include <array>
 #include <chrono>
-#include <map>
 #include <optional>
 #include <ostream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 module modtracker.stats;
@@ -21,10 +21,6 @@ import modtracker;
 namespace modtracker {
 
 namespace {
-
-struct NaturalLess {
-  bool operator()(std::string_view a, std::string_view b) const { return natural_less(a, b); }
-};
 
 std::uint64_t calls_of(const ModuleStats& r, Phase p) { return p == Phase::forward ? r.fw_calls : r.bw_calls; }
 std::chrono::nanoseconds inclusive_of(const ModuleStats& r, Phase p) {
@@ -127,12 +123,17 @@ CrossRankStatistics::CrossRankStatistics(std::vector<RankRecord> records) : reco
   for (std::size_t i = 1; i < records_.size(); ++i)
     if (records_[i].rank == records_[i - 1].rank)
       throw std::invalid_argument("modtracker: two records of rank " + std::to_string(records_[i].rank));
-  std::map<std::string_view, std::vector<const ModuleStats*>, NaturalLess> by_fqn;
+  // Joined by name through a hash map, then sorted once: the natural order's
+  // comparisons (the costly part) are per module, not per module and rank.
+  std::unordered_map<std::string_view, std::size_t> index;
+  std::vector<std::pair<std::string_view, std::vector<const ModuleStats*>>> by_fqn;
   for (std::size_t i = 0; i < records_.size(); ++i)
     for (const auto& row : records_[i].rows) {
-      auto& slot = by_fqn.try_emplace(row.fqn, records_.size(), nullptr).first->second;
-      slot[i] = &row;
+      const auto [it, added] = index.try_emplace(row.fqn, by_fqn.size());
+      if (added) by_fqn.emplace_back(row.fqn, std::vector<const ModuleStats*>(records_.size(), nullptr));
+      by_fqn[it->second].second[i] = &row;
     }
+  std::sort(by_fqn.begin(), by_fqn.end(), [](const auto& a, const auto& b) { return natural_less(a.first, b.first); });
   rows_.reserve(by_fqn.size());
   for (auto& [fqn, per_rank] : by_fqn) {
     CrossRankRow row{std::string(fqn), std::move(per_rank), {}, {}, {}, {}, {}, {}};

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,6 +71,8 @@ struct Gathered {
   /// rank's own trouble reaching rank 0 (Kind::no_root, Kind::rejected).
   std::vector<RankProblem> problems;
   std::chrono::nanoseconds elapsed{};  ///< the gather's wall time on this rank
+  /// On rank 0: the bytes of the records it received (its own not counted).
+  std::uint64_t received_bytes = 0;
   /// Rank 0 with every rank's record and no problem.
   [[nodiscard]] bool complete() const noexcept;
   /// The problems, a line each ("" if none).
