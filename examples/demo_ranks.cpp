@@ -5,6 +5,9 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
 #include <thread>
 
 #include <spawn.h>
@@ -36,6 +39,8 @@ std::optional<Fault> to_fault(const std::string& text) {
 }
 
 namespace {
+
+std::string first_line(const std::string& what) { return what.substr(0, what.find('\n')); }
 
 std::string ended(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
@@ -170,6 +175,49 @@ double Rank::max_difference(const std::vector<torch::Tensor>& params) {
   max.reduceOp = c10d::ReduceOp::MAX;
   training_->allreduce(worst, max)->wait();
   return worst[0].item<double>();
+}
+
+// The end of a rank's job: the parameters compared across ranks, the
+// gather, and on rank 0 the table across ranks and the merged trace.
+int report(Rank& job, const lt::Tracker& tracker, const modtracker::Statistics& stats,
+                 const modtracker::SpanLog& spans, lt::RankTools tools, const std::vector<torch::Tensor>& params,
+                 const std::string& failure, const modtracker::TableOptions& table, const std::string& trace_path,
+                 bool tty) {
+  std::optional<double> difference;
+  if (failure.empty()) {
+    try {
+      difference = job.max_difference(params);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rank %d: cannot compare the parameters: %s\n", job.rank(), first_line(e.what()).c_str());
+    }
+  }
+  const auto gathered = job.ranks().gather(tracker, stats, &spans, tools);
+  if (job.rank() != 0) {
+    for (const auto& p : gathered.problems)  // about rank 0 (no root), or this rank
+      std::fprintf(stderr, "rank %d: %s\n", job.rank(), p.message.c_str());
+    return failure.empty() && gathered.problems.empty() ? 0 : 1;
+  }
+  const auto& merged = *gathered.merged;
+  std::printf("%s\nacross %zu of %d ranks (gathered in %.1f ms):\n%s", tty ? "\n" : "", merged.records().size(),
+              job.world(), std::chrono::duration<double, std::milli>(gathered.elapsed).count(), merged.table(table).c_str());
+  std::printf("clocks onto rank 0's:");
+  for (const auto& r : merged.records())
+    if (r.rank != 0)
+      std::printf(" rank %d %+.3f ms (+- %.0f us)", r.rank,
+                  std::chrono::duration<double, std::milli>(r.clock_offset).count(),
+                  std::chrono::duration<double, std::micro>(r.clock_uncertainty).count());
+  std::printf("%s\n", merged.records().size() == 1 ? " (no other rank)" : "");
+  if (difference)
+    std::printf(*difference == 0 ? "parameters after training: identical on all %d ranks\n"
+                                 : "parameters after training: differ across the %d ranks by up to %g\n",
+                job.world(), *difference);
+  if (!gathered.problems.empty()) std::printf("problems:\n%s", gathered.report().c_str());
+  std::ofstream file(trace_path);
+  const auto slices = merged.write_trace(file);
+  std::printf("trace: %s (%llu slices, a process per rank)\n", std::filesystem::absolute(trace_path).c_str(),
+              static_cast<unsigned long long>(slices));
+  std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");
+  return gathered.complete() && failure.empty() && difference == 0.0 ? 0 : 1;
 }
 
 }  // namespace demo

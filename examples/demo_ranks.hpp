@@ -58,4 +58,12 @@ class Rank {
   std::string training_error_;
 };
 
+/// The end of a rank's job: the parameters compared across ranks, the
+/// gather (with the tools' extras), and on rank 0 the tables across ranks
+/// and the merged trace. Returns the process's exit status.
+int report(Rank& job, const modtracker::libtorch::Tracker& tracker, const modtracker::Statistics& stats,
+           const modtracker::SpanLog& spans, modtracker::libtorch::RankTools tools,
+           const std::vector<torch::Tensor>& params, const std::string& failure, const modtracker::TableOptions& table,
+           const std::string& trace_path, bool tty);
+
 }  // namespace demo

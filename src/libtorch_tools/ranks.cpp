@@ -13,10 +13,7 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <chrono>
-#include <condition_variable>
-#include <csignal>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -30,92 +27,19 @@
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
 
 #include <modtracker/libtorch/flops.hpp>
 #include <modtracker/libtorch/memory.hpp>
 #include <modtracker/libtorch/ranks.hpp>
 
+#include "libtorch_tools/rank_liveness.hpp"
 #include "libtorch_tools/rank_record.hpp"
 #include "libtorch_tools/rank_transport.hpp"
 
 namespace modtracker::libtorch {
 
 using namespace transport;
-
-namespace {
-
-// A rank's heartbeat: a thread that adds 1 to `beat/R` every interval until
-// the group ends, then sets `closed/R`. Its store is a connection of its own
-// where the job's is a TCPStore: a user's blocking wait on the job's store
-// client (which holds the client's lock) must not stall it.
-class Heartbeat {
- public:
-  Heartbeat(c10::intrusive_ptr<c10d::Store> store, int rank, milliseconds interval)
-      : store_(std::move(store)), rank_(std::to_string(rank)), interval_(interval), thread_([this] { run(); }) {}
-  Heartbeat(const Heartbeat&) = delete;
-  Heartbeat& operator=(const Heartbeat&) = delete;
-  ~Heartbeat() {
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_one();
-    thread_.join();
-    try {
-      store_->set("closed/" + rank_, bytes_of("1"));
-    } catch (const std::exception&) {  // the store is gone: rank 0 sees the heartbeat stop instead
-    }
-  }
-
- private:
-  void run() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (!stop_) {
-      lock.unlock();
-      try {
-        store_->add("beat/" + rank_, 1);
-      } catch (const std::exception&) {
-        return;  // the store is unreachable: the beat stops, as a dead rank's would
-      }
-      lock.lock();
-      wake_.wait_for(lock, interval_, [this] { return stop_; });
-    }
-  }
-
-  c10::intrusive_ptr<c10d::Store> store_;
-  std::string rank_;
-  milliseconds interval_;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stop_ = false;
-  std::thread thread_;  // last: started once the rest is made
-};
-
-// The store the heartbeat writes to: a second client of a TCPStore, else
-// the job's store itself (in-process and file stores do not block others).
-c10::intrusive_ptr<c10d::Store> heartbeat_store(const c10::intrusive_ptr<c10d::Store>& job, const std::string& name) {
-  if (const auto* tcp = dynamic_cast<const c10d::TCPStore*>(job.get())) {
-    c10d::TCPStoreOptions o;
-    o.port = tcp->getPort();
-    o.isServer = false;
-    o.waitWorkers = false;
-    o.timeout = tcp->getTimeout();
-    try {
-      return c10::make_intrusive<c10d::PrefixStore>(name, c10::make_intrusive<c10d::TCPStore>(tcp->getHost(), o));
-    } catch (const std::exception&) {  // a second connection refused: share the job's
-    }
-  }
-  return c10::make_intrusive<c10d::PrefixStore>(name, job);
-}
-
-milliseconds heartbeat_interval(const RankOptions& o) {
-  if (o.heartbeat.count() > 0) return o.heartbeat;
-  return std::clamp(o.timeout / 8, milliseconds(10), milliseconds(1000));
-}
-
-}  // namespace
 
 struct RankGroup::State {
   c10::intrusive_ptr<c10d::Store> store;         // PrefixStore(options.name, the job's)
@@ -127,15 +51,8 @@ struct RankGroup::State {
   std::set<int> gone;               // on rank 0: ranks no longer waited for
   bool root_gone = false;           // elsewhere: rank 0 failed once
   std::int64_t round = 0;
-  std::map<int, std::pair<std::string, long>> who;  // host and pid of each rank, as read
-  // Each peer's heartbeat as last read: its count, and when it last moved.
-  struct Pulse {
-    std::int64_t beats = -1;
-    Clock::time_point moved, read;
-  };
-  std::map<int, Pulse> pulses;
-  milliseconds interval{};
-  std::unique_ptr<Heartbeat> heartbeat;  // last: ends first
+  std::optional<liveness::Watch> watch;        // the peers' lives, as this rank sees them
+  std::unique_ptr<liveness::Heartbeat> heartbeat;  // last: ends first
 
   std::string key(const char* what, int r) const {
     return "g" + std::to_string(round) + "/" + what + std::to_string(r);
@@ -158,32 +75,9 @@ struct RankGroup::State {
     store->set("who/" + std::to_string(rank), bytes_of(host + " " + std::to_string(getpid())));
   }
   void start_heartbeat(const c10::intrusive_ptr<c10d::Store>& job) {
-    interval = heartbeat_interval(options);
-    heartbeat = std::make_unique<Heartbeat>(heartbeat_store(job, options.name), rank, interval);
-  }
-  milliseconds stale_after() const { return std::max(4 * interval, milliseconds(200)); }
-
-  // Why rank r is taken for gone ("" while it lives): its group closed, its
-  // heartbeat stopped, or (on this host, if checked) its process ended.
-  std::string gone_reason(int r) {
-    if (options.check_processes && ended(r)) return ended_text(r);
-    auto& p = pulses[r];
-    const auto now = Clock::now();
-    if (p.beats >= 0 && now - p.read < interval) return {};  // read lately: not yet again
-    p.read = now;
-    if (store->check({"closed/" + std::to_string(r)}))
-      return "it closed its group (its RankGroup ended) without reaching this gather";
-    const auto beats = store->add("beat/" + std::to_string(r), 0);
-    if (beats != p.beats) {
-      p.beats = beats;
-      p.moved = now;
-      return {};
-    }
-    if (now - p.moved < stale_after()) return {};
-    return "its heartbeat stopped " +
-           std::to_string(std::chrono::duration_cast<milliseconds>(now - p.moved).count() +
-                          interval.count()) +
-           " ms ago or more (its process died, or its host or network failed)";
+    const auto interval = liveness::interval(options);
+    watch.emplace(host, interval, options.check_processes);
+    heartbeat = std::make_unique<liveness::Heartbeat>(liveness::heartbeat_store(job, options.name), rank, interval);
   }
 
   // A gather's keys, once read, are deleted: gathers every N steps would
@@ -193,25 +87,6 @@ struct RankGroup::State {
       store->deleteKey(k);
     } catch (const std::exception&) {
     }
-  }
-
-  // True if rank r runs on this host and its process is gone (a killed rank).
-  bool ended(int r) {
-    auto it = who.find(r);
-    if (it == who.end()) {
-      const auto key = "who/" + std::to_string(r);
-      if (!store->check({key})) return false;
-      const auto text = text_of(store->get(key));
-      const auto space = text.rfind(' ');
-      it = who.emplace(r, std::pair{text.substr(0, space), std::atol(text.c_str() + space + 1)}).first;
-    }
-    const auto& [their_host, pid] = it->second;
-    return their_host == host && pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
-  }
-  std::string ended_text(int r) const {
-    const auto it = who.find(r);
-    return "its process" + (it == who.end() ? std::string() : " " + std::to_string(it->second.second)) +
-           " on this host has ended (killed, or exited)";
   }
 
   // Polls the store until each key is there, the deadline passes, or the
@@ -226,7 +101,7 @@ struct RankGroup::State {
         if (store->check({it->first})) {
           here.push_back(it->second);
           it = keys.erase(it);
-        } else if (auto why = gone_reason(it->second); !why.empty()) {
+        } else if (auto why = watch->gone_reason(*store, it->second); !why.empty()) {
           ended_ranks.emplace(it->second, std::move(why));
           it = keys.erase(it);
         } else {
