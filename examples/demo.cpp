@@ -313,6 +313,7 @@ int main(int argc, char** argv) {
   auto read_transitions = [&] {
     for (const auto& t : tracker.drain_transitions()) {
       stats.consume(t);
+      if (tools && t.phase == modtracker::Phase::backward) continue;  // backward slices come from the nodes
       if (trace) trace->consume(t);
       else spans.consume(t);
     }
@@ -373,6 +374,12 @@ int main(int argc, char** argv) {
   lt::annotate(stats, tracker, *model->module, &shapes);
   if (tools) {
     if (trace) lt::annotate(*trace, *memory);
+    if (trace) {
+      lt::annotate(*trace, *backward_time);  // backward slices by the nodes, per pass
+    } else {
+      const auto by_nodes = backward_time->spans();
+      for (const auto& s : by_nodes.spans()) spans.add(s);
+    }
     lt::annotate(stats, *flops);
     lt::annotate(stats, *memory);
     lt::annotate(stats, *backward_time);

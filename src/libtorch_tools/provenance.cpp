@@ -64,10 +64,11 @@ void node_ended(const at::RecordFunction&, at::ObserverContext*) {
   node_stack.pop_back();
   last_node = frame.node;
   if (timing.load(std::memory_order_relaxed) && frame.start != std::chrono::steady_clock::time_point{}) {
-    const auto ran = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - frame.start);
+    const auto end = std::chrono::steady_clock::now();
+    const auto ran = std::chrono::duration_cast<std::chrono::nanoseconds>(end - frame.start);
     if (!node_stack.empty()) node_stack.back().inner += ran;
     std::lock_guard<std::mutex> lock(listeners_mutex);
-    for (auto* l : listeners) l->on_node(frame.node, ran - frame.inner);
+    for (auto* l : listeners) l->on_node(frame.node, ran - frame.inner, frame.start, end);
   }
   const auto now = at::sequence_number::peek();
   if (!frame.grad_mode || now == frame.made_from || frame.node.sequence < 0) return;

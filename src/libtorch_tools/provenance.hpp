@@ -37,10 +37,12 @@ struct RunningNode {
 [[nodiscard]] const RunningNode* running_node() noexcept;
 
 /// Told of each node execution's end, on the thread that ran it, with the
-/// time the node ran less the nodes run inside it (reentrant backward).
+/// time the node ran less the nodes run inside it (reentrant backward), and
+/// when it started and ended.
 class NodeListener {
  public:
-  virtual void on_node(const RunningNode& node, std::chrono::nanoseconds own_time) = 0;
+  virtual void on_node(const RunningNode& node, std::chrono::nanoseconds own_time,
+                       std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point end) = 0;
 
  protected:
   ~NodeListener() = default;

@@ -125,4 +125,9 @@ void annotate(ChromeTraceWriter& trace, const MemoryTracker& memory) {
   for (const auto& [time, bytes] : memory.timeline()) trace.counter("memory", "live bytes", time, static_cast<double>(bytes));
 }
 
+void annotate(ChromeTraceWriter& trace, const BackwardTimer& timer) {
+  const auto log = timer.spans();
+  for (const auto& span : log.spans()) trace.span(span);
+}
+
 }  // namespace modtracker::libtorch

@@ -304,3 +304,71 @@ TEST_CASE("attribution: backward time is the time of each module's own nodes, an
   CHECK(stats.find("Net")->bw_inclusive == incl("Net"));
   CHECK(stats.total(Phase::backward) == timer.total() - times.at("Global").exclusive);
 }
+
+TEST_CASE("attribution: backward spans by the nodes: a residual block's downsample spans its own node, not the branch") {
+  torch::manual_seed(0);
+  Net net;
+  lt::Tracker tracker;
+  lt::BackwardTimer timer(tracker);
+  modtracker::SpanLog by_rule;  // Python's rule, from the transitions
+  {
+    auto scope = tracker.track();
+    for (int i = 0; i < 2; ++i) net(torch::randn({1, 3, 8, 8})).sum().backward();
+  }
+  by_rule.consume_all(tracker.drain_transitions());
+  const auto log = timer.spans();
+  std::map<std::string, std::vector<modtracker::Span>> spans;
+  for (const auto& s : log.spans()) spans[std::string(s.fqn)].push_back(s);
+  // One span per module that made nodes, per pass: Net (its descendants'), the block, its three convolutions and the stem.
+  for (const auto* fqn : {"Net", "Net.stem", "Net.block", "Net.block.conv1", "Net.block.conv2", "Net.block.downsample"}) {
+    CAPTURE(fqn);
+    REQUIRE(spans[fqn].size() == 2);
+    CHECK(spans[fqn][0].call == 0);
+    CHECK(spans[fqn][1].call == 1);
+    CHECK(spans[fqn][0].phase == Phase::backward);
+    CHECK(spans[fqn][1].start >= spans[fqn][0].end);  // the second pass after the first
+  }
+  const auto times = timer.times();
+  for (int pass = 0; pass < 2; ++pass) {
+    CAPTURE(pass);
+    const auto& down = spans["Net.block.downsample"][pass];
+    const auto& conv1 = spans["Net.block.conv1"][pass];
+    const auto& conv2 = spans["Net.block.conv2"][pass];
+    const auto& block = spans["Net.block"][pass];
+    const auto& net_span = spans["Net"][pass];
+    // The downsample's node (made last in forward) runs first, alone: its span ends before the main branch's nodes start.
+    CHECK(down.end <= conv2.start);
+    CHECK(conv2.end <= conv1.start);
+    // Nesting: each module's span holds its children's.
+    for (const auto* child : {&down, &conv1, &conv2}) {
+      CHECK(block.start <= child->start);
+      CHECK(child->end <= block.end);
+      CHECK(child->nested);
+      CHECK(child->depth == 2);
+    }
+    CHECK(block.depth == 1);
+    CHECK(net_span.depth == 0);
+    CHECK(net_span.start <= spans["Net.stem"][pass].start);
+    CHECK(block.end <= net_span.end);
+    // A leaf's exclusive time is its span's: one node each.
+    CHECK(down.exclusive() == down.inclusive());
+    CHECK(net_span.exclusive().count() == 0);  // Net's forward made no node of its own
+  }
+  // Summed over the passes, each span's exclusive time is the timer's.
+  for (const auto& [fqn, list] : spans) {
+    std::chrono::nanoseconds own{};
+    for (const auto& s : list) own += s.exclusive();
+    CHECK(own == times.at(fqn).exclusive);
+  }
+  // By Python's rule the downsample's span lasts until its input's gradient is done: through conv1's backward.
+  std::vector<modtracker::Span> rule_down, rule_conv1;
+  for (const auto& s : by_rule.spans())
+    if (s.phase == Phase::backward && s.fqn == "Net.block.downsample") rule_down.push_back(s);
+    else if (s.phase == Phase::backward && s.fqn == "Net.block.conv1") rule_conv1.push_back(s);
+  REQUIRE(rule_down.size() == 2);
+  REQUIRE(rule_conv1.size() == 2);
+  CHECK(rule_down[0].end >= rule_conv1[0].end);
+  CHECK(spans["Net.block.downsample"][0].inclusive() < rule_down[0].inclusive());
+  timer.reset();
+  CHECK(timer.spans().size() == 0);
+}

@@ -12,7 +12,7 @@
 
 #include <modtracker/libtorch/backend.hpp>
 
-import modtracker.libtorch;  // modtracker and modtracker.backend
+import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats
 
 namespace modtracker::libtorch {
 
@@ -30,7 +30,7 @@ struct BackwardTime {
 /// every module, and gradient accumulation into leaves, are "Global"'s.
 class BackwardTimer final : public TransitionListener {
  public:
-  explicit BackwardTimer(Tracker& tracker);
+  explicit BackwardTimer(Tracker& tracker);  // the tracker outlives the timer
   BackwardTimer(const BackwardTimer&) = delete;
   BackwardTimer& operator=(const BackwardTimer&) = delete;
   ~BackwardTimer();
@@ -40,7 +40,18 @@ class BackwardTimer final : public TransitionListener {
   [[nodiscard]] std::map<std::string, BackwardTime> times() const;
   /// The time spent in all nodes: the exclusive times summed, Global's included.
   [[nodiscard]] std::chrono::nanoseconds total() const;
-  /// Forgets every time.
+  /// Backward spans by the nodes (docs/semantics.md, "Backward attribution"):
+  /// per backward pass, a span for each module under each chain of parents
+  /// (a layer shared by two parents has one in each) whose forward made a
+  /// node that ran in it, from the start of the first such node (its own or
+  /// a descendant's) to the end of the last, on the tracker's clock and the
+  /// thread that ran them. Its exclusive() is the time of its own nodes.
+  /// Spans of one thread that overlap without nesting (branches whose
+  /// nodes interleave) have `nested` false. In the order the passes ran;
+  /// known once a pass is over (the last node of a module is not known
+  /// before). The latest 2^20 are kept.
+  [[nodiscard]] SpanLog spans() const;
+  /// Forgets every time and span.
   void reset();
 
   void on_transition(const Transition& t) override;

@@ -58,5 +58,10 @@ void annotate(ChromeTraceWriter& trace, const FlopCounter& flops);
 /// Writes the memory tracker's timeline of live bytes as the trace's
 /// "memory" counter track.
 void annotate(ChromeTraceWriter& trace, const MemoryTracker& memory);
+/// Writes the timer's backward spans (BackwardTimer::spans(): per pass, from
+/// the first to the last of each module's nodes, nested by module) as the
+/// trace's backward slices. Give the trace only the forward transitions
+/// then, or it shows both rules' backward slices.
+void annotate(ChromeTraceWriter& trace, const BackwardTimer& timer);
 
 }  // namespace modtracker::libtorch
