@@ -3,8 +3,16 @@
 // residual connections, repeats, recursion, exceptions), run with and without
 // grad, backward by backward() (retained, repeated) or autograd::grad on
 // some inputs, models freed before backward; invariants after every step.
-// MODTRACKER_RANDOM_SEED / MODTRACKER_TORCH_PROGRAMS choose seed and count.
+// And a differential check of backward attribution: each Linear's backward
+// FLOPs, counted by provenance, against the gradients its own calls need,
+// counted here from what each call's input was (docs/semantics.md,
+// "Backward attribution"); the modules' backward times sum to the time in
+// nodes. MODTRACKER_RANDOM_SEED / MODTRACKER_TORCH_PROGRAMS choose seed and
+// count.
+#include <chrono>
+#include <map>
 #include <random>
+#include <string>
 
 #include "libtorch/scenarios.hpp"
 
@@ -26,6 +34,8 @@ struct NodeImpl : torch::nn::Module {
   std::mt19937_64* rng = nullptr;
   int* budget = nullptr;
   bool* graph = nullptr;  // set when children read other children's outputs
+  // Calls of `lin` that built a graph, and of those the ones whose input needed a gradient.
+  std::uint64_t lin_calls = 0, lin_grad_inputs = 0;
   void add(const std::shared_ptr<NodeImpl>& kid) {
     register_module("n" + std::to_string(kids.size()), kid);
     kids.push_back(kid);
@@ -33,6 +43,7 @@ struct NodeImpl : torch::nn::Module {
   bool chance(double p) { return std::bernoulli_distribution(p)(*rng); }
   torch::Tensor forward(torch::Tensor x, int depth) {
     if (chance(0.02)) throw Boom();
+    if (torch::GradMode::is_enabled()) ++lin_calls, lin_grad_inputs += x.requires_grad() ? 1 : 0;
     x = lin(x);
     // In a chain (each child reads the last one's output), fanned out (every
     // child reads x; their outputs are summed), or as a graph (each child
@@ -95,6 +106,8 @@ void run_program(std::uint64_t seed) {
                         [&](torch::nn::Module&, const lt::Tensors&, const lt::Tensors*) { ++post_fw; },
                         [&](torch::nn::Module*, const lt::Tensors&) { ++pre_bw; },
                         [&](torch::nn::Module*, const lt::Tensors&) { ++post_bw; });
+  lt::FlopCounter flops(t);
+  lt::BackwardTimer timer(t);
   auto scope = t.track();
   const auto drain = [&] {
     std::vector<modtracker::Transition> ts;
@@ -104,6 +117,8 @@ void run_program(std::uint64_t seed) {
   for (int round = pick(1, 2); round > 0 && !nodes.empty(); --round) {
     const bool grad = chance(0.85), x_grad = chance(0.5);
     auto x = torch::randn({2, 4}, torch::requires_grad(x_grad));
+    flops.reset();
+    for (auto& n : nodes) n->lin_calls = n->lin_grad_inputs = 0;
     budget = 30;
     graph = false;
     torch::Tensor out;
@@ -119,20 +134,44 @@ void run_program(std::uint64_t seed) {
     REQUIRE(names(t) == "Global");
     check_nesting(drain(), modtracker::Phase::forward, what);
     if (!out.defined() || !out.requires_grad()) continue;
+    // Each Linear(4, 4) call on 2 rows: 64 FLOPs per gradient product (its
+    // input's, if that needed one; its weight's, if asked for).
+    std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> calls;  // lin fqn -> (calls, grad inputs)
+    for (const auto& n : nodes)
+      if (n->lin_calls) calls[*t.known_fqn(*n->lin)] = {n->lin_calls, n->lin_grad_inputs};
     const bool freed = chance(0.15);
     if (freed) nodes.clear(), log << "model freed\n";
     const auto loss = out.sum();
+    const auto timed_before = timer.total();
+    std::map<std::string, std::uint64_t> expected;
     if (x_grad && chance(0.3)) {
       log << "autograd::grad wrt x\n";
       (void)torch::autograd::grad({loss}, {x}, {}, /*retain_graph=*/true);
+      for (const auto& [fqn, c] : calls) expected[fqn] = 64 * c.second;  // inputs' gradients only
     } else {
       const bool twice = chance(0.2);
       log << "backward" << (twice ? " twice" : "") << "\n";
       loss.backward({}, /*retain_graph=*/twice);
       if (twice) loss.backward();
+      for (const auto& [fqn, c] : calls) expected[fqn] = (twice ? 2 : 1) * 64 * (c.first + c.second);
     }
     const auto after = "seed " + std::to_string(seed) + "\n" + log.str();
     INFO(after);
+    const auto counted = flops.counts(modtracker::Phase::backward);
+    std::uint64_t all = 0;
+    for (const auto& [fqn, want] : expected) {
+      CAPTURE(fqn);
+      std::uint64_t got = 0;
+      if (const auto it = counted.find(fqn); it != counted.end())
+        for (const auto& [op, n] : it->second) got += n;
+      CHECK(got == want);
+      all += want;
+    }
+    CHECK(flops.total(modtracker::Phase::backward) == all);  // no FLOP elsewhere, none lost
+    std::chrono::nanoseconds own{};
+    for (const auto& [fqn, time] : timer.times()) own += time.exclusive;
+    CHECK(own == timer.total());
+    CHECK(timer.total() > timed_before);
     REQUIRE(names(t) == "Global");
     REQUIRE_FALSE(t.is_bw());
     // Through a graph a module may wait for its input's gradient while
