@@ -273,10 +273,23 @@ void Backend::scope_ending() {
 
 namespace {
 bool built_in(std::string_view type) { return type.starts_with("torch::nn::"); }
-// Containers that run no forward of their own.
+// Containers that run no forward of their own, eager or scripted from Python
+// ("__torch__.torch.nn.modules.container[.___torch_mangle_N].ModuleList").
 bool holds_only(std::string_view type) {
+  static constexpr std::string_view scripted = "__torch__.torch.nn.modules.container.";
+  if (type.starts_with(scripted))
+    return type.ends_with(".ModuleList") || type.ends_with(".ModuleDict") || type.ends_with(".ParameterList") ||
+           type.ends_with(".ParameterDict");
   return type == "torch::nn::ModuleListImpl" || type == "torch::nn::ModuleDictImpl" ||
          type == "torch::nn::ParameterListImpl" || type == "torch::nn::ParameterDictImpl";
+}
+}  // namespace
+
+namespace {
+// The class of a module, a stand-in's by its runtime's qualified name.
+std::string class_of(const torch::nn::Module& m) {
+  if (const auto* s = dynamic_cast<const StandIn*>(&m)) return s->qualified_class();
+  return user_type_name(m.name());
 }
 }  // namespace
 
@@ -284,12 +297,12 @@ bool holds_only(std::string_view type) {
 // Sequential is a model as often as not).
 bool Backend::is_framework_layer(ModuleRef module) const {
   static constexpr std::string_view scripted = "__torch__.torch.nn.modules.";
-  const auto type = type_name(module);
+  const auto type = class_of(checked_module(module));
   if (type.starts_with(scripted)) return !type.starts_with(std::string(scripted) + "container.");
   return built_in(type) && !holds_only(type) && type != "torch::nn::SequentialImpl";
 }
 
-bool Backend::holds_only_modules(ModuleRef module) const { return holds_only(type_name(module)); }
+bool Backend::holds_only_modules(ModuleRef module) const { return holds_only(class_of(checked_module(module))); }
 
 // A plain torch::nn layer (not Tracked) registered in a module of the user's:
 // its forward will call it untracked. torch::nn's own modules use their

@@ -45,6 +45,18 @@ class TrackedModule {
   std::shared_ptr<char> alive_;
 };
 
+/// A module that stands for one of another runtime (TorchScript's
+/// stand-ins, jit::ScriptedModule): the backend reads its class by that
+/// runtime's qualified name (`__torch__.torch.nn.modules.container.ModuleList`)
+/// to tell torch.nn's containers and layers from the user's modules.
+class StandIn {
+ public:
+  [[nodiscard]] virtual const std::string& qualified_class() const noexcept = 0;
+
+ protected:
+  ~StandIn() = default;
+};
+
 template <class Impl>
 class Tracked;
 

@@ -11,6 +11,8 @@
 #include <optional>
 #include <string>
 
+#include <modtracker/libtorch/calls.hpp>
+
 namespace modtracker::libtorch::jit {
 
 /// How a tracker sees one TorchScript module: a torch::nn::Module named by the
@@ -18,12 +20,12 @@ namespace modtracker::libtorch::jit {
 /// stand-ins of its submodules and whose parameters and buffers are the
 /// TorchScript module's own tensors (shared, not copied). Hooks get it as
 /// the module of a TorchScript call; as_scripted() tells it from an eager one.
-class ScriptedModule : public torch::nn::Module {
+class ScriptedModule : public torch::nn::Module, public StandIn {
  public:
   /// The TorchScript module it stands for, or nothing once that is freed.
   [[nodiscard]] std::optional<torch::jit::Module> script() const;
   /// Its TorchScript class, qualified (`__torch__.Net`).
-  [[nodiscard]] const std::string& qualified_class() const noexcept { return qualified_; }
+  [[nodiscard]] const std::string& qualified_class() const noexcept override { return qualified_; }
 
   /// The stand-in of the TorchScript module holding this one (the first
   /// seen), or null for a root.

@@ -125,3 +125,54 @@ TEST_CASE("jit scenarios: a traced backbone and a scripted classifier from Pytho
                                          "Classifier.blocks.2", "Classifier.blocks.2.norm", "Classifier.blocks.2.fc",
                                          "Classifier.head", "Classifier.head.0", "Classifier.head.1"});
 }
+
+TEST_CASE("jit scenarios: a scripted model's backward work goes to the module whose forward made it") {
+  auto classifier = load("classifier.pt");  // embed, 3 x (x + relu(fc(norm(x)))), head: LayerNorm, Linear
+  lt::Tracker t;
+  std::vector<std::string> said;  // none: its ModuleList's blocks run in the model's forward, as in eager code
+  t.set_diagnostics([&](const modtracker::Diagnostic& d) { said.push_back(d.message); });
+  lt::FlopCounter flops(t);
+  lt::BackwardTimer timer(t);
+  {
+    auto scope = t.track();
+    for (int step = 0; step < 2; ++step) classifier.forward({torch::randn({5, 16})}).toTensor().sum().backward();
+  }
+  CHECK(said == std::vector<std::string>{});
+  const auto counts = flops.counts(modtracker::Phase::backward);
+  const auto bw = [&](const std::string& fqn) {
+    std::uint64_t n = 0;
+    if (const auto it = counts.find(fqn); it != counts.end())
+      for (const auto& [op, f] : it->second) n += f;
+    return n;
+  };
+  // 2 FLOPs per multiply-add, 5 rows, 2 steps: the embedding is on data (its weight's gradient only); the others
+  // compute their input's gradient and their weight's.
+  const std::uint64_t steps = 2, rows = 5;
+  CHECK(bw("Classifier.embed") == steps * 2 * rows * 16 * 32);
+  for (const auto* fc : {"Classifier.blocks.0.fc", "Classifier.blocks.1.fc", "Classifier.blocks.2.fc"}) {
+    CAPTURE(fc);
+    CHECK(bw(fc) == steps * 2 * (2 * rows * 32 * 32));
+  }
+  CHECK(bw("Classifier.blocks.1") == bw("Classifier.blocks.1.fc"));  // its LayerNorm and sum count no FLOPs
+  CHECK(bw("Classifier.head.1") == steps * 2 * (2 * rows * 32 * 4));
+  CHECK(bw("Classifier") == flops.total(modtracker::Phase::backward));
+  std::uint64_t own = 0;
+  for (const auto& [fqn, ops] : flops.exclusive_counts(modtracker::Phase::backward))
+    for (const auto& [op, n] : ops) own += n;
+  CHECK(own == flops.total(modtracker::Phase::backward));
+  // The nodes' times and spans: each block's span holds its layers', once per pass.
+  std::chrono::nanoseconds sum{};
+  for (const auto& [fqn, time] : timer.times()) sum += time.exclusive;
+  CHECK(sum == timer.total());
+  CHECK(timer.times().at("Classifier.blocks.2.fc").nodes >= 2);
+  const auto log = timer.spans();
+  std::map<std::string, std::vector<modtracker::Span>> spans;
+  for (const auto& s : log.spans()) spans[std::string(s.fqn)].push_back(s);
+  REQUIRE(spans["Classifier.blocks.2"].size() == 2);
+  REQUIRE(spans["Classifier.blocks.2.fc"].size() == 2);
+  for (std::size_t pass = 0; pass < 2; ++pass) {
+    CHECK(spans["Classifier.blocks.2"][pass].start <= spans["Classifier.blocks.2.fc"][pass].start);
+    CHECK(spans["Classifier.blocks.2.fc"][pass].end <= spans["Classifier.blocks.2"][pass].end);
+    CHECK(spans["Classifier.blocks.2.fc"][pass].nested);
+  }
+}
