@@ -82,6 +82,14 @@ struct ToolCosts {
 };
 ToolCosts tool_costs(const Options& options);
 
+/// ProfilerScopes: 100 tracked Linear(8, 8) in a tracked Sequential, forward
+/// without grad, batch 4; microseconds per forward, best of the rounds.
+struct ProfilerScopeCosts {
+  double tracked_us = 0, scopes_us = 0;                     // no profiler on
+  double profiled_us = 0, profiled_scopes_us = 0;           // LibTorch's profiler on (RecordProfile)
+};
+ProfilerScopeCosts profiler_scope_costs(const Options& options);
+
 /// Ranks as threads (ranks.cpp): rank 0's gather of a `modules`-row table
 /// from `world` ranks, `rounds` times; the allreduce of 72 floats a module,
 /// untracked and tracked alternately (medians, and the range of their ratio).

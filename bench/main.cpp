@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
   const auto script = others && all && !tools_only ? bench::script_rows(100, 8, options) : std::vector<bench::CallRow>{};
   const double stats_us = others && all && !tools_only && !script_only ? bench::stats_overhead_us_per_activation(cases.front().first) : 0.0;
   const auto tools = others && all && !script_only ? std::optional(bench::tool_costs(options)) : std::nullopt;
+  const auto scopes = tools ? std::optional(bench::profiler_scope_costs(options)) : std::nullopt;
   const auto ranks = all && !tools_only && !script_only ? std::optional(bench::rank_costs(4, 1000, 15)) : std::nullopt;
 
   if (json) {
@@ -183,9 +184,16 @@ int main(int argc, char** argv) {
                 t.step_us, 100 * (t.step_memory_us / t.step_us - 1), 100 * (t.step_flops_us / t.step_us - 1),
                 100 * (t.step_both_us / t.step_us - 1), 100 * (t.step_bare_callback_us / t.step_us - 1));
     std::printf("  backward attribution          FlopCounter by spans %+.1f%%, by provenance %+.1f%%   (a bare callback on "
-                "backward nodes alone %+.1f%%)   every tool (+ BackwardTimer) %+.1f%%\n\n",
+                "backward nodes alone %+.1f%%)   every tool (+ BackwardTimer) %+.1f%%\n",
                 100 * (t.step_flops_spans_us / t.step_us - 1), 100 * (t.step_flops_us / t.step_us - 1),
                 100 * (t.step_bare_node_callback_us / t.step_us - 1), 100 * (t.step_all_us / t.step_us - 1));
+    if (scopes) {
+      const auto& p = *scopes;  // 100 module calls a forward
+      std::printf("  profiler scopes (100 Linear)  tracked %6.1f us   + ProfilerScopes, no profiler on %+.1f ns a call   "
+                  "profiler on: %6.1f us, + ProfilerScopes %+.1f ns a call\n\n",
+                  p.tracked_us, 1000 * (p.scopes_us - p.tracked_us) / 100, p.profiled_us,
+                  1000 * (p.profiled_scopes_us - p.profiled_us) / 100);
+    }
   }
   if (core) {
     std::printf("core (reference backend, one module enter+exit)\n");

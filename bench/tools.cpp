@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <sstream>
 #include <optional>
 #include <vector>
 
@@ -206,6 +207,41 @@ ToolCosts tool_costs(const Options& options) {
   out.step_all_us = best[6];
   out.step_bare_node_callback_us = best[7];
   return out;
+}
+
+ProfilerScopeCosts profiler_scope_costs(const Options& options) {
+  lt::Tracker tracker;
+  torch::NoGradGuard no_grad;
+  lt::nn::Sequential model;
+  for (int i = 0; i < 100; ++i) model->push_back(lt::nn::Linear(8, 8));
+  const auto x = torch::randn({4, 8});
+  auto forward_us = [&](int n) {
+    return best_us(1, [&] {
+             auto scope = tracker.track();
+             for (int i = 0; i < n; ++i) (void)model->forward(x);
+             for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {
+             }
+           }) / n;
+  };
+  forward_us(20);  // warm-up
+  std::ostringstream sink;
+  const auto best = rounds(options.runs, {[&] { return forward_us(50); },
+                                          [&] {
+                                            lt::ProfilerScopes scopes(tracker);
+                                            return forward_us(50);
+                                          },
+                                          [&] {
+                                            sink.str("");
+                                            torch::autograd::profiler::RecordProfile profile(sink);
+                                            return forward_us(50);
+                                          },
+                                          [&] {
+                                            sink.str("");
+                                            lt::ProfilerScopes scopes(tracker);
+                                            torch::autograd::profiler::RecordProfile profile(sink);
+                                            return forward_us(50);
+                                          }});
+  return {best[0], best[1], best[2], best[3]};
 }
 
 }  // namespace bench

@@ -10,6 +10,7 @@
 //   libtorch/flops.hpp       FlopCounter: FLOPs per module and operator
 //   libtorch/backward_time.hpp BackwardTimer: backward time per module, by its autograd nodes
 //   libtorch/memory.hpp      MemoryTracker: memory per module, phase and category
+//   libtorch/profiler_scopes.hpp ProfilerScopes: module scopes in LibTorch's own profiler
 #pragma once
 
 #include <torch/torch.h>
@@ -25,5 +26,6 @@
 #include <modtracker/libtorch/flops.hpp>
 #include <modtracker/libtorch/backward_time.hpp>
 #include <modtracker/libtorch/memory.hpp>
+#include <modtracker/libtorch/profiler_scopes.hpp>
 
 import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats

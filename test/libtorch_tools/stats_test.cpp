@@ -143,3 +143,56 @@ TEST_CASE("the table gains FLOPs and memory columns when those tools are attache
   CHECK(samples == memory.timeline().size());
   CHECK(samples == 16);  // an enter and an exit of 4 modules in each phase
 }
+
+namespace {
+struct ProfiledSlice {
+  std::string name;
+  double start, end;
+};
+// The complete events of a chrome trace that LibTorch's RecordProfile wrote.
+std::vector<ProfiledSlice> profiled(const std::string& trace) {
+  std::vector<ProfiledSlice> out;
+  for (const auto& e : nlohmann::json::parse(trace))
+    if (e.value("ph", "") == "X")
+      out.push_back({e.at("name"), e.at("ts").get<double>(), e.at("ts").get<double>() + e.at("dur").get<double>()});
+  return out;
+}
+}  // namespace
+
+TEST_CASE("profiler scopes: LibTorch's own profiler shows each module call around its operators") {
+  Seq3 seq;
+  lt::Tracker tracker;
+  std::ostringstream trace;
+  {
+    lt::ProfilerScopes scopes(tracker);
+    auto scope = tracker.track();
+    (void)seq(torch::randn({3, 4}));  // no profiler on: nothing to record, nothing left open
+    {
+      torch::autograd::profiler::RecordProfile profile(trace);
+      seq(torch::randn({3, 4}, torch::requires_grad())).sum().backward();
+    }
+  }
+  const auto slices = profiled(trace.str());
+  const auto find = [&](const std::string& name) {
+    std::vector<ProfiledSlice> out;
+    for (const auto& s : slices)
+      if (s.name == name) out.push_back(s);
+    return out;
+  };
+  // One slice per call, forward and backward, around the operators of that module.
+  for (const auto* fqn : {"Seq3", "Seq3.net", "Seq3.net.0", "Seq3.net.1", "Seq3.net.2", "Seq3.net.4"}) {
+    CAPTURE(fqn);
+    CHECK(find(fqn).size() == 1);
+    CHECK(find(std::string(fqn) + " (backward)").size() == 1);
+  }
+  const auto fc = find("Seq3.net.0").at(0), root = find("Seq3").at(0);
+  CHECK(root.start <= fc.start);
+  CHECK(fc.end <= root.end);
+  bool addmm_inside = false;
+  for (const auto& s : find("aten::addmm")) addmm_inside |= fc.start <= s.start && s.end <= fc.end;
+  CHECK(addmm_inside);
+  const auto fc_bw = find("Seq3.net.0 (backward)").at(0);
+  bool mm_inside = false;
+  for (const auto& s : find("aten::mm")) mm_inside |= fc_bw.start <= s.start && s.end <= fc_bw.end;
+  CHECK(mm_inside);
+}
