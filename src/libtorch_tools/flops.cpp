@@ -57,8 +57,21 @@ std::uint64_t convolution_flops(c10::IntArrayRef x, c10::IntArrayRef w, c10::Int
 
 std::int64_t at_or_first(const c10::List<std::int64_t>& v, std::size_t i) { return v.size() > i ? v.get(i) : v.get(0); }
 
+// An operator's own arguments: the last ones of what its record gives.
+// Called through the dispatcher, a record holds exactly them; the
+// TorchScript interpreter gives more, values of the frame before them.
+Inputs arguments(Operator op, Inputs in) {
+  static constexpr std::array<std::size_t, operators> arity{2, 5, 2, 5, 9, 13, 11};
+  auto n = arity[op];
+  // _convolution's deprecated overload has no allow_tf32: 12, starting with the two tensors.
+  if (op == convolution_ && in.size() >= 13 && !(in[in.size() - 13].isTensor() && in[in.size() - 12].isTensor())) n = 12;
+  TORCH_CHECK(in.size() >= n, "fewer arguments than the operator takes");
+  return in.slice(in.size() - n);
+}
+
 // Throws c10::Error on arguments of unexpected types or shapes.
-std::uint64_t flops_of(Operator op, Inputs in) {
+std::uint64_t flops_of(Operator op, Inputs all) {
+  const auto in = arguments(op, all);
   switch (op) {
     case mm:
     case addmm: {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "libtorch/helpers.hpp"
+#include <modtracker/libtorch/jit.hpp>
 
 #include <doctest/doctest.h>
 
@@ -182,4 +183,23 @@ TEST_CASE("FLOPs: an operator inside a counted one counts once, and arguments of
   CHECK(counter.total(Phase::forward) == 2 * 2 * 4 * 5 * 6);
   const auto uncounted = counter.uncounted_operators();
   CHECK(std::find(uncounted.begin(), uncounted.end(), "aten::addmm (arguments not understood)") != uncounted.end());
+}
+
+TEST_CASE("FLOPs: a model traced in Python counts its convolutions, run by the TorchScript interpreter") {
+  auto m = torch::jit::load(std::string(MODTRACKER_FIXTURES) + "/backbone_traced.pt");  // Conv2d(3, 8, 3, padding=1), ...
+  lt::jit::instrument(m);
+  lt::Tracker t;
+  lt::FlopCounter f(t);
+  {
+    auto scope = t.track();
+    for (int step = 0; step < 3; ++step) m.forward({torch::randn({2, 3, 8, 8})}).toTensor().sum().backward();
+  }
+  // 2 x 64 output positions x 8 channels x (3 x 9) weights a position, 2 FLOPs each, 3 steps; on data, the
+  // backward computes the weight's gradient only: as much again.
+  const std::uint64_t conv = 3 * 2 * (2 * 64) * 8 * (3 * 9);
+  CHECK(f.total(modtracker::Phase::forward) == conv);
+  CHECK(f.counts(modtracker::Phase::forward).at("Backbone.conv") ==
+        std::map<std::string, std::uint64_t>{{"aten::_convolution", conv}});
+  CHECK(f.total(modtracker::Phase::backward) == conv);
+  for (const auto& op : f.uncounted_operators()) CHECK(op.find("not understood") == std::string::npos);
 }
