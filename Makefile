@@ -18,6 +18,9 @@ configure: deps
 build: configure
 	@cmake --build --preset $(PRESET)
 
+# The tests also need test-only packages (python3-torchvision, for the real
+# models): a target-specific flag that `deps` inherits under `make test`.
+test: DEPS_FLAGS += --test-packages
 test: build
 	@ctest --preset $(PRESET)
 

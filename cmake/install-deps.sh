@@ -10,10 +10,14 @@ fail() { say "error: $*"; exit 1; }
 packages=(clang-16 clang-tools-16 ninja-build libtorch-dev libgloo-dev librange-v3-dev
           doctest-dev libmsgsl-dev nlohmann-json3-dev make)
 # --sanitizers: also clang's sanitizer runtimes (for the asan and tsan presets).
+# --test-packages: also the test-only packages.
 for arg in "$@"; do
   case "$arg" in
     --sanitizers) packages+=(libclang-rt-16-dev) ;;
-    *) fail "unknown option '$arg' (known: --sanitizers)" ;;
+    # --test-packages: what the tests alone need (real models scripted from
+    # torchvision at build time); `make demo` never needs them.
+    --test-packages) packages+=(python3-torchvision) ;;
+    *) fail "unknown option '$arg' (known: --sanitizers, --test-packages)" ;;
   esac
 done
 min_cmake=3.28
