@@ -66,6 +66,9 @@ std::vector<CallRow> call_rows(int n, int d, const Options& options);
 /// (`style`: fw_nograd, fwbw): plain, instrumented with no tracker active
 /// (idle), instrumented and tracked (script.cpp).
 std::vector<CallRow> script_rows(int n, int d, const Options& options);
+/// A TorchScript model file (a real model: test/real_models), the rows of
+/// script_rows() on an input of `shape`; `modules` is its module calls a forward.
+std::vector<CallRow> real_model_rows(const std::string& path, std::vector<std::int64_t> shape, const Options& options);
 
 /// The tools' costs (tools.cpp): ns per allocation+free, per operator, us per training step.
 struct ToolCosts {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <utility>
@@ -15,7 +16,7 @@
 namespace {
 int usage() {
   std::fprintf(stderr,
-               "usage: modtracker-bench [--json] [--torch-only | --tools-only | --script-only | --ranks-only | --ranks-scale] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
+               "usage: modtracker-bench [--json] [--torch-only | --tools-only | --script-only | --ranks-only | --ranks-scale | --real-models] [--case MODULESxWIDTH] [--mode fw_nograd|fw_grad|fwbw]\n"
                "                        [--runs N] [--reps N]\n");
   return 2;
 }
@@ -84,6 +85,26 @@ int main(int argc, char** argv) {
                   "alternating rounds of 50 steps:\n  %.1f us vs %.1f us a step; ratio by round min %.3f median %.3f "
                   "max %.3f\n",
                   h.step_heartbeat_us, h.step_us, h.ratio_min, h.ratio_median, h.ratio_max);
+      return 0;
+    } else if (std::strcmp(argv[i], "--real-models") == 0) {
+      // torchvision's resnet18 and a TransformerEncoder, as the test suite scripts them.
+      at::set_num_threads(1);
+      const std::string dir = MODTRACKER_REAL_MODELS;
+      for (const auto& [name, shape] : std::vector<std::pair<std::string, std::vector<std::int64_t>>>{
+               {"resnet18", {2, 3, 64, 64}}, {"encoder", {2, 8, 32}}}) {
+        const auto path = dir + "/" + name + ".pt";
+        if (!std::ifstream(path)) {
+          std::fprintf(stderr, "modtracker-bench: no %s: build the tests first (make test scripts the real models)\n",
+                       path.c_str());
+          return 1;
+        }
+        const auto rows = bench::real_model_rows(path, shape, options);
+        std::printf("%s, training mode, 1 thread, best of %d runs: plain, instrumented with no tracker (idle), "
+                    "tracked (%d module calls a forward)\n", name.c_str(), options.runs, rows.front().modules);
+        print_table(rows, "mode", "overhead_us/call");
+        for (const auto& r : rows) std::printf("  %s: tracked/plain %.4f\n", r.style, r.tracked_us / r.plain_us);
+        std::printf("\n");
+      }
       return 0;
     } else if (std::strcmp(argv[i], "--script-only") == 0) {
       script_only = true;

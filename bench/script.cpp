@@ -38,16 +38,16 @@ torch::jit::Module scripted_chain(int n, int d) {
 }
 }  // namespace
 
-std::vector<CallRow> script_rows(int n, int d, const Options& options) {
-  torch::manual_seed(0);
-  auto plain = scripted_chain(n, d);
-  torch::manual_seed(0);
-  auto inst = scripted_chain(n, d);
-  lt::jit::instrument(inst);
+namespace {
+// Plain against instrumented (idle, tracked), forward without grad and
+// forward+backward, on an input of `shape`: a row per mode, `calls` module
+// calls a forward.
+std::vector<CallRow> rows_of(torch::jit::Module& plain, torch::jit::Module& inst, std::vector<std::int64_t> shape,
+                             int calls, const Options& options) {
   lt::Tracker tracker;
   std::vector<CallRow> rows;
   for (const bool backward : {false, true}) {
-    const auto x = torch::randn({4, d}, torch::requires_grad(backward));
+    const auto x = torch::randn(shape, torch::requires_grad(backward));
     auto run = [&](torch::jit::Module& m) {
       if (backward) {
         m.forward({x}).toTensor().sum().backward();
@@ -64,7 +64,7 @@ std::vector<CallRow> script_rows(int n, int d, const Options& options) {
       for ([[maybe_unused]] const auto& t : tracker.drain_transitions()) {
       }
     }
-    CallRow row{backward ? "fwbw" : "fw_nograd", 1e300, 1e300, 1e300, n};
+    CallRow row{backward ? "fwbw" : "fw_nograd", 1e300, 1e300, 1e300, calls};
     for (int r = 0; r < options.runs; ++r) {
       row.plain_us = std::min(row.plain_us, best_us(1, [&] { run(plain); }));
       row.idle_us = std::min(row.idle_us, best_us(1, [&] { run(inst); }));
@@ -76,6 +76,33 @@ std::vector<CallRow> script_rows(int n, int d, const Options& options) {
     rows.push_back(row);
   }
   return rows;
+}
+}  // namespace
+
+std::vector<CallRow> script_rows(int n, int d, const Options& options) {
+  torch::manual_seed(0);
+  auto plain = scripted_chain(n, d);
+  torch::manual_seed(0);
+  auto inst = scripted_chain(n, d);
+  lt::jit::instrument(inst);
+  return rows_of(plain, inst, {4, d}, n, options);
+}
+
+std::vector<CallRow> real_model_rows(const std::string& path, std::vector<std::int64_t> shape, const Options& options) {
+  auto plain = torch::jit::load(path);  // two loads: two sets of classes, one left as it is
+  auto inst = torch::jit::load(path);
+  plain.train();
+  inst.train();
+  lt::jit::instrument(inst);
+  int calls = 0;  // module calls in one forward
+  {
+    lt::Tracker tracker;
+    auto scope = tracker.track();
+    torch::NoGradGuard no_grad;
+    (void)inst.forward({torch::randn(shape)});
+    for (const auto& t : tracker.drain_transitions()) calls += t.kind == modtracker::Kind::enter ? 1 : 0;
+  }
+  return rows_of(plain, inst, std::move(shape), calls, options);
 }
 
 }  // namespace bench
