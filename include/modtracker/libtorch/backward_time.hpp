@@ -54,12 +54,12 @@ class BackwardTimer final : public TransitionListener {
   /// Forgets every time and span.
   void reset();
 
-  void on_transition(const Transition& t) override;
-  void on_scope(bool started) override;
-
   struct State;
 
  private:
+  // The tracker's calls (TransitionListener): not for users.
+  void on_transition(const Transition& t) override;
+  void on_scope(bool started) override;
   std::shared_ptr<State> state_;
   Registration listening_;
 };

@@ -52,12 +52,12 @@ class FlopCounter final : public TransitionListener {
   /// Forgets every count.
   void reset();
 
-  void on_transition(const Transition& t) override;
-  void on_scope(bool started) override;
-
   struct State;
 
  private:
+  // The tracker's calls (TransitionListener): not for users.
+  void on_transition(const Transition& t) override;
+  void on_scope(bool started) override;
   std::shared_ptr<State> state_;
   Registration listening_;
 };

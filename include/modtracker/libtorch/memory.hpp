@@ -89,12 +89,12 @@ class MemoryTracker final : public TransitionListener {
   /// Forgets per-module bytes, the peak and the timeline (live bytes stay).
   void reset();
 
-  void on_transition(const Transition& t) override;
-  void on_scope(bool started) override;
-
   struct State;
 
  private:
+  // The tracker's calls (TransitionListener): not for users.
+  void on_transition(const Transition& t) override;
+  void on_scope(bool started) override;
   State* state_;  // the process's one counting state
   Registration listening_;
 };

@@ -30,10 +30,10 @@ class ProfilerScopes final : public TransitionListener {
   /// Ends the scopes still open on this thread.
   ~ProfilerScopes();
 
+ private:
+  // The tracker's calls (TransitionListener): not for users.
   void on_transition(const Transition& t) override;
   void on_scope(bool started) override;
-
- private:
   Registration listening_;
 };
 
