@@ -25,7 +25,7 @@ test: build
 	@ctest --preset $(PRESET)
 
 demo: build
-	@$(BUILD)/examples/modtracker-demo $(ARGS)
+	@$(BUILD)/examples/modtracker demo $(ARGS)
 
 bench: build
 	@$(BUILD)/bench/modtracker-bench $(ARGS)

@@ -8,7 +8,7 @@ say()  { printf 'modtracker setup: %s\n' "$*" >&2; }
 fail() { say "error: $*"; exit 1; }
 
 packages=(clang-16 clang-tools-16 ninja-build libtorch-dev libgloo-dev librange-v3-dev
-          doctest-dev libmsgsl-dev nlohmann-json3-dev make)
+          doctest-dev libmsgsl-dev nlohmann-json3-dev libcli11-dev make)
 # --sanitizers: also clang's sanitizer runtimes (for the asan and tsan presets).
 # --test-packages: also the test-only packages.
 for arg in "$@"; do

@@ -2,13 +2,13 @@
 # -DRANKS=2, on two ranks: a process per rank, named for it, each with the
 # slices of its rank (the ranks train the same steps: equal counts) and its
 # memory track. Both: FLOPs on the slices, a memory sample per transition.
-set(args --steps 2 --trace "${TRACE}")
+set(args demo --steps 2 --trace "${TRACE}")
 if(RANKS)
   list(APPEND args --ranks ${RANKS})
 endif()
 execute_process(COMMAND "${DEMO}" ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "modtracker-demo ${args} failed (${rc}):\n${out}\n${err}")
+  message(FATAL_ERROR "modtracker ${args} failed (${rc}):\n${out}\n${err}")
 endif()
 if(NOT out MATCHES "trace: [^\n]*\\(([0-9]+) slices")
   message(FATAL_ERROR "the demo did not say where the trace is:\n${out}")

@@ -1,11 +1,16 @@
-// modtracker-demo: trains a small model on synthetic data under a tracker,
-// with a FLOP counter and a memory tracker on it, then prints the per-module
-// table and the biggest consumers, and writes a Chrome/Perfetto trace.
-// With --ranks N, N processes train it data-parallel and rank 0 prints the
-// table across ranks and writes one trace for all.
+// The modtracker command. `modtracker demo` trains a small model (or a
+// TorchScript file) on synthetic data under a tracker, with a FLOP counter
+// and a memory tracker on it, then prints the per-module table and the
+// biggest consumers, and writes a Chrome/Perfetto trace; with --ranks N, N
+// processes train it data-parallel and rank 0 prints the tables across ranks
+// and writes one trace for all. `modtracker profile MODEL.pt` does the same
+// for a TorchScript file, training or (--eval) evaluation steps. Arguments
+// are parsed by CLI11 (Debian's libcli11-dev).
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <limits>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -20,10 +25,12 @@
 #include <thread>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <unistd.h>
 
 #include <modtracker/torch.hpp>
 
+#include "consumers.hpp"
 #include "demo_ranks.hpp"
 #include "models.hpp"
 
@@ -35,6 +42,7 @@ struct Model {
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor(torch::Tensor)> forward;
   std::vector<std::int64_t> input_shape;
+  std::function<void(bool)> set_training;
 };
 
 // LibTorch's messages run on with a backtrace: their first line says it,
@@ -65,7 +73,7 @@ std::optional<Model> load_model(const std::string& path, std::vector<std::int64_
     const auto why = first_line(e);
     // torch.save writes a pickle of Python objects, which LibTorch cannot load.
     const bool pickled = why.find("constants.pkl") != std::string::npos;
-    std::fprintf(stderr, "modtracker-demo: cannot use '%s' as a TorchScript model: %s%s\n", path.c_str(), why.c_str(),
+    std::fprintf(stderr, "modtracker: cannot use '%s' as a TorchScript model: %s%s\n", path.c_str(), why.c_str(),
                  pickled ? " (saved with torch.save? Save a TorchScript model with torch.jit.save(torch.jit.script(model), "
                            "path) or torch.jit.trace(model, example).save(path))"
                          : "");
@@ -79,7 +87,7 @@ std::optional<Model> load_model(const std::string& path, std::vector<std::int64_
                  if (!out.isTensor()) throw std::runtime_error("its forward returns no tensor");
                  return out.toTensor();
                },
-               std::move(shape)};
+               std::move(shape), [script](bool on) mutable { script.train(on); }};
 }
 
 std::optional<std::vector<std::int64_t>> to_shape(std::string_view s) {
@@ -100,187 +108,134 @@ std::optional<std::vector<std::int64_t>> to_shape(std::string_view s) {
 std::optional<Model> make_model(std::string_view name) {
   if (name == "classifier") {
     models::Classifier m;
-    return Model{m.ptr(), [m](torch::Tensor x) mutable { return m(std::move(x)); }, {64, 16}};
+    return Model{m.ptr(), [m](torch::Tensor x) mutable { return m(std::move(x)); }, {64, 16},
+                 [m](bool on) mutable { m->train(on); }};
   }
   if (name == "convnet") {
     models::ConvNet m;
-    return Model{m.ptr(), [m](torch::Tensor x) mutable { return m(std::move(x)); }, {32, 1, 16, 16}};
+    return Model{m.ptr(), [m](torch::Tensor x) mutable { return m(std::move(x)); }, {32, 1, 16, 16},
+                 [m](bool on) mutable { m->train(on); }};
   }
   return std::nullopt;
 }
 
-int usage(std::FILE* to, int code) {
-  std::fprintf(to,
-               "usage: modtracker-demo [options]\n"
-               "Trains an embedded model on synthetic data under modtracker, prints per-module\n"
-               "statistics and writes a Chrome/Perfetto trace.\n\n"
-               "  --model NAME    classifier (default) or convnet, or a TorchScript model file\n"
-               "                  (a path ending in .pt, saved by torch.jit.script(m).save(path))\n"
-               "  --input SHAPE   a TorchScript model's input shape, e.g. 64,16 (default 64,16);\n"
-               "                  a 2-D output of C columns is trained as C classes, any other\n"
-               "                  towards zero (mean square)\n"
-               "  --steps N       training steps, N >= 1 (default 20)\n"
-               "  --warmup N      steps run first and left out of the table and trace, N >= 0\n"
-               "                  (default 1: LibTorch's first calls load and set up kernels)\n"
-               "  --depth D       table rows down to depth D (fqn dots + 1), 0 = all (default 0)\n"
-               "  --trace PATH    where to write the trace (default trace.json)\n"
-               "  --sort COLUMN   flat table sorted by module, fw_calls, fw_incl, fw_excl, bw_calls,\n"
-               "                  bw_incl, bw_excl, params, bytes, fw_flops, bw_flops, fw_peak,\n"
-               "                  kept or bw_peak (default: tree order)\n"
-               "  --tools on|off  count FLOPs and memory per module (default on)\n"
-               "  --ranks N       train data-parallel on N local processes, 1 <= N <= 64 (Gloo over\n"
-               "                  127.0.0.1, a store this process hosts); rank 0 prints the table\n"
-               "                  across ranks and writes one trace with a process per rank (default 1)\n"
-               "  --timeout MS    how long a rank waits for the others, MS >= 100 (default 30000)\n"
-               "  --fault R:WHAT  rank R plays a fault, to see it reported: kill (killed at step\n"
-               "                  2 of --steps), hang (stops at step 2), absent (never joins); --rank and\n"
-               "                  --port are what --ranks passes to the processes it starts\n"
-               "  --pid-check on|off  rank 0 sees a rank on its host end by its process id (default\n"
-               "                  on); off: by its heartbeat alone, as if every rank ran on another host\n"
-               "  --help          this text\n");
-  return code;
-}
 
-std::optional<long> to_number(const char* s, long min) {
-  char* end = nullptr;
-  const long v = std::strtol(s, &end, 10);
-  if (end == s || *end != '\0' || v < min) return std::nullopt;
-  return v;
-}
-
-// The modules without children (a layer's cost, not its parents' sum).
-std::vector<const modtracker::ModuleStats*> leaves(const modtracker::Statistics& stats) {
-  const auto rows = stats.rows();  // tree order: a module's children right after it
-  std::vector<const modtracker::ModuleStats*> out;
-  for (std::size_t i = 0; i < rows.size(); ++i)
-    if (i + 1 == rows.size() || !rows[i + 1]->fqn.starts_with(rows[i]->fqn + ".")) out.push_back(rows[i]);
-  return out;
-}
-
-template <class Key>
-void print_top(const char* what, std::vector<const modtracker::ModuleStats*> rows, Key key, std::uint64_t total,
-               std::string (*format)(std::uint64_t)) {
-  std::stable_sort(rows.begin(), rows.end(), [&](auto* a, auto* b) { return key(*a) > key(*b); });
-  std::printf("  %-24s", what);
-  for (std::size_t i = 0; i < rows.size() && i < 3 && key(*rows[i]) > 0; ++i)
-    std::printf("%s%s %s (%.0f%%)", i ? ", " : "", rows[i]->fqn.c_str(), format(key(*rows[i])).c_str(),
-                total ? 100.0 * static_cast<double>(key(*rows[i])) / static_cast<double>(total) : 0.0);
-  std::printf("\n");
-}
-
-void print_consumers(const modtracker::Statistics& stats, const lt::FlopCounter& flops, const lt::MemoryTracker& memory) {
-  using modtracker::Phase;
-  const auto layers = leaves(stats);
-  const auto total = flops.total(Phase::forward) + flops.total(Phase::backward);
-  std::printf("biggest consumers (of all the steps):\n");
-  // Each FLOP has one owner (backward work by the node's module), so the
-  // shares of all owners add up to 100 %.
-  std::map<std::string, std::uint64_t> own;
-  for (const auto phase : {Phase::forward, Phase::backward})
-    for (const auto& [fqn, ops] : flops.exclusive_counts(phase))
-      for (const auto& [op, n] : ops) own[fqn == "Global" ? "(outside modules)" : fqn] += n;
-  std::vector<std::pair<std::string, std::uint64_t>> owners(own.begin(), own.end());
-  std::stable_sort(owners.begin(), owners.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
-  std::printf("  %-24s", "FLOPs (fw + bw, own):");
-  for (std::size_t i = 0; i < owners.size() && i < 3 && owners[i].second > 0; ++i)
-    std::printf("%s%s %s (%.0f%%)", i ? ", " : "", owners[i].first.c_str(), modtracker::format_count(owners[i].second).c_str(),
-                total ? 100.0 * static_cast<double>(owners[i].second) / static_cast<double>(total) : 0.0);
-  std::printf("\n");
-  std::uint64_t kept = 0;
-  for (const auto* r : layers) kept += r->fw_kept_bytes.value_or(0);
-  print_top("kept for backward:", layers, [](const auto& r) { return r.fw_kept_bytes.value_or(0); }, kept,
-            modtracker::format_bytes);
-  const auto peak = memory.peak();
-  std::printf("  %-24s%s in %s (%s):", "peak memory:", modtracker::format_bytes(peak.bytes).c_str(),
-              peak.fqn.empty() ? "no module" : peak.fqn.c_str(), peak.phase == Phase::forward ? "forward" : "backward");
-  for (std::size_t c = 0; c < lt::memory_categories; ++c)
-    if (peak.by_category[c])
-      std::printf(" %s %s", std::string(lt::category_name(static_cast<lt::MemoryCategory>(c))).c_str(),
-                  modtracker::format_bytes(peak.by_category[c]).c_str());
-  const auto uncounted = flops.uncounted_operators();
-  std::printf("\n  FLOPs count the matmul and convolution family; %zu other operators ran and count zero%s\n",
-              uncounted.size(), uncounted.empty() ? "" : (" (" + uncounted.front() + ", ...)").c_str());
-}
 
 }  // namespace
 
+// `modtracker demo ...` and `modtracker profile MODEL ...`; the demo's options
+// without a subcommand (`modtracker --steps 2`) are the demo's.
 int main(int argc, char** argv) {
-  std::string model_name = "classifier", trace_path = "trace.json";
+  std::string model_name = "classifier", trace_path = "trace.json", tools_switch = "on", pid_switch = "on", sort, fault_text;
+  std::string input_text;
   std::vector<std::int64_t> input_shape{64, 16};
   long steps = 20, warmup = 1, depth = 0, ranks = 1, timeout_ms = 30000, rank = -1, port = 0;
-  bool tools = true, pid_check = true;
+  bool eval = false, train = false;
   demo::Fault fault;
   modtracker::TableOptions table;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--help") return usage(stdout, 0);
-    if (i + 1 >= argc) return usage(stderr, 2);
-    const char* value = argv[++i];
-    if (arg == "--model") {
-      model_name = value;
-    } else if (arg == "--input" && to_shape(value)) {
-      input_shape = *to_shape(value);
-    } else if (arg == "--steps" && to_number(value, 1)) {
-      steps = *to_number(value, 1);
-    } else if (arg == "--warmup" && to_number(value, 0)) {
-      warmup = *to_number(value, 0);
-    } else if (arg == "--depth" && to_number(value, 0)) {
-      depth = *to_number(value, 0);
-    } else if (arg == "--tools" && (value == std::string_view("on") || value == std::string_view("off"))) {
-      tools = value == std::string_view("on");
-    } else if (arg == "--pid-check" && (value == std::string_view("on") || value == std::string_view("off"))) {
-      pid_check = value == std::string_view("on");
-    } else if (arg == "--trace" && *value) {
-      trace_path = value;
-    } else if (arg == "--sort" && modtracker::column_from_name(value)) {
-      table.sort_by = modtracker::column_from_name(value);
-    } else if (arg == "--ranks" && to_number(value, 1) && *to_number(value, 1) <= 64) {
-      ranks = *to_number(value, 1);
-    } else if (arg == "--timeout" && to_number(value, 100)) {
-      timeout_ms = *to_number(value, 100);
-    } else if (arg == "--fault" && demo::to_fault(value)) {
-      fault = *demo::to_fault(value);
-    } else if (arg == "--rank" && to_number(value, 0)) {
-      rank = *to_number(value, 0);
-    } else if (arg == "--port" && to_number(value, 1) && *to_number(value, 1) < 65536) {
-      port = *to_number(value, 1);
-    } else {
-      std::fprintf(stderr, "modtracker-demo: bad option or value: %s %s\n\n", argv[i - 1], value);
-      return usage(stderr, 2);
-    }
+
+  CLI::App app{"modtracker: which module of a LibTorch model runs, forward and backward, and what each costs",
+               "modtracker"};
+  app.require_subcommand(1);
+  auto* demo_cmd = app.add_subcommand("demo", "Trains an embedded model (or a TorchScript file) on synthetic data "
+                                              "under the tracker: a table per module, the biggest consumers, a trace");
+  auto* profile = app.add_subcommand("profile", "Profiles a TorchScript model file (torch.jit.save): its cost per "
+                                                "module, training (default) or evaluation steps on random input");
+  const auto shape_check = [](const std::string& v) { return to_shape(v) ? std::string() : "not a shape like 2,3,224,224"; };
+  // A whole number within [min, max], said in words.
+  const auto whole = [](long min, long max) {
+    return CLI::Validator(
+        [min, max](std::string& v) -> std::string {
+          char* end = nullptr;
+          errno = 0;
+          const long n = std::strtol(v.c_str(), &end, 10);
+          if (v.empty() || *end != '\0' || errno || n < min || n > max)
+            return "'" + v + "' is not a whole number from " + std::to_string(min) +
+                   (max == std::numeric_limits<long>::max() ? " up" : " to " + std::to_string(max));
+          return {};
+        },
+        "");
+  };
+  constexpr long any = std::numeric_limits<long>::max();
+  std::vector<std::string> columns{"module", "fw_calls", "fw_incl", "fw_excl", "bw_calls", "bw_incl", "bw_excl", "params",
+                                   "bytes", "fw_flops", "bw_flops", "fw_peak", "kept", "bw_peak"};
+  for (auto* c : {demo_cmd, profile}) {
+    c->add_option("--steps", steps, "steps measured (default 20)")->check(whole(1, any));
+    c->add_option("--warmup", warmup, "steps run first and left out of the table and trace (default 1: LibTorch's "
+                                      "first calls set up kernels)")->check(whole(0, any));
+    c->add_option("--depth", depth, "table rows down to this depth (fqn dots + 1), 0 = all")->check(whole(0, any));
+    c->add_option("--trace", trace_path, "where to write the Chrome/Perfetto trace (default trace.json)");
+    c->add_option("--sort", sort, "a flat table sorted by this column (default: tree order)")->check(CLI::IsMember(columns));
+    c->add_option("--tools", tools_switch, "count FLOPs and memory per module (default on)")->check(CLI::IsMember({"on", "off"}));
   }
+  demo_cmd->add_option("--model", model_name, "classifier (default) or convnet, or a TorchScript model file");
+  demo_cmd->add_option("--input", input_text, "a TorchScript model's input shape (default 64,16)")->check(shape_check);
+  demo_cmd->add_option("--ranks", ranks, "train data-parallel on N local processes (Gloo over 127.0.0.1); rank 0 "
+                                         "prints the tables across ranks and writes one trace")->check(whole(1, 64));
+  demo_cmd->add_option("--timeout", timeout_ms, "how long a rank waits for the others, in ms (default 30000)")
+      ->check(whole(100, 86'400'000));
+  demo_cmd->add_option("--fault", fault_text, "R:kill, R:hang or R:absent: rank R plays that fault, to see it reported")
+      ->check([](const std::string& v) { return demo::to_fault(v) ? std::string() : "not R:kill, R:hang or R:absent"; });
+  demo_cmd->add_option("--pid-check", pid_switch, "rank 0 sees a rank on its host end by its process id (default on); "
+                                                  "off: by its heartbeat alone")->check(CLI::IsMember({"on", "off"}));
+  demo_cmd->add_option("--rank", rank, "(what --ranks passes to the processes it starts)")->group("");
+  demo_cmd->add_option("--port", port, "(what --ranks passes to the processes it starts)")->check(whole(1, 65535))->group("");
+  profile->add_option("model", model_name, "the TorchScript model file")->required();
+  profile->add_option("--input", input_text, "its input shape, e.g. 2,3,224,224")->required()->check(shape_check);
+  auto* train_flag = profile->add_flag("--train", train, "training steps: forward, backward, an optimizer step (default)");
+  profile->add_flag("--eval", eval, "evaluation steps: eval mode, forward only, no grad")->excludes(train_flag);
+
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || (args[0] != "demo" && args[0] != "profile" && args[0] != "--help" && args[0] != "-h"))
+    args.insert(args.begin(), "demo");
+  std::reverse(args.begin(), args.end());  // CLI11 reads a vector from its back
+  try {
+    app.parse(args);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    const auto* cmd = profile->parsed() ? "profile" : demo_cmd->parsed() ? "demo" : nullptr;
+    std::fprintf(stderr, "modtracker%s%s: %s; see modtracker%s%s --help\n", cmd ? " " : "", cmd ? cmd : "", e.what(),
+                 cmd ? " " : "", cmd ? cmd : "");
+    return 2;
+  }
+  const char* command = profile->parsed() ? "profile" : "demo";
+  if (!input_text.empty()) input_shape = *to_shape(input_text);
+  if (!sort.empty()) table.sort_by = modtracker::column_from_name(sort);
+  if (!fault_text.empty()) fault = *demo::to_fault(fault_text);
+  const bool tools = tools_switch == "on";
+  const auto refuse = [&](const std::string& why) {
+    std::fprintf(stderr, "modtracker %s: %s; see modtracker %s --help\n", command, why.c_str(), command);
+    return 2;
+  };
   const std::chrono::milliseconds timeout(timeout_ms);
-  if (fault.kind != demo::Fault::Kind::none && fault.rank >= ranks) {
-    std::fprintf(stderr, "modtracker-demo: --fault names rank %d of a job of %ld\n\n", fault.rank, ranks);
-    return usage(stderr, 2);
-  }
+  if (fault.kind != demo::Fault::Kind::none && fault.rank >= ranks)
+    return refuse("--fault names rank " + std::to_string(fault.rank) + " of a job of " + std::to_string(ranks));
   if (ranks > 1 && rank < 0) return demo::launch(std::vector<std::string>(argv, argv + argc), static_cast<int>(ranks), timeout);
   const bool distributed = rank >= 0;
-  if (distributed && (rank >= ranks || port == 0)) return usage(stderr, 2);
+  if (distributed && (rank >= ranks || port == 0)) return refuse("--rank and --port are for the processes --ranks starts");
   if (fault.hits(static_cast<int>(rank)) && fault.kind == demo::Fault::Kind::absent) {
     std::fprintf(stderr, "rank %ld: leaves before it joins (--fault %ld:absent)\n", rank, rank);
     return 0;
   }
   const bool root = rank <= 0;  // the process that prints and writes
-  const bool scripted = is_model_path(model_name);
+  const bool scripted = profile->parsed() || is_model_path(model_name);
   auto model = scripted ? load_model(model_name, input_shape) : make_model(model_name);
   if (scripted && !model) return 1;
-  if (!model) {
-    std::fprintf(stderr, "modtracker-demo: unknown model '%s'\n\n", model_name.c_str());
-    return usage(stderr, 2);
-  }
+  if (!model) return refuse("unknown model '" + model_name + "' (embedded: classifier, convnet; or a TorchScript file)");
+  if (eval) model->set_training(false);
   table.max_depth = static_cast<std::size_t>(depth);
   std::ofstream trace_file;
   if (root) {
     trace_file.open(trace_path);
     if (!trace_file) {
-      std::fprintf(stderr, "modtracker-demo: cannot write %s\n", trace_path.c_str());
+      std::fprintf(stderr, "modtracker %s: cannot write %s\n", command, trace_path.c_str());
       return 1;
     }
   }
   std::optional<demo::Rank> job;
   if (distributed)
-    job.emplace(static_cast<int>(rank), static_cast<int>(ranks), static_cast<int>(port), timeout, pid_check);
+    job.emplace(static_cast<int>(rank), static_cast<int>(ranks), static_cast<int>(port), timeout, pid_switch == "on");
   std::string failure = job ? job->training_error() : "";  // why training stopped, on a rank
   const auto params = model->module->parameters();
   if (job && failure.empty()) job->broadcast(params);
@@ -292,7 +247,7 @@ int main(int argc, char** argv) {
   modtracker::Statistics stats;
   modtracker::SpanLog spans;  // the ranks' trace is written on rank 0, merged
   std::optional<modtracker::ChromeTraceWriter> trace;
-  if (!distributed) trace.emplace(trace_file, "modtracker-demo " + model_name);
+  if (!distributed) trace.emplace(trace_file, std::string("modtracker ") + command + " " + model_name);
   std::optional<lt::FlopCounter> flops;
   std::optional<lt::MemoryTracker> memory;
   std::optional<lt::BackwardTimer> backward_time;  // bw times by the modules' own autograd nodes
@@ -306,8 +261,8 @@ int main(int argc, char** argv) {
   }
   const bool tty = isatty(fileno(stdout)) != 0;
   if (root)
-    std::printf("modtracker-demo: %s, %ld steps on synthetic data (after %ld warm-up step%s)%s\n", model_name.c_str(),
-                steps, warmup, warmup == 1 ? "" : "s",
+    std::printf("modtracker %s: %s, %ld %s steps on synthetic data (after %ld warm-up step%s)%s\n", command,
+                model_name.c_str(), steps, eval ? "evaluation" : "training", warmup, warmup == 1 ? "" : "s",
                 distributed ? (", data-parallel on " + std::to_string(ranks) + " ranks").c_str() : "");
   long step = 0;  // 0 in the warm-up
   auto read_transitions = [&] {
@@ -323,6 +278,10 @@ int main(int argc, char** argv) {
     auto scope = tracker.track();
     auto train_step = [&] {
       const auto x = torch::randn(model->input_shape);
+      if (eval) {  // profile --eval: forward only
+        torch::NoGradGuard no_grad;
+        return model->forward(x).square().mean();
+      }
       opt.zero_grad();
       const auto out = model->forward(x);
       auto loss = out.dim() == 2 && out.size(1) > 1
@@ -356,14 +315,14 @@ int main(int argc, char** argv) {
       // On a terminal one line, rewritten each step; in a log or a pipe a
       // line every fifth step and at the last.
       if (root && (tty || step % 5 == 0 || step == steps)) {
-        std::printf("%sstep %ld/%ld  loss %.4f  %.1f ms/step%s", tty ? "\r" : "", step, steps, loss.item<double>(),
-                    ms / step, tty ? "" : "\n");
+        std::printf("%sstep %ld/%ld  %s %.4f  %.1f ms/step%s", tty ? "\r" : "", step, steps,
+                    eval ? "output mean square" : "loss", loss.item<double>(), ms / step, tty ? "" : "\n");
         std::fflush(stdout);
       }
     }
   } catch (const std::exception& e) {
     if (!distributed) {
-      std::fprintf(stderr, "\nmodtracker-demo: the model failed on an input of shape %s: %s\n",
+      std::fprintf(stderr, "\nmodtracker %s: the model failed on an input of shape %s: %s\n", command,
                    c10::str(c10::IntArrayRef(model->input_shape)).c_str(), first_line(e).c_str());
       return 1;
     }
@@ -389,7 +348,7 @@ int main(int argc, char** argv) {
                         failure, table, trace_path, tty);
   trace->finish();
   std::printf("%s\n%s\n", tty ? "\n" : "", stats.table(table).c_str());
-  if (tools) print_consumers(stats, *flops, *memory);
+  if (tools) demo::print_consumers(stats, *flops, *memory);
   std::printf("trace: %s (%llu slices)\n", std::filesystem::absolute(trace_path).c_str(),
               static_cast<unsigned long long>(trace->slices()));
   std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");

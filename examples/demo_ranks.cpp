@@ -71,7 +71,7 @@ int launch(const std::vector<std::string>& args, int world, std::chrono::millise
     argv.push_back(nullptr);
     pid_t pid = 0;
     if (const int err = posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ); err != 0) {
-      std::fprintf(stderr, "modtracker-demo: cannot start rank %d: %s\n", r, std::strerror(err));
+      std::fprintf(stderr, "modtracker demo: cannot start rank %d: %s\n", r, std::strerror(err));
       for (const auto p : pids) kill(p, SIGKILL);
       for (const auto p : pids) waitpid(p, nullptr, 0);
       return 1;
@@ -101,7 +101,7 @@ int launch(const std::vector<std::string>& args, int world, std::chrono::millise
     auto& s = status[static_cast<std::size_t>(r)];
     if (!s) {
       kill(pids[static_cast<std::size_t>(r)], SIGKILL);
-      std::fprintf(stderr, "modtracker-demo: rank %d was still running %lld ms after rank 0 ended: stopped\n", r,
+      std::fprintf(stderr, "modtracker demo: rank %d was still running %lld ms after rank 0 ended: stopped\n", r,
                    static_cast<long long>(timeout.count()));
       int st = 0;
       waitpid(pids[static_cast<std::size_t>(r)], &st, 0);
@@ -109,7 +109,7 @@ int launch(const std::vector<std::string>& args, int world, std::chrono::millise
       continue;
     }
     if (!WIFEXITED(*s) || WEXITSTATUS(*s) != 0) {
-      std::fprintf(stderr, "modtracker-demo: rank %d %s\n", r, ended(*s).c_str());
+      std::fprintf(stderr, "modtracker demo: rank %d %s\n", r, ended(*s).c_str());
       code = code ? code : 1;
     }
   }

@@ -1,4 +1,4 @@
-// modtracker-demo --ranks N: the launcher (a parent hosting the store and
+// modtracker demo --ranks N: the launcher (a parent hosting the store and
 // starting N local processes of the demo) and what each rank adds to the
 // training: its process groups, averaged gradients, the check that every
 // rank ends with the same parameters.
