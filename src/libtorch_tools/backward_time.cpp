@@ -39,7 +39,7 @@ std::uint32_t this_lane() {
 struct BackwardTimer::State final : detail::NodeListener {
   std::chrono::steady_clock::time_point zero;  // the tracker's clock's zero
   SpinLock lock;  // guards all below
-  bool active = false;
+  std::atomic<bool> active{false};  // written under the lock; read first without it
   detail::NodeWatch nodes;
   detail::Provenance provenance;
   std::unordered_map<const char*, std::uint32_t> ids{{nullptr, 0}};  // the tracker's interned fqn -> index
@@ -66,10 +66,11 @@ struct BackwardTimer::State final : detail::NodeListener {
   }
   void on_node(const detail::RunningNode& node, std::chrono::nanoseconds own, std::chrono::steady_clock::time_point start,
                std::chrono::steady_clock::time_point end) override {
+    if (!active.load(std::memory_order_relaxed)) return;  // no scope: no pass to open (current_pass() queues a callback)
     const auto pass = detail::current_pass();
     const auto thread = this_lane();
     std::lock_guard<SpinLock> guard(lock);
-    if (!active) return;
+    if (!active.load(std::memory_order_relaxed)) return;
     const auto owner = provenance.owner_of(node);
     const auto module = owner == detail::Provenance::none ? 0 : provenance.activation(owner).module;
     times[module].exclusive += own;

@@ -4,6 +4,7 @@
 // convolution's backward costs one forward per gradient it computes).
 #include <cstdint>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -369,6 +370,17 @@ TEST_CASE("attribution: backward spans by the nodes: a residual block's downsamp
   REQUIRE(rule_conv1.size() == 2);
   CHECK(rule_down[0].end >= rule_conv1[0].end);
   CHECK(spans["Net.block.downsample"][0].inclusive() < rule_down[0].inclusive());
+  // In a trace: a backward slice per span, at its time.
+  std::ostringstream out;
+  {
+    modtracker::ChromeTraceWriter trace(out);
+    lt::annotate(trace, timer);
+  }
+  std::size_t backward_slices = 0;
+  const auto doc = nlohmann::json::parse(out.str());
+  for (const auto& e : doc.at("traceEvents"))
+    if (e.value("cat", std::string()) == "backward" && e.at("ph") != "e") ++backward_slices;  // an async slice: "b" and "e"
+  CHECK(backward_slices == log.size());
   timer.reset();
   CHECK(timer.spans().size() == 0);
 }

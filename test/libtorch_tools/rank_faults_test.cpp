@@ -27,8 +27,9 @@ TEST_CASE("ranks: a rank that never joins is named by every gather, which keeps 
 }
 
 namespace {
-// Rank 0 merged every rank but `missing`, reported alone as timed out; the last rank gathered cleanly.
-void check_one_timed_out(const Job& job, int missing) {
+// Rank 0 merged every rank but `missing`, reported alone, of `kind`, with
+// `said` in its message; the last rank gathered cleanly.
+void check_one_missing(const Job& job, int missing, Kind kind, const std::string& said) {
   const auto& root = job.root();
   INFO(root.report());
   REQUIRE(root.merged);
@@ -36,8 +37,17 @@ void check_one_timed_out(const Job& job, int missing) {
   for (const auto& record : root.merged->records()) CHECK(record.rank != missing);
   REQUIRE(root.problems.size() == 1);
   CHECK(root.problems[0].rank == missing);
-  CHECK(root.problems[0].kind == Kind::timed_out);
+  CHECK(root.problems[0].kind == kind);
+  CHECK(root.problems[0].message.find(said) != std::string::npos);
   CHECK(job.ranks.back().gathered->problems.empty());
+}
+void check_one_timed_out(const Job& job, int missing) {
+  check_one_missing(job, missing, Kind::timed_out, "rank " + std::to_string(missing) + " did not arrive at gather 1 within");
+}
+// Lost (`why`) well within the timeout.
+void check_one_lost(const Job& job, int missing, const std::string& why) {
+  check_one_missing(job, missing, Kind::lost, "rank " + std::to_string(missing) + " did not arrive at gather 1: " + why);
+  CHECK(job.root().elapsed < job.timeout);
 }
 }  // namespace
 
@@ -59,24 +69,6 @@ TEST_CASE("ranks: a rank that hangs is reported by rank 0 within the timeout, an
   CHECK(late.elapsed < 1000ms + 1500ms);
 }
 
-namespace {
-// Rank 0 merged every rank but `missing`, reported alone as lost (`why`)
-// well within the timeout; the last rank gathered cleanly.
-void check_one_lost(const Job& job, int missing, const std::string& why) {
-  const auto& root = job.root();
-  INFO(root.report());
-  REQUIRE(root.merged);
-  REQUIRE(root.merged->records().size() == static_cast<std::size_t>(job.world - 1));
-  for (const auto& record : root.merged->records()) CHECK(record.rank != missing);
-  REQUIRE(root.problems.size() == 1);
-  CHECK(root.problems[0].rank == missing);
-  CHECK(root.problems[0].kind == Kind::lost);
-  CHECK(root.problems[0].message.find("rank " + std::to_string(missing) + " did not arrive at gather 1: " + why) !=
-        std::string::npos);
-  CHECK(root.elapsed < job.timeout);
-  CHECK(job.ranks.back().gathered->problems.empty());
-}
-}  // namespace
 
 TEST_CASE("ranks: a rank that closes its group without gathering is lost at once, the ranks after it still arrive") {
   Job job{4};

@@ -25,6 +25,8 @@ TEST_CASE("ranks as threads: every rank's table and trace reach rank 0, paramete
     REQUIRE(root.complete());
     const auto& merged = *root.merged;
     REQUIRE(merged.records().size() == static_cast<std::size_t>(world));
+    CHECK(root.received_bytes > 0);  // the other ranks' records
+    CHECK(job.ranks[1].gathered->received_bytes == 0);
     // Each rank's counts are its own table's.
     for (int r = 0; r < world; ++r) {
       const auto& mine = job.ranks[static_cast<std::size_t>(r)];

@@ -21,7 +21,9 @@ namespace modtracker::libtorch {
 /// Backward follows the tracker's backward spans (Python's rule: a span may
 /// overlap another without nesting; profilers pair each start with its own
 /// end). With no profiler on, a RecordFunction is not started: what remains
-/// is the listener's call and the check (docs/performance.md).
+/// is the listener's call and the check (docs/performance.md). So a call
+/// entered before the profiler started has no slice: start the profiler
+/// between steps, outside the model's calls.
 class ProfilerScopes final : public TransitionListener {
  public:
   explicit ProfilerScopes(Tracker& tracker);
