@@ -15,8 +15,9 @@ for arg in "$@"; do
   case "$arg" in
     --sanitizers) packages+=(libclang-rt-16-dev) ;;
     # --test-packages: what the tests alone need (real models scripted from
-    # torchvision at build time); `make demo` never needs them.
-    --test-packages) packages+=(python3-torchvision) ;;
+    # torchvision at build time; the report page checked in headless
+    # Chromium, its screenshot read with PIL); `make demo` never needs them.
+    --test-packages) packages+=(python3-torchvision chromium python3-pil) ;;
     *) fail "unknown option '$arg' (known: --sanitizers, --test-packages)" ;;
   esac
 done

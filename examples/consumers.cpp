@@ -1,5 +1,5 @@
 // The demo's "biggest consumers": FLOPs by owner, bytes kept for backward,
-// and the peak with its categories.
+// and the peak with its categories, as lines for the terminal and the report.
 #include "consumers.hpp"
 
 #include <algorithm>
@@ -24,51 +24,53 @@ std::vector<const modtracker::ModuleStats*> leaves(const modtracker::Statistics&
   return out;
 }
 
-template <class Key>
-void print_top(const char* what, std::vector<const modtracker::ModuleStats*> rows, Key key, std::uint64_t total,
-               std::string (*format)(std::uint64_t)) {
-  std::stable_sort(rows.begin(), rows.end(), [&](auto* a, auto* b) { return key(*a) > key(*b); });
-  std::printf("  %-24s", what);
-  for (std::size_t i = 0; i < rows.size() && i < 3 && key(*rows[i]) > 0; ++i)
-    std::printf("%s%s %s (%.0f%%)", i ? ", " : "", rows[i]->fqn.c_str(), format(key(*rows[i])).c_str(),
-                total ? 100.0 * static_cast<double>(key(*rows[i])) / static_cast<double>(total) : 0.0);
-  std::printf("\n");
+// "what: a 3.54 M (19%), b 2.36 M (13%), ..." for the three largest of (name, value) pairs.
+std::string top3(const char* what, std::vector<std::pair<std::string, std::uint64_t>> items, std::uint64_t total,
+                 std::string (*format)(std::uint64_t)) {
+  std::stable_sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::string line = what;
+  for (std::size_t i = 0; i < items.size() && i < 3 && items[i].second > 0; ++i) {
+    char share[16];
+    std::snprintf(share, sizeof share, " (%.0f%%)",
+                  total ? 100.0 * static_cast<double>(items[i].second) / static_cast<double>(total) : 0.0);
+    line += (i ? ", " : " ") + items[i].first + " " + format(items[i].second) + share;
+  }
+  return line;
 }
 
 }  // namespace
 
-void print_consumers(const modtracker::Statistics& stats, const lt::FlopCounter& flops, const lt::MemoryTracker& memory) {
+std::vector<std::string> consumers(const modtracker::Statistics& stats, const lt::FlopCounter& flops,
+                                   const lt::MemoryTracker& memory) {
   using modtracker::Phase;
-  const auto layers = leaves(stats);
   const auto total = flops.total(Phase::forward) + flops.total(Phase::backward);
-  std::printf("biggest consumers (of all the steps):\n");
   // Each FLOP has one owner (backward work by the node's module), so the
   // shares of all owners add up to 100 %.
   std::map<std::string, std::uint64_t> own;
   for (const auto phase : {Phase::forward, Phase::backward})
     for (const auto& [fqn, ops] : flops.exclusive_counts(phase))
       for (const auto& [op, n] : ops) own[fqn == "Global" ? "(outside modules)" : fqn] += n;
-  std::vector<std::pair<std::string, std::uint64_t>> owners(own.begin(), own.end());
-  std::stable_sort(owners.begin(), owners.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
-  std::printf("  %-24s", "FLOPs (fw + bw, own):");
-  for (std::size_t i = 0; i < owners.size() && i < 3 && owners[i].second > 0; ++i)
-    std::printf("%s%s %s (%.0f%%)", i ? ", " : "", owners[i].first.c_str(), modtracker::format_count(owners[i].second).c_str(),
-                total ? 100.0 * static_cast<double>(owners[i].second) / static_cast<double>(total) : 0.0);
-  std::printf("\n");
+  std::vector<std::string> lines{top3("FLOPs (fw + bw, own):", {own.begin(), own.end()}, total, modtracker::format_count)};
   std::uint64_t kept = 0;
-  for (const auto* r : layers) kept += r->fw_kept_bytes.value_or(0);
-  print_top("kept for backward:", layers, [](const auto& r) { return r.fw_kept_bytes.value_or(0); }, kept,
-            modtracker::format_bytes);
+  std::vector<std::pair<std::string, std::uint64_t>> kept_by;
+  for (const auto* r : leaves(stats)) {
+    kept += r->fw_kept_bytes.value_or(0);
+    kept_by.emplace_back(r->fqn, r->fw_kept_bytes.value_or(0));
+  }
+  lines.push_back(top3("kept for backward:", std::move(kept_by), kept, modtracker::format_bytes));
   const auto peak = memory.peak();
-  std::printf("  %-24s%s in %s (%s):", "peak memory:", modtracker::format_bytes(peak.bytes).c_str(),
-              peak.fqn.empty() ? "no module" : peak.fqn.c_str(), peak.phase == Phase::forward ? "forward" : "backward");
+  std::string line = "peak memory: " + modtracker::format_bytes(peak.bytes) + " in " +
+                     (peak.fqn.empty() ? "no module" : peak.fqn) +
+                     (peak.phase == Phase::forward ? " (forward):" : " (backward):");
   for (std::size_t c = 0; c < lt::memory_categories; ++c)
     if (peak.by_category[c])
-      std::printf(" %s %s", std::string(lt::category_name(static_cast<lt::MemoryCategory>(c))).c_str(),
-                  modtracker::format_bytes(peak.by_category[c]).c_str());
+      line += " " + std::string(lt::category_name(static_cast<lt::MemoryCategory>(c))) + " " +
+              modtracker::format_bytes(peak.by_category[c]);
+  lines.push_back(std::move(line));
   const auto uncounted = flops.uncounted_operators();
-  std::printf("\n  FLOPs count the matmul and convolution family; %zu other operators ran and count zero%s\n",
-              uncounted.size(), uncounted.empty() ? "" : (" (" + uncounted.front() + ", ...)").c_str());
+  lines.push_back("FLOPs count the matmul and convolution family; " + std::to_string(uncounted.size()) +
+                  " other operators ran and count zero" + (uncounted.empty() ? "" : " (" + uncounted.front() + ", ...)"));
+  return lines;
 }
 
 }  // namespace demo

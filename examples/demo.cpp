@@ -126,7 +126,7 @@ std::optional<Model> make_model(std::string_view name) {
 // `modtracker demo ...` and `modtracker profile MODEL ...`; the demo's options
 // without a subcommand (`modtracker --steps 2`) are the demo's.
 int main(int argc, char** argv) {
-  std::string model_name = "classifier", trace_path = "trace.json", tools_switch = "on", pid_switch = "on", sort, fault_text;
+  std::string model_name = "classifier", trace_path = "trace.json", report_path, tools_switch = "on", pid_switch = "on", sort, fault_text;
   std::string input_text;
   std::vector<std::int64_t> input_shape{64, 16};
   long steps = 20, warmup = 1, depth = 0, ranks = 1, timeout_ms = 30000, rank = -1, port = 0;
@@ -165,6 +165,8 @@ int main(int argc, char** argv) {
                                       "first calls set up kernels)")->check(whole(0, any));
     c->add_option("--depth", depth, "table rows down to this depth (fqn dots + 1), 0 = all")->check(whole(0, any));
     c->add_option("--trace", trace_path, "where to write the Chrome/Perfetto trace (default trace.json)");
+    c->add_option("--report", report_path, "also write the report: one HTML page (the module tree drawn by time, "
+                                           "FLOPs, memory or parameters, and the table) that opens offline");
     c->add_option("--sort", sort, "a flat table sorted by this column (default: tree order)")->check(CLI::IsMember(columns));
     c->add_option("--tools", tools_switch, "count FLOPs and memory per module (default on)")->check(CLI::IsMember({"on", "off"}));
   }
@@ -225,14 +227,20 @@ int main(int argc, char** argv) {
   if (!model) return refuse("unknown model '" + model_name + "' (embedded: classifier, convnet; or a TorchScript file)");
   if (eval) model->set_training(false);
   table.max_depth = static_cast<std::size_t>(depth);
-  std::ofstream trace_file;
+  std::ofstream trace_file, report_file;
   if (root) {
     trace_file.open(trace_path);
-    if (!trace_file) {
-      std::fprintf(stderr, "modtracker %s: cannot write %s\n", command, trace_path.c_str());
-      return 1;
-    }
+    if (!report_path.empty()) report_file.open(report_path);
+    for (const auto [file, path] : {std::pair{&trace_file, &trace_path}, std::pair{&report_file, &report_path}})
+      if (!path->empty() && !*file) {
+        std::fprintf(stderr, "modtracker %s: cannot write %s\n", command, path->c_str());
+        return 1;
+      }
   }
+  modtracker::ReportOptions page{.title = std::string("modtracker ") + command + ": " + model_name,
+                                 .subtitle = std::to_string(steps) + (eval ? " evaluation" : " training") +
+                                             " steps on synthetic input " + c10::str(c10::IntArrayRef(model->input_shape)) +
+                                             ", after " + std::to_string(warmup) + " warm-up step" + (warmup == 1 ? "" : "s")};
   std::optional<demo::Rank> job;
   if (distributed)
     job.emplace(static_cast<int>(rank), static_cast<int>(ranks), static_cast<int>(port), timeout, pid_switch == "on");
@@ -343,12 +351,27 @@ int main(int argc, char** argv) {
     lt::annotate(stats, *memory);
     lt::annotate(stats, *backward_time);
   }
-  if (distributed)
+  if (tools) page.notes = demo::consumers(stats, *flops, *memory);
+  if (distributed) {
+    if (ranks > 1) page.subtitle += ", data-parallel on " + std::to_string(ranks) + " ranks";
     return demo::report(*job, tracker, stats, spans, {tools ? &*flops : nullptr, tools ? &*memory : nullptr}, params,
-                        failure, table, trace_path, tty);
+                        failure, {table, trace_path, report_path, page}, tty);
+  }
   trace->finish();
   std::printf("%s\n%s\n", tty ? "\n" : "", stats.table(table).c_str());
-  if (tools) demo::print_consumers(stats, *flops, *memory);
+  if (tools) {
+    std::printf("biggest consumers (of all the steps):\n");
+    for (const auto& line : page.notes) std::printf("  %s\n", line.c_str());
+  }
+  if (!report_path.empty()) {
+    modtracker::write_report(report_file, stats, page);
+    report_file.close();
+    if (!report_file) {
+      std::fprintf(stderr, "modtracker %s: cannot write %s\n", command, report_path.c_str());
+      return 1;
+    }
+    std::printf("report: %s (open it in a browser)\n", std::filesystem::absolute(report_path).c_str());
+  }
   std::printf("trace: %s (%llu slices)\n", std::filesystem::absolute(trace_path).c_str(),
               static_cast<unsigned long long>(trace->slices()));
   std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");

@@ -181,8 +181,9 @@ double Rank::max_difference(const std::vector<torch::Tensor>& params) {
 // gather, and on rank 0 the table across ranks and the merged trace.
 int report(Rank& job, const lt::Tracker& tracker, const modtracker::Statistics& stats,
                  const modtracker::SpanLog& spans, lt::RankTools tools, const std::vector<torch::Tensor>& params,
-                 const std::string& failure, const modtracker::TableOptions& table, const std::string& trace_path,
-                 bool tty) {
+                 const std::string& failure, const Outputs& outputs, bool tty) {
+  const auto& table = outputs.table;
+  const auto& trace_path = outputs.trace_path;
   std::optional<double> difference;
   if (failure.empty()) {
     try {
@@ -217,6 +218,17 @@ int report(Rank& job, const lt::Tracker& tracker, const modtracker::Statistics& 
   std::printf("trace: %s (%llu slices, a process per rank)\n", std::filesystem::absolute(trace_path).c_str(),
               static_cast<unsigned long long>(slices));
   std::printf("open it at https://ui.perfetto.dev (\"Open trace file\") or in chrome://tracing (\"Load\").\n");
+  if (!outputs.report_path.empty()) {
+    std::ofstream page(outputs.report_path);
+    modtracker::write_report(page, merged, outputs.page);
+    page.close();
+    if (!page) {
+      std::fprintf(stderr, "rank 0: cannot write %s\n", outputs.report_path.c_str());
+      return 1;
+    }
+    std::printf("report: %s (a view per rank, and the spread across ranks)\n",
+                std::filesystem::absolute(outputs.report_path).c_str());
+  }
   return gathered.complete() && failure.empty() && difference == 0.0 ? 0 : 1;
 }
 

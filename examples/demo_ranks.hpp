@@ -58,12 +58,19 @@ class Rank {
   std::string training_error_;
 };
 
+/// What rank 0 writes: the tables, the merged trace, and the report page
+/// if a path is given.
+struct Outputs {
+  modtracker::TableOptions table;
+  std::string trace_path, report_path;
+  modtracker::ReportOptions page;
+};
+
 /// The end of a rank's job: the parameters compared across ranks, the
-/// gather (with the tools' extras), and on rank 0 the tables across ranks
-/// and the merged trace. Returns the process's exit status.
+/// gather (with the tools' extras), and on rank 0 the tables across ranks,
+/// the merged trace and the report. Returns the process's exit status.
 int report(Rank& job, const modtracker::libtorch::Tracker& tracker, const modtracker::Statistics& stats,
            const modtracker::SpanLog& spans, modtracker::libtorch::RankTools tools,
-           const std::vector<torch::Tensor>& params, const std::string& failure, const modtracker::TableOptions& table,
-           const std::string& trace_path, bool tty);
+           const std::vector<torch::Tensor>& params, const std::string& failure, const Outputs& outputs, bool tty);
 
 }  // namespace demo

@@ -24,3 +24,9 @@ export namespace modtracker {
                                        const std::vector<bool>& left_aligned, bool totals);
 
 }  // namespace modtracker
+
+namespace modtracker {
+// Inside the module only (the trace and the report): `s` as the inside of a
+// JSON string; '<' as \u003c, so the text is also safe inside an HTML <script>.
+[[nodiscard]] std::string json_escape(std::string_view s);
+}  // namespace modtracker

@@ -57,6 +57,27 @@ bool natural_less(std::string_view a, std::string_view b) {
   }
 }
 
+std::string json_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20 || c == '<') {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+
 std::string format_duration(std::chrono::nanoseconds d) {
   const double ns = static_cast<double>(d.count());
   if (ns < 1e3) return fixed(ns, "ns");

@@ -18,29 +18,6 @@ import modtracker;
 
 namespace modtracker {
 
-namespace {
-std::string json_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out;
-}
-}  // namespace
-
 ChromeTraceWriter::ChromeTraceWriter(std::ostream& out, std::string process_name) : out_(out) {
   out_ << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n"
        << "{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":1,\"tid\":0,\"args\":{\"name\":\"" << json_escape(process_name)

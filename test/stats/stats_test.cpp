@@ -1,4 +1,5 @@
 // The statistics layer on the reference backend: spans, tables, traces.
+#include <algorithm>
 #include <chrono>
 #include <sstream>
 
@@ -224,4 +225,92 @@ TEST_CASE("Chrome trace: a span that overlaps instead of nesting becomes an asyn
   CHECK(begin[0].at("ts").get<double>() == doctest::Approx(1.0));
   CHECK(end[0].at("ts").get<double>() == doctest::Approx(4.0));
   CHECK(begin[0].at("args").at("phase") == "backward");
+}
+
+namespace {
+// The data a report page carries: the JSON inside its data script.
+nlohmann::json report_data(const std::string& page) {
+  const std::string open = "<script type=\"application/json\" id=\"modtracker-data\">";
+  const auto from = page.find(open);
+  REQUIRE(from != std::string::npos);
+  const auto to = page.find("</script>", from);
+  REQUIRE(to != std::string::npos);
+  return nlohmann::json::parse(page.substr(from + open.size(), to - from - open.size()));
+}
+}  // namespace
+
+TEST_CASE("report: one page whose data holds every row as the table has it, tools' columns null without them") {
+  Program p;
+  ReferenceTracker t(p.b);
+  Statistics stats;
+  {
+    auto scope = t.track();
+    p.run({p.b.value(false)});
+    p.run({p.b.value(false)});
+  }
+  stats.consume_all(t.drain_transitions());
+  stats.at("Root.a").fw_flops = 1234;
+  std::ostringstream out;
+  write_report(out, stats, {.title = "Root's cost", .subtitle = "2 steps", .notes = {"a note"}});
+  const auto page = out.str();
+  CHECK(page.starts_with("<!DOCTYPE html>"));
+  CHECK(page.find("MODTRACKER_DATA") == std::string::npos);  // the marker is replaced
+  const auto doc = report_data(page);
+  CHECK(doc.at("title") == "Root's cost");
+  CHECK(doc.at("notes") == nlohmann::json::array({"a note"}));
+  CHECK(doc.at("spread").is_null());
+  const auto rows = doc.at("views").at(0).at("rows");
+  const auto expected = stats.rows();
+  REQUIRE(rows.size() == expected.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    CAPTURE(expected[i]->fqn);
+    CHECK(rows[i].at(0) == expected[i]->fqn);
+    CHECK(rows[i].at(1) == expected[i]->fw_calls);
+    CHECK(rows[i].at(2) == expected[i]->fw_inclusive.count());
+    CHECK(rows[i].at(6) == expected[i]->bw_exclusive.count());
+  }
+  const auto a = std::find_if(rows.begin(), rows.end(), [](const auto& r) { return r.at(0) == "Root.a"; });
+  REQUIRE(a != rows.end());
+  CHECK(a->at(11) == 1234);
+  CHECK(rows.at(0).at(11).is_null());  // no FLOP counter gave Root a value
+  CHECK(a->at(15).is_null());
+}
+
+TEST_CASE("report: a name that holds markup stays data: it cannot close the data script") {
+  Statistics stats;
+  stats.at("</script><script>alert(1)</script>").fw_calls = 1;
+  std::ostringstream out;
+  write_report(out, stats, {.title = "<b>title</b>"});
+  const auto page = out.str();
+  CHECK(page.find("</script><script>alert") == std::string::npos);
+  const auto doc = report_data(page);
+  CHECK(doc.at("views").at(0).at("rows").at(0).at(0) == "</script><script>alert(1)</script>");
+  CHECK(doc.at("title") == "<b>title</b>");
+}
+
+TEST_CASE("report: ranks give one view per rank, the spread per module and the straggler") {
+  auto record = [](int rank, std::chrono::nanoseconds t) {
+    RankRecord r{.rank = rank, .host = "h", .pid = 100 + rank};
+    ModuleStats m{.fqn = "Net", .fw_calls = 1, .bw_calls = 1, .fw_inclusive = t, .fw_exclusive = t};
+    r.rows = {m};
+    return r;
+  };
+  std::vector<RankRecord> records;
+  records.push_back(record(0, 1ms));
+  records.push_back(record(1, 5ms));
+  records.push_back(record(2, 2ms));
+  const CrossRankStatistics merged(std::move(records));
+  std::ostringstream out;
+  write_report(out, merged);
+  const auto doc = report_data(out.str());
+  REQUIRE(doc.at("views").size() == 3);
+  CHECK(doc.at("views").at(1).at("name") == merged.records()[1].label());
+  CHECK(doc.at("ranks") == nlohmann::json::array({0, 1, 2}));
+  const auto spread = doc.at("spread").at(0);
+  CHECK(spread.at(0) == "Net");
+  CHECK(spread.at(1) == 3);
+  CHECK(spread.at(2) == nlohmann::json::array({1000000, 2000000, 5000000, 1, 1, 1}));  // min, median, max, slowest, calls
+  CHECK(spread.at(4).is_null());  // no rank counted FLOPs
+  CHECK(doc.at("straggler").at("fqn") == "Net");
+  CHECK(doc.at("straggler").at("rank") == 1);
 }
