@@ -354,6 +354,7 @@ int main(int argc, char** argv) {
   if (tools) page.notes = demo::consumers(stats, *flops, *memory);
   if (distributed) {
     if (ranks > 1) page.subtitle += ", data-parallel on " + std::to_string(ranks) + " ranks";
+    for (auto& note : page.notes) note = "rank 0's " + note;  // its own tools' view
     return demo::report(*job, tracker, stats, spans, {tools ? &*flops : nullptr, tools ? &*memory : nullptr}, params,
                         failure, {table, trace_path, report_path, page}, tty);
   }
