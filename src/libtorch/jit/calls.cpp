@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <deque>
 #include <optional>
+#include <vector>
 
 #include <gsl/gsl>
 
@@ -102,6 +103,35 @@ void pass_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   torch::jit::push(*stack, std::move(values));
 }
 
+// The tensors inside a value (an Optional, a list, a tuple, a dict), in order.
+void flatten(const c10::IValue& v, std::vector<at::Tensor>& out) {
+  if (v.isTensor()) {
+    if (v.toTensor().defined()) out.push_back(v.toTensor());
+  } else if (v.isList()) {
+    for (const auto& e : v.toListRef()) flatten(e, out);
+  } else if (v.isTuple()) {
+    for (const auto& e : v.toTupleRef().elements()) flatten(e, out);
+  } else if (v.isGenericDict()) {
+    for (const auto& kv : v.toGenericDict()) {
+      flatten(kv.key(), out);
+      flatten(kv.value(), out);
+    }
+  }  // None, numbers, strings, objects: no tensor of the call's
+}
+
+// enter_values / exit_values: the tensors, then those inside the other values.
+template <void (*report)(const c10::IValue&, c10::ArrayRef<at::Tensor>)>
+void values_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  const auto others = torch::jit::pop(*stack);
+  auto values = torch::jit::pop(*stack);
+  const auto self = torch::jit::pop(*stack);
+  if (!backend().dispatcher().idle()) {
+    auto all = values.toTensorList().vec();
+    for (const auto& o : others.toListRef()) flatten(o, all);
+    report(self, all);
+  }
+  torch::jit::push(*stack, std::move(values));
+}
 
 }  // namespace
 
@@ -121,12 +151,17 @@ TORCH_LIBRARY(modtracker, m) {
   using modtracker::libtorch::jit::enter_call;
   using modtracker::libtorch::jit::exit_call;
   using modtracker::libtorch::jit::pass_operator;
+  using modtracker::libtorch::jit::values_operator;
   constexpr auto conservative = c10::AliasAnalysisKind::CONSERVATIVE;
   constexpr auto composite = c10::DispatchKey::CompositeImplicitAutograd;
   m.def(torch::schema("enter(Any self, Tensor[] inputs) -> Tensor[]", conservative));
   m.def(torch::schema("exit(Any self, Tensor[] outputs) -> Tensor[]", conservative));
   m.def(torch::schema("enter1(Any self, Tensor input) -> Tensor", conservative));
   m.def(torch::schema("exit1(Any self, Tensor output) -> Tensor", conservative));
+  m.def(torch::schema("enter_values(Any self, Tensor[] inputs, Any[] others) -> Tensor[]", conservative));
+  m.def(torch::schema("exit_values(Any self, Tensor[] outputs, Any[] others) -> Tensor[]", conservative));
+  m.impl("enter_values", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<&enter_call>>());
+  m.impl("exit_values", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<&exit_call>>());
   m.impl("enter", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&enter_call, false>>());
   m.impl("exit", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&exit_call, false>>());
   m.impl("enter1", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&enter_call, true>>());

@@ -1,12 +1,14 @@
 // Editing the method graphs: instrument() puts into every method of every
 // TorchScript class of a model, once, a `modtracker::enter(self, inputs)` at
 // its start and a `modtracker::exit(self, outputs)` before its return
-// (calls.cpp runs them).
+// (calls.cpp runs them); `enter_values` and `exit_values` where tensors also
+// come inside Optional, List, Tuple or Dict values.
 #include <torch/torch.h>
 #include <torch/script.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <unordered_set>
@@ -25,23 +27,44 @@ const c10::Symbol enter_symbol = c10::Symbol::fromQualString("modtracker::enter"
 const c10::Symbol exit_symbol = c10::Symbol::fromQualString("modtracker::exit");
 const c10::Symbol enter1_symbol = c10::Symbol::fromQualString("modtracker::enter1");
 const c10::Symbol exit1_symbol = c10::Symbol::fromQualString("modtracker::exit1");
+const c10::Symbol enter_values_symbol = c10::Symbol::fromQualString("modtracker::enter_values");
+const c10::Symbol exit_values_symbol = c10::Symbol::fromQualString("modtracker::exit_values");
 
 // --- the graphs
 bool instrumented(const Graph& g) {
   for (const auto* n : g.nodes())
-    if (n->kind() == enter_symbol || n->kind() == enter1_symbol) return true;
+    if (n->kind() == enter_symbol || n->kind() == enter1_symbol || n->kind() == enter_values_symbol) return true;
   return false;
 }
 
-// `op` (enter or exit) over `tensors`, at the insertion point: what replaces them.
-std::vector<Value*> pass(Graph& g, bool enter, Value* self, const std::vector<Value*>& tensors) {
-  if (tensors.size() == 1) {
+// Whether a value of this type can hold tensors inside (an Optional[Tensor],
+// a List[Tensor], a tuple or a dict with tensors, nested): they are the
+// call's values too, as Flatten<T> makes them in eager code.
+bool holds_tensors(const c10::TypePtr& type) {
+  if (type->cast<c10::TensorType>()) return true;
+  if (const auto o = type->cast<c10::OptionalType>()) return holds_tensors(o->getElementType());
+  if (const auto l = type->cast<c10::ListType>()) return holds_tensors(l->getElementType());
+  if (const auto d = type->cast<c10::DictType>()) return holds_tensors(d->getKeyType()) || holds_tensors(d->getValueType());
+  if (const auto t = type->cast<c10::TupleType>())
+    return std::any_of(t->elements().begin(), t->elements().end(), [](const auto& e) { return holds_tensors(e); });
+  return false;
+}
+
+// `op` (enter or exit) over `tensors`, at the insertion point: what replaces
+// them. `others` (values that hold tensors inside) are read, not replaced:
+// the operators change no value, and the tensors already order the body.
+std::vector<Value*> pass(Graph& g, bool enter, Value* self, const std::vector<Value*>& tensors,
+                         const std::vector<Value*>& others = {}) {
+  if (tensors.size() == 1 && others.empty()) {
     auto* call = g.insertNode(g.create(enter ? enter1_symbol : exit1_symbol, {self, tensors[0]}, 1));
     call->output()->setType(tensors[0]->type());
     return {call->output()};
   }
   auto* list = g.insertNode(g.createList(c10::TensorType::get(), tensors))->output();
-  auto* call = g.insertNode(g.create(enter ? enter_symbol : exit_symbol, {self, list}, 1));
+  std::vector<Value*> args{self, list};
+  if (!others.empty()) args.push_back(g.insertNode(g.createList(c10::AnyType::get(), others))->output());
+  const auto op = others.empty() ? (enter ? enter_symbol : exit_symbol) : (enter ? enter_values_symbol : exit_values_symbol);
+  auto* call = g.insertNode(g.create(op, args, 1));
   call->output()->setType(c10::ListType::ofTensors());
   auto* unpack = g.insertNode(g.createListUnpack(call->output(), tensors.size()));
   return {unpack->outputs().begin(), unpack->outputs().end()};
@@ -53,12 +76,14 @@ void instrument_graph(Graph& g, const std::string& where) {
   if (g.inputs().empty()) throw std::invalid_argument("modtracker: " + where + " has no self");
   if (g.outputs().size() != 1) throw std::invalid_argument("modtracker: " + where + " does not return one value");
   auto* self = g.inputs()[0];
-  std::vector<Value*> inputs;
-  for (std::size_t i = 1; i < g.inputs().size(); ++i)
+  std::vector<Value*> inputs, holders;
+  for (std::size_t i = 1; i < g.inputs().size(); ++i) {
     if (is_tensor(g.inputs()[i])) inputs.push_back(g.inputs()[i]);
+    else if (holds_tensors(g.inputs()[i]->type())) holders.push_back(g.inputs()[i]);
+  }
   {
     torch::jit::WithInsertPoint at_start(g.block()->nodes().front());
-    const auto passed = pass(g, true, self, inputs);
+    const auto passed = pass(g, true, self, inputs, holders);
     for (std::size_t k = 0; k < inputs.size(); ++k)
       inputs[k]->replaceAllUsesAfterNodeWith(passed[k]->node(), passed[k]);
   }
@@ -68,14 +93,18 @@ void instrument_graph(Graph& g, const std::string& where) {
     g.return_node()->replaceInput(0, pass(g, false, self, {out})[0]);
   } else if (const auto tuple = out->type()->cast<c10::TupleType>()) {
     auto* parts = g.insertNode(g.createTupleUnpack(out));
-    std::vector<Value*> elements(parts->outputs().begin(), parts->outputs().end()), tensors;
-    for (auto* e : elements)
+    std::vector<Value*> elements(parts->outputs().begin(), parts->outputs().end()), tensors, holders;
+    for (auto* e : elements) {
       if (is_tensor(e)) tensors.push_back(e);
-    const auto passed = pass(g, false, self, tensors);
+      else if (holds_tensors(e->type())) holders.push_back(e);
+    }
+    const auto passed = pass(g, false, self, tensors, holders);
     for (std::size_t i = 0, k = 0; i < elements.size(); ++i)
       if (is_tensor(elements[i])) elements[i] = passed[k++];
     auto* rebuilt = g.insertNode(g.createTuple(elements, tuple->schema() ? tuple : nullptr));
     g.return_node()->replaceInput(0, rebuilt->output());
+  } else if (holds_tensors(out->type())) {
+    pass(g, false, self, {}, {out});  // a list, dict or Optional of tensors
   } else {
     pass(g, false, self, {});  // a module call all the same (no tensor out: no backward)
   }
