@@ -115,6 +115,17 @@ TEST_CASE("FLOPs: bmm, baddbmm and matmul through them") {
   CHECK(f.fw.at("Global") == std::map<std::string, std::uint64_t>{{"aten::bmm", 720}});
 }
 
+TEST_CASE("FLOPs: LibTorch's scaled dot-product attention counts through its two batched products") {
+  // PyTorch's FlopCounterMode has formulas of its own for the fused
+  // attention kernels; in LibTorch 1.13 on CPU the operator decomposes into
+  // bmm (scores = q k^T, out = scores v), which are counted.
+  const auto q = torch::randn({2, 3, 5}, torch::requires_grad()), k = torch::randn({2, 4, 5}), v = torch::randn({2, 4, 6});
+  const auto f = count([&] { return std::get<0>(at::_scaled_dot_product_attention(q, k, v)); });
+  CHECK(f.forward == 2 * 2 * 3 * 5 * 4 + 2 * 2 * 3 * 4 * 6);
+  // q's gradient: the scores' gradient (d_out v^T) and q's (d_scores k).
+  CHECK(f.backward == 2 * 2 * 3 * 6 * 4 + 2 * 2 * 3 * 4 * 5);
+}
+
 TEST_CASE("FLOPs: credited to every module running and Global, backward to the modules in backward") {
   torch::manual_seed(0);
   nn::Sequential seq(nn::Linear(8, 4), nn::ReLU(), nn::Linear(4, 2));
