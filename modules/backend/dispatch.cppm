@@ -40,6 +40,9 @@ struct ForwardCall {
   /// Optional: the module this thread will likely call next (a Sequential's
   /// next child). A tracker starts loading its lookup; nothing depends on it.
   ModuleRef likely_next;
+  /// Optional: the method called, when it is not `forward` (a TorchScript
+  /// module's `encode` called from outside it); transitions name it.
+  std::string_view method;
 };
 
 /// What an observer's pre_forward hands back to the call.

@@ -26,6 +26,10 @@ struct Transition {
   std::uint64_t sequence;         ///< order of the transition within its tracker
   std::chrono::nanoseconds time;  ///< since the tracker was created (steady clock)
   std::uint32_t thread;           ///< small index of the thread it happened on (0, 1, ...)
+  /// The method of the call ("forward", or another method of a TorchScript
+  /// module called from outside it); a backward transition names its
+  /// forward call's. Valid as long as the tracker lives.
+  std::string_view method = "forward";
 };
 
 /// What the tracker reports through its diagnostics sink.

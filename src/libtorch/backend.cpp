@@ -346,7 +346,7 @@ std::string_view Backend::remedy(Diagnostic::Code code) noexcept {
              "torch::nn, or call it through modtracker::libtorch::call (docs/tracking.md)";
     case outside_parent:
       return "To nest it, make the parent's method a tracked call: modtracker::libtorch::ForwardScope "
-             "call(*this, z); ...; call.finish(y); (docs/tracking.md)";
+             "call(*this, modtracker::libtorch::Method{\"decode\"}, z); ...; call.finish(y); (docs/tracking.md)";
     case untracked_parent:
       return "Call the model through modtracker::libtorch::call(model, x), or declare it as a tracked module "
              "(struct NetImpl : nn::Module {...}; MODTRACKER_MODULE(Net);) (docs/tracking.md)";

@@ -26,6 +26,7 @@ struct alignas(64) Activation {
   // Second line: forward, naming, and backward's rare paths.
   bool forward_running = false;  // in the engine's list of running forwards (which then owns a reference)
   bool inputs_hooked = false;    // its inputs got the exit hook (some require grad)
+  std::uint16_t method = 0;      // its call's method (Engine::method_id)
   std::uint32_t thread;
   std::uint64_t end_sequence;  // activations started before its forward ended
   const void* module;          // with module_generation: see Engine::live_module()

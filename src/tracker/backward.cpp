@@ -54,7 +54,7 @@ void Engine::backward_enter(Activation& act, ValuesRef grads) {
     prefetch_line(counts_.slot(act.previous_fqn));
     p->open.emplace_back(act);
     counts_.add(act.fqn, Phase::backward);
-    if (act.reported) record(Phase::backward, Kind::enter, act.fqn, act.depth);
+    if (act.reported) record(Phase::backward, Kind::enter, act.fqn, act.depth, act.method);
   }
   if (first_of_pass) {
     backend_.at_end_of_backward([epoch = act.epoch, generation = act.epoch_generation, pass] {
@@ -110,7 +110,7 @@ void Engine::backward_exit(Activation& act, ValuesRef grads) {
 void Engine::exit_backward_locked(const Activation& act) {
   if (counts_.count(act.fqn, Phase::backward) == 0) return;  // stop() may have cleared it meanwhile
   counts_.sub(act.fqn, Phase::backward);
-  if (act.reported) record(Phase::backward, Kind::exit, act.fqn, act.depth);
+  if (act.reported) record(Phase::backward, Kind::exit, act.fqn, act.depth, act.method);
 }
 
 void Engine::exit_backward(Activation& act, ValuesRef grads) {

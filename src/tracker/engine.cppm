@@ -81,7 +81,7 @@ class Engine final : public ForwardObserver {
   void enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& clock);
   EnterResult end_enter(const ForwardCall& call, PendingEnter& e);
   void undo_enter(const ForwardCall& call, PendingEnter& e) noexcept;
-  void exit_forward_locked(std::uint32_t fqn, bool reported, std::uint32_t depth, StepClock& clock);
+  void exit_forward_locked(std::uint32_t fqn, bool reported, const ForwardCall& call, StepClock& clock);
   ActivationRef exit_locked(const ForwardCall& call, std::uintptr_t token, StepClock& clock);
   void finish_forward(const ForwardCall& call, ValuesRef output, std::uintptr_t token, const ErasedHooks* h);
   void register_output(ActivationRef act, ValuesRef output, PendingEnter* next = nullptr);
@@ -107,11 +107,13 @@ class Engine final : public ForwardObserver {
   void first_call_seen();
 
   // journal.cpp: every transition goes to the journal and the listeners (state lock held).
-  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, StepClock& clock);
-  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth) {
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method, StepClock& clock);
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method) {
     StepClock clock;
-    record(phase, kind, fqn, depth, clock);
+    record(phase, kind, fqn, depth, method, clock);
   }
+  // The id of a call's method name (0: forward), interned (state lock held).
+  std::uint16_t method_id(std::string_view method);
   void notify_scope(bool started);
 
   // config.cpp
@@ -132,6 +134,9 @@ class Engine final : public ForwardObserver {
   ModuleNames names_;
   ParentCounts counts_;
   Journal journal_;
+  // Method names by id (0: forward): a deque, so that the names a Transition
+  // holds stay where they are as it grows.
+  std::deque<std::string> methods_{"forward"};
   std::vector<TransitionListener*> listeners_;
   // What a listener's handle holds: it outlives the engine harmlessly.
   std::shared_ptr<Engine*> self_ = std::make_shared<Engine*>(this);

@@ -115,11 +115,13 @@ void Engine::enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& c
       e.outside = parent;
   }
   counts_.add(e.fqn, Phase::forward);
-  if (e.reported) record(Phase::forward, Kind::enter, e.fqn, call.depth, clock);
+  const auto method = call.method.empty() ? std::uint16_t{0} : method_id(call.method);
+  if (e.reported) record(Phase::forward, Kind::enter, e.fqn, call.depth, method, clock);
   if (e.reentered) e.name = names_.fqn(e.fqn);  // only the diagnostic needs it (a cold string)
   if (auto* act = e.act) {
     act->fqn = e.fqn;
     act->reported = e.reported;
+    act->method = method;
     act->module_generation = info.generation;
     act->sequence = activations_++;
     act->previous_fqn = std::exchange(last_activation_fqn_, e.fqn);
@@ -172,15 +174,17 @@ void Engine::undo_enter(const ForwardCall& call, PendingEnter& e) noexcept {
     dropped = ActivationRef::adopt(e.act);
   }
   if (counts_.count(e.fqn, Phase::forward) > 0) counts_.sub(e.fqn, Phase::forward);
-  if (e.reported) record(Phase::forward, Kind::exit, e.fqn, call.depth);
+  if (e.reported) record(Phase::forward, Kind::exit, e.fqn, call.depth, method_id(call.method));
 }
 
 // Forward exit under the state lock: count - 1 and the journal.
-void Engine::exit_forward_locked(std::uint32_t fqn, bool reported, std::uint32_t depth, StepClock& clock) {
+void Engine::exit_forward_locked(std::uint32_t fqn, bool reported, const ForwardCall& call, StepClock& clock) {
   if (fqn == global_id || counts_.count(fqn, Phase::forward) == 0)
     throw std::logic_error("modtracker: forward exit without a matching enter");
   counts_.sub(fqn, Phase::forward);
-  if (reported) record(Phase::forward, Kind::exit, fqn, depth, clock);
+  if (reported)
+    record(Phase::forward, Kind::exit, fqn, call.depth, call.method.empty() ? std::uint16_t{0} : method_id(call.method),
+           clock);
 }
 
 // The whole exit of a call whose post hook does not run, under the state
@@ -189,13 +193,13 @@ void Engine::exit_forward_locked(std::uint32_t fqn, bool reported, std::uint32_t
 ActivationRef Engine::exit_locked(const ForwardCall& call, std::uintptr_t token, StepClock& clock) {
   auto* a = activation_in(token);
   if (!a) {
-    exit_forward_locked(fqn_in(token), reported_in(token), call.depth, clock);
+    exit_forward_locked(fqn_in(token), reported_in(token), call, clock);
     return {};
   }
   if (!a->forward_running) throw std::logic_error("modtracker: post_forward without a matching pre_forward");
   unlink_running(*a);
   auto act = ActivationRef::adopt(a);
-  exit_forward_locked(act->fqn, act->reported, call.depth, clock);
+  exit_forward_locked(act->fqn, act->reported, call, clock);
   act->end_sequence = activations_;
   return act;
 }
@@ -281,7 +285,7 @@ void Engine::finish_forward(const ForwardCall& call, ValuesRef output, std::uint
     }
     {
       std::lock_guard<SpinLock> lock(state_);
-      exit_forward_locked(fqn, reported, call.depth, clock);
+      exit_forward_locked(fqn, reported, call, clock);
       if (act) act->end_sequence = activations_;
     }
     if (hook_error) std::rethrow_exception(hook_error);

@@ -17,7 +17,7 @@ Generator<Transition> Engine::drain() {
   for (;;) {
     JournalEntry entry;
     std::uint64_t sequence = 0;
-    std::string_view fqn;  // read under the lock: the names may grow meanwhile
+    std::string_view fqn, method;  // read under the lock: the names may grow meanwhile
     std::uint64_t newly_dropped = 0;
     {
       std::lock_guard<SpinLock> lock(state_);
@@ -25,6 +25,7 @@ Generator<Transition> Engine::drain() {
       if (newly_dropped == 0) {
         if (!journal_.pop(entry, sequence)) break;
         fqn = names_.fqn(entry.fqn);
+        method = methods_[entry.method];
       }
     }
     if (newly_dropped != 0) {  // said before the survivors are yielded
@@ -34,16 +35,27 @@ Generator<Transition> Engine::drain() {
                     "; read drain_transitions() more often or raise journal_capacity"});
       continue;
     }
-    co_yield Transition{entry.phase, entry.kind, fqn, entry.depth, sequence, since_start(entry.ticks), entry.thread};
+    co_yield Transition{entry.phase, entry.kind, fqn, entry.depth, sequence, since_start(entry.ticks), entry.thread, method};
   }
 }
 
-void Engine::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, StepClock& clock) {
-  journal_.record(phase, kind, fqn, depth, clock);
+void Engine::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method,
+                    StepClock& clock) {
+  journal_.record(phase, kind, fqn, depth, method, clock);
   if (listeners_.empty()) [[likely]] return;
-  const Transition t{phase, kind, names_.fqn(fqn), depth, journal_.recorded() - 1, since_start(clock.read()),
-                     thread_index()};
+  const Transition t{phase,          kind, names_.fqn(fqn), depth, journal_.recorded() - 1, since_start(clock.read()),
+                     thread_index(), methods_[method]};
   for (auto* l : listeners_) l->on_transition(t);
+}
+
+std::uint16_t Engine::method_id(std::string_view method) {
+  if (method.empty()) return 0;
+  for (std::size_t i = 0; i < methods_.size(); ++i)
+    if (methods_[i] == method) return static_cast<std::uint16_t>(i);
+  // Past 65,535 names (never in a real model) the rest read as the last.
+  if (methods_.size() > std::numeric_limits<std::uint16_t>::max()) return std::numeric_limits<std::uint16_t>::max();
+  methods_.emplace_back(method);
+  return static_cast<std::uint16_t>(methods_.size() - 1);
 }
 
 void Engine::notify_scope(bool started) {

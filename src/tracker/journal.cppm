@@ -34,7 +34,9 @@ struct JournalEntry {
   std::uint32_t thread;
   Phase phase;
   Kind kind;
+  std::uint16_t method;  ///< the engine's id of the call's method (0: forward)
 };
+static_assert(sizeof(JournalEntry) == 24);
 
 /// A ring of `capacity` entries that drops its oldest entry when full. Not
 /// thread-safe: the engine's state lock guards it.
@@ -42,19 +44,16 @@ class Journal {
  public:
   explicit Journal(std::size_t capacity);
 
-  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, StepClock& clock) noexcept {
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method,
+              StepClock& clock) noexcept {
     if (size_ == capacity_) {  // full: drop the oldest
       head_ = (head_ + 1) & mask_;
       --size_;
       ++dropped_;
     }
-    ring_[(head_ + size_) & mask_] = JournalEntry{clock.read(), fqn, depth, thread_index(), phase, kind};
+    ring_[(head_ + size_) & mask_] = JournalEntry{clock.read(), fqn, depth, thread_index(), phase, kind, method};
     ++recorded_;
     ++size_;
-  }
-  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth) noexcept {
-    StepClock clock;
-    record(phase, kind, fqn, depth, clock);
   }
 
   /// Takes the oldest entry and its sequence number; false when empty.

@@ -73,7 +73,7 @@ struct VAEImpl : nn::Module {
   torch::Tensor forward(torch::Tensor x) { return decode(fc2->forward(torch::relu(fc1->forward(x)))); }
   // The fix the diagnostic names: the method as a tracked call of this module.
   torch::Tensor tracked_decode(torch::Tensor z) {
-    lt::ForwardScope call(*this, z);
+    lt::ForwardScope call(*this, lt::Method{"decode"}, z);
     auto y = decode(z);
     call.finish(y);
     return y;
@@ -94,14 +94,16 @@ TEST_CASE("reach: a child run outside its parent's call (a method other than for
     for (int i = 0; i < 3; ++i) (void)model->decode(torch::randn({3, 2}));
     for (const auto& t : tracker.drain_transitions()) (void)t;
     (void)model->tracked_decode(torch::randn({3, 2}));  // nested: nothing more to say
-    for (const auto& t : tracker.drain_transitions()) sample.push_back(std::string(t.fqn) + "@" + std::to_string(t.depth));
+    for (const auto& t : tracker.drain_transitions())
+      sample.push_back(std::string(t.fqn) + "@" + std::to_string(t.depth) + " " + std::string(t.method));
   }
   INFO(said.text());
   CHECK(said.fqns(Code::outside_parent) == std::vector<std::string>{"VAE.fc3", "VAE.fc4"});
   CHECK(said.all.size() == 2);
   CHECK(said.all[0].message.find("outside a call of its parent 'VAE'") != std::string::npos);
   CHECK(said.all[0].message.find("ForwardScope") != std::string::npos);
-  CHECK(sample == std::vector<std::string>{"VAE@0", "VAE.fc3@1", "VAE.fc3@1", "VAE.fc4@1", "VAE.fc4@1", "VAE@0"});
+  CHECK(sample == std::vector<std::string>{"VAE@0 decode", "VAE.fc3@1 forward", "VAE.fc3@1 forward", "VAE.fc4@1 forward",
+                                           "VAE.fc4@1 forward", "VAE@0 decode"});
 }
 
 namespace {

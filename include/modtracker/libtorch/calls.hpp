@@ -135,6 +135,12 @@ decltype(auto) call(M& module, Args&&... args) {
   else return detail::call_as(module, 0, std::forward<Args>(args)...);
 }
 
+/// The name of the method a hand-written call runs, when it is not forward
+/// (ForwardScope s(*this, Method{"decode"}, z)): its transitions name it.
+struct Method {
+  std::string name;
+};
+
 /// RAII form of one module call written by hand, for a module not otherwise
 /// tracked:  ForwardScope s(*layer, x); auto y = layer->forward(x); s.finish(y);
 /// A scope destroyed unfinished reports a forward that threw.
@@ -146,6 +152,14 @@ class ForwardScope {
     if (d.idle()) return;
     (flatten_into(inputs, inputs_), ...);
     call_.emplace(d, module_ref(module), ValuesRef{&inputs_});
+  }
+  /// A call of another method of `module` than forward.
+  template <class... Inputs>
+  ForwardScope(const torch::nn::Module& module, Method method, const Inputs&... inputs) : method_(std::move(method.name)) {
+    auto& d = backend().dispatcher();
+    if (d.idle()) return;
+    (flatten_into(inputs, inputs_), ...);
+    call_.emplace(d, ForwardCall{.module = module_ref(module), .inputs = ValuesRef{&inputs_}, .method = method_});
   }
   template <class Output>
   void finish(const Output& output) {
@@ -161,6 +175,7 @@ class ForwardScope {
   }
 
  private:
+  std::string method_;  // the call views it
   Tensors inputs_;
   std::optional<ForwardDispatcher::Call> call_;
 };

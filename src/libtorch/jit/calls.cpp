@@ -30,9 +30,10 @@ using c10::ivalue::Object;
 struct Frame {
   const Object* object;  // what the exit operator gets, compared without a lookup
   const ScriptedModule* module;
+  std::string method;  // "" for forward; the call's ForwardCall views it
   Tensors seen;
   std::optional<ForwardDispatcher::Call> call;
-  Frame(const Object* o, const ScriptedModule* m) : object(o), module(m) {}
+  Frame(const Object* o, const ScriptedModule* m, std::string_view name) : object(o), module(m), method(name) {}
 };
 thread_local std::deque<Frame> frames;
 thread_local int operators_running = 0;  // operators of this thread running (a hook may end a scope)
@@ -43,8 +44,9 @@ bool encloses(const ScriptedModule* outer, const ScriptedModule* inner) {
   return false;
 }
 
-// A call's start: `xs` are the tensors among its arguments.
-void enter_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> xs) {
+// A call's start: `xs` are the tensors among its arguments; `method` is
+// "" for forward.
+void enter_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> xs, std::string_view method = {}) {
   ++operators_running;
   const auto done = gsl::finally([] { --operators_running; });
   auto& d = backend().dispatcher();
@@ -57,11 +59,11 @@ void enter_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> xs) {
   // A method of the module running now (self.helper(x) in its forward) is
   // part of that call, not a call of its own.
   const bool own_method = !frames.empty() && frames.back().module == module;
-  auto& f = frames.emplace_back(&self.toObjectRef(), module);
+  auto& f = frames.emplace_back(&self.toObjectRef(), module, own_method ? std::string_view{} : method);
   if (own_method) return;
   for (const auto& t : xs) f.seen.push(t);
   try {
-    f.call.emplace(d, ForwardCall{.module = module_ref(*f.module), .inputs = ValuesRef{&f.seen}});
+    f.call.emplace(d, ForwardCall{.module = module_ref(*f.module), .inputs = ValuesRef{&f.seen}, .method = f.method});
   } catch (...) {
     frames.pop_back();
     throw;
@@ -92,13 +94,19 @@ void exit_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> ys) {
 // the module's body depend on `enter` and `exit` on the body). One tensor in
 // or out, the common case, has operators of its own: no list to build and
 // unpack in the graph.
-template <void (*report)(const c10::IValue&, c10::ArrayRef<at::Tensor>), bool one>
+template <bool enter, bool one>
 void pass_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   auto values = torch::jit::pop(*stack);  // the tensors, or the one tensor
   const auto self = torch::jit::pop(*stack);
   if (!backend().dispatcher().idle()) {
-    if constexpr (one) report(self, c10::ArrayRef<at::Tensor>(values.toTensor()));
-    else report(self, values.toTensorList().vec());
+    if constexpr (one) {
+      if constexpr (enter) enter_call(self, c10::ArrayRef<at::Tensor>(values.toTensor()));
+      else exit_call(self, c10::ArrayRef<at::Tensor>(values.toTensor()));
+    } else {
+      const auto all = values.toTensorList().vec();
+      if constexpr (enter) enter_call(self, all);
+      else exit_call(self, all);
+    }
   }
   torch::jit::push(*stack, std::move(values));
 }
@@ -119,16 +127,21 @@ void flatten(const c10::IValue& v, std::vector<at::Tensor>& out) {
   }  // None, numbers, strings, objects: no tensor of the call's
 }
 
-// enter_values / exit_values: the tensors, then those inside the other values.
-template <void (*report)(const c10::IValue&, c10::ArrayRef<at::Tensor>)>
+// enter_values / exit_values: the tensors, then those inside the other
+// values; enter_method / exit_method also take the method's name.
+template <bool enter, bool named>
 void values_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  c10::IValue method;
+  if constexpr (named) method = torch::jit::pop(*stack);
   const auto others = torch::jit::pop(*stack);
   auto values = torch::jit::pop(*stack);
   const auto self = torch::jit::pop(*stack);
   if (!backend().dispatcher().idle()) {
     auto all = values.toTensorList().vec();
     for (const auto& o : others.toListRef()) flatten(o, all);
-    report(self, all);
+    if constexpr (!enter) exit_call(self, all);
+    else if constexpr (named) enter_call(self, all, method.toStringRef());
+    else enter_call(self, all);
   }
   torch::jit::push(*stack, std::move(values));
 }
@@ -160,10 +173,14 @@ TORCH_LIBRARY(modtracker, m) {
   m.def(torch::schema("exit1(Any self, Tensor output) -> Tensor", conservative));
   m.def(torch::schema("enter_values(Any self, Tensor[] inputs, Any[] others) -> Tensor[]", conservative));
   m.def(torch::schema("exit_values(Any self, Tensor[] outputs, Any[] others) -> Tensor[]", conservative));
-  m.impl("enter_values", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<&enter_call>>());
-  m.impl("exit_values", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<&exit_call>>());
-  m.impl("enter", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&enter_call, false>>());
-  m.impl("exit", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&exit_call, false>>());
-  m.impl("enter1", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&enter_call, true>>());
-  m.impl("exit1", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<&exit_call, true>>());
+  m.def(torch::schema("enter_method(Any self, Tensor[] inputs, Any[] others, str method) -> Tensor[]", conservative));
+  m.def(torch::schema("exit_method(Any self, Tensor[] outputs, Any[] others, str method) -> Tensor[]", conservative));
+  m.impl("enter_values", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<true, false>>());
+  m.impl("exit_values", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<false, false>>());
+  m.impl("enter_method", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<true, true>>());
+  m.impl("exit_method", composite, torch::CppFunction::makeFromBoxedFunction<&values_operator<false, true>>());
+  m.impl("enter", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<true, false>>());
+  m.impl("exit", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<false, false>>());
+  m.impl("enter1", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<true, true>>());
+  m.impl("exit1", composite, torch::CppFunction::makeFromBoxedFunction<&pass_operator<false, true>>());
 }

@@ -29,11 +29,15 @@ const c10::Symbol enter1_symbol = c10::Symbol::fromQualString("modtracker::enter
 const c10::Symbol exit1_symbol = c10::Symbol::fromQualString("modtracker::exit1");
 const c10::Symbol enter_values_symbol = c10::Symbol::fromQualString("modtracker::enter_values");
 const c10::Symbol exit_values_symbol = c10::Symbol::fromQualString("modtracker::exit_values");
+const c10::Symbol enter_method_symbol = c10::Symbol::fromQualString("modtracker::enter_method");
+const c10::Symbol exit_method_symbol = c10::Symbol::fromQualString("modtracker::exit_method");
 
 // --- the graphs
 bool instrumented(const Graph& g) {
   for (const auto* n : g.nodes())
-    if (n->kind() == enter_symbol || n->kind() == enter1_symbol || n->kind() == enter_values_symbol) return true;
+    if (n->kind() == enter_symbol || n->kind() == enter1_symbol || n->kind() == enter_values_symbol ||
+        n->kind() == enter_method_symbol)
+      return true;
   return false;
 }
 
@@ -50,11 +54,28 @@ bool holds_tensors(const c10::TypePtr& type) {
   return false;
 }
 
+// The call a method's graph makes: its module, and its method's name
+// ("" for forward, whose operators need no name).
+struct Callee {
+  Value* self;
+  std::string method;
+};
+
 // `op` (enter or exit) over `tensors`, at the insertion point: what replaces
 // them. `others` (values that hold tensors inside) are read, not replaced:
 // the operators change no value, and the tensors already order the body.
-std::vector<Value*> pass(Graph& g, bool enter, Value* self, const std::vector<Value*>& tensors,
+std::vector<Value*> pass(Graph& g, bool enter, const Callee& callee, const std::vector<Value*>& tensors,
                          const std::vector<Value*>& others = {}) {
+  auto* self = callee.self;
+  if (!callee.method.empty()) {  // another method than forward: its name goes along
+    auto* list = g.insertNode(g.createList(c10::TensorType::get(), tensors))->output();
+    auto* any = g.insertNode(g.createList(c10::AnyType::get(), others))->output();
+    auto* call = g.insertNode(g.create(enter ? enter_method_symbol : exit_method_symbol,
+                                       {self, list, any, g.insertConstant(callee.method)}, 1));
+    call->output()->setType(c10::ListType::ofTensors());
+    auto* unpack = g.insertNode(g.createListUnpack(call->output(), tensors.size()));
+    return {unpack->outputs().begin(), unpack->outputs().end()};
+  }
   if (tensors.size() == 1 && others.empty()) {
     auto* call = g.insertNode(g.create(enter ? enter1_symbol : exit1_symbol, {self, tensors[0]}, 1));
     call->output()->setType(tensors[0]->type());
@@ -72,10 +93,10 @@ std::vector<Value*> pass(Graph& g, bool enter, Value* self, const std::vector<Va
 
 bool is_tensor(const Value* v) { return v->type()->cast<c10::TensorType>() != nullptr; }
 
-void instrument_graph(Graph& g, const std::string& where) {
+void instrument_graph(Graph& g, const std::string& method, const std::string& where) {
   if (g.inputs().empty()) throw std::invalid_argument("modtracker: " + where + " has no self");
   if (g.outputs().size() != 1) throw std::invalid_argument("modtracker: " + where + " does not return one value");
-  auto* self = g.inputs()[0];
+  const Callee self{g.inputs()[0], method == "forward" ? "" : method};
   std::vector<Value*> inputs, holders;
   for (std::size_t i = 1; i < g.inputs().size(); ++i) {
     if (is_tensor(g.inputs()[i])) inputs.push_back(g.inputs()[i]);
@@ -137,7 +158,7 @@ void instrument(torch::jit::Module& model) {
       auto& fn = torch::jit::toGraphFunction(method.function());
       auto& g = *fn.graph();
       if (instrumented(g)) continue;
-      instrument_graph(g, "method " + method.name() + " of " + type->repr_str());
+      instrument_graph(g, method.name(), "method " + method.name() + " of " + type->repr_str());
       fn.clear_optimized_graphs();  // callers inline the edited graph
     }
   }

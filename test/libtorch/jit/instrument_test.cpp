@@ -381,6 +381,38 @@ def forward(self, x):
   CHECK(parents(t) == "Global");
 }
 
+TEST_CASE("jit: transitions name the method called: encode from outside, forward otherwise, in backward too") {
+  auto enc = with_fc("Encoder", R"(
+def helper(self, x):
+    return self.fc.forward(x) * 2
+
+def encode(self, x):
+    return self.helper(x) + 1
+)");
+  torch::jit::Module net("Auto");
+  net.register_module("encoder", enc);
+  net.define(R"(
+def forward(self, x):
+    return self.encoder.encode(x)
+)");
+  lt::jit::instrument(net);
+  lt::Tracker t;
+  auto scope = t.track();
+  for (int run = 0; run < 3; ++run) {  // the profiling executor's runs and its optimized plan
+    CAPTURE(run);
+    net.forward({torch::randn({2, 4}, torch::requires_grad())}).toTensor().sum().backward();
+    Strings seen;
+    for (const auto& tr : t.drain_transitions())
+      seen.push_back(std::string(tr.phase == modtracker::Phase::forward ? "fw " : "bw ") +
+                     (tr.kind == modtracker::Kind::enter ? "enter " : "exit ") + std::string(tr.fqn) + " " +
+                     std::string(tr.method));
+    CHECK(seen == Strings{"fw enter Auto forward", "fw enter Auto.encoder encode", "fw enter Auto.encoder.fc forward",
+                          "fw exit Auto.encoder.fc forward", "fw exit Auto.encoder encode", "fw exit Auto forward",
+                          "bw enter Auto forward", "bw enter Auto.encoder encode", "bw enter Auto.encoder.fc forward",
+                          "bw exit Auto.encoder.fc forward", "bw exit Auto.encoder encode", "bw exit Auto forward"});
+  }
+}
+
 namespace {
 std::ptrdiff_t position(const Strings& events, const std::string& event) {
   const auto it = std::find(events.begin(), events.end(), event);
