@@ -82,6 +82,8 @@ struct ToolCosts {
   // An operator while a scope has seen no tracked call (the watch), against a
   // bare callback without inputs.
   double op_watch_base_ns = 0, op_bare_no_inputs_ns = 0, op_watch_ns = 0;
+  // OperatorRecorder (operators in the trace, off by default): per operator, per training step.
+  double op_recorder_ns = 0, step_operators_us = 0;
 };
 ToolCosts tool_costs(const Options& options);
 

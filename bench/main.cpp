@@ -208,6 +208,9 @@ int main(int argc, char** argv) {
                 "backward nodes alone %+.1f%%)   every tool (+ BackwardTimer) %+.1f%%\n",
                 100 * (t.step_flops_spans_us / t.step_us - 1), 100 * (t.step_flops_us / t.step_us - 1),
                 100 * (t.step_bare_node_callback_us / t.step_us - 1), 100 * (t.step_all_us / t.step_us - 1));
+    std::printf("  operators in the trace        OperatorRecorder +%.1f ns an operator (mm, add of 4x4), a training step "
+                "%+.1f%%\n",
+                t.op_recorder_ns - t.op_ns, 100 * (t.step_operators_us / t.step_us - 1));
     if (scopes) {
       const auto& p = *scopes;  // 100 module calls a forward
       std::printf("  profiler scopes (100 Linear)  tracked %6.1f us   + ProfilerScopes, no profiler on %+.1f ns a call   "

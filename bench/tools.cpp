@@ -104,7 +104,12 @@ ToolCosts tool_costs(const Options& options) {
            const double ns = op_loop();
            (void)prof::disableProfilerLegacy();
            return ns;
+         },
+         [&] {
+           lt::OperatorRecorder recorder(tracker);
+           return op_loop();
          }});
+    out.op_recorder_ns = best[4];
     out.op_ns = best[0];
     out.op_bare_callback_ns = best[1];
     out.op_flop_counter_ns = best[2];
@@ -197,7 +202,12 @@ ToolCosts tool_costs(const Options& options) {
                                             const double us = steps();
                                             at::removeCallback(handle);
                                             return us;
+                                          },
+                                          [&] {
+                                            lt::OperatorRecorder recorder(tracker);
+                                            return steps();
                                           }});
+  out.step_operators_us = best[8];
   out.step_us = best[0];
   out.step_memory_us = best[1];
   out.step_flops_us = best[2];

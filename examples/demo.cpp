@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
   std::string input_text;
   std::vector<std::int64_t> input_shape{64, 16};
   long steps = 20, warmup = 1, depth = 0, ranks = 1, timeout_ms = 30000, rank = -1, port = 0;
-  bool eval = false, train = false;
+  bool eval = false, train = false, operators = false;
   demo::Fault fault;
   modtracker::TableOptions table;
 
@@ -169,6 +169,8 @@ int main(int argc, char** argv) {
                                            "FLOPs, memory or parameters, and the table) that opens offline");
     c->add_option("--sort", sort, "a flat table sorted by this column (default: tree order)")->check(CLI::IsMember(columns));
     c->add_option("--tools", tools_switch, "count FLOPs and memory per module (default on)")->check(CLI::IsMember({"on", "off"}));
+    c->add_flag("--operators", operators, "also show each operator in the trace, inside its module's slice, with its "
+                                          "input shapes and FLOPs (off by default: it costs per operator)");
   }
   demo_cmd->add_option("--model", model_name, "classifier (default) or convnet, or a TorchScript model file");
   demo_cmd->add_option("--input", input_text, "a TorchScript model's input shape (default 64,16)")->check(shape_check);
@@ -213,6 +215,7 @@ int main(int argc, char** argv) {
   const std::chrono::milliseconds timeout(timeout_ms);
   if (fault.kind != demo::Fault::Kind::none && fault.rank >= ranks)
     return refuse("--fault names rank " + std::to_string(fault.rank) + " of a job of " + std::to_string(ranks));
+  if (operators && ranks > 1) return refuse("--operators shows one process's operators: not with --ranks");
   if (ranks > 1 && rank < 0) return demo::launch(std::vector<std::string>(argv, argv + argc), static_cast<int>(ranks), timeout);
   const bool distributed = rank >= 0;
   if (distributed && (rank >= ranks || port == 0)) return refuse("--rank and --port are for the processes --ranks starts");
@@ -259,6 +262,8 @@ int main(int argc, char** argv) {
   std::optional<lt::FlopCounter> flops;
   std::optional<lt::MemoryTracker> memory;
   std::optional<lt::BackwardTimer> backward_time;  // bw times by the modules' own autograd nodes
+  std::optional<lt::OperatorRecorder> operator_calls;  // --operators
+  if (operators) operator_calls.emplace(tracker);
   if (tools) {
     backward_time.emplace(tracker);
     flops.emplace(tracker);
@@ -315,6 +320,7 @@ int main(int argc, char** argv) {
       memory->reset();
       backward_time->reset();
     }
+    if (operator_calls) operator_calls->reset();
     const auto t0 = std::chrono::steady_clock::now();
     for (step = 1; step <= steps; ++step) {
       const auto loss = train_step();
@@ -358,6 +364,7 @@ int main(int argc, char** argv) {
     return demo::report(*job, tracker, stats, spans, {tools ? &*flops : nullptr, tools ? &*memory : nullptr}, params,
                         failure, {table, trace_path, report_path, page}, tty);
   }
+  if (operator_calls) lt::annotate(*trace, *operator_calls);
   trace->finish();
   std::printf("%s\n%s\n", tty ? "\n" : "", stats.table(table).c_str());
   if (tools) {

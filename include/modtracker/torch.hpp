@@ -27,5 +27,6 @@
 #include <modtracker/libtorch/backward_time.hpp>
 #include <modtracker/libtorch/memory.hpp>
 #include <modtracker/libtorch/profiler_scopes.hpp>
+#include <modtracker/libtorch/operators.hpp>
 
 import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats

@@ -52,6 +52,14 @@ class ChromeTraceWriter {
   /// (after the ones add_slice_arg() gives).
   void span(const Span& s, std::uint32_t process, std::chrono::nanoseconds shift,
             const std::vector<std::pair<std::string_view, std::uint64_t>>& args);
+  /// One slice of something inside the modules' slices (an operator):
+  /// `name` on track `thread` of `process` from `start` to `end` (the
+  /// transitions' clock, shifted by `shift`), in category `category`, with
+  /// text and number arguments.
+  void slice(std::string_view name, std::string_view category, std::uint32_t thread, std::chrono::nanoseconds start,
+             std::chrono::nanoseconds end, const std::vector<std::pair<std::string_view, std::string>>& text = {},
+             const std::vector<std::pair<std::string_view, std::uint64_t>>& numbers = {}, std::uint32_t process = 1,
+             std::chrono::nanoseconds shift = {});
   /// Closes the JSON document (also done by the destructor).
   void finish();
   [[nodiscard]] std::uint64_t slices() const noexcept { return slices_; }

@@ -77,6 +77,27 @@ void ChromeTraceWriter::span(const Span& s, std::uint32_t process, std::chrono::
   ++slices_;
 }
 
+void ChromeTraceWriter::slice(std::string_view name, std::string_view category, std::uint32_t thread,
+                              std::chrono::nanoseconds start, std::chrono::nanoseconds end,
+                              const std::vector<std::pair<std::string_view, std::string>>& text,
+                              const std::vector<std::pair<std::string_view, std::uint64_t>>& numbers,
+                              std::uint32_t process, std::chrono::nanoseconds shift) {
+  if (finished_) return;
+  char num[48];
+  auto us = [&](std::chrono::nanoseconds t) {
+    std::snprintf(num, sizeof num, "%.3f", static_cast<double>(t.count()) / 1e3);
+    return num;
+  };
+  out_ << ",\n{\"ph\":\"X\",\"pid\":" << process << ",\"tid\":" << thread << ",\"name\":\"" << json_escape(name)
+       << "\",\"cat\":\"" << json_escape(category) << "\",\"ts\":" << us(start + shift) << ",";
+  out_ << "\"dur\":" << us(end - start) << ",\"args\":{";
+  const char* comma = "";
+  for (const auto& [key, value] : text) out_ << std::exchange(comma, ",") << '"' << json_escape(key) << "\":\"" << json_escape(value) << '"';
+  for (const auto& [key, value] : numbers) out_ << std::exchange(comma, ",") << '"' << json_escape(key) << "\":" << value;
+  out_ << "}}";
+  ++slices_;
+}
+
 void ChromeTraceWriter::add_slice_arg(std::string name,
                                       std::function<std::optional<std::uint64_t>(const Span&)> value) {
   slice_args_.emplace_back(std::move(name), std::move(value));

@@ -90,6 +90,64 @@ TEST_CASE("Chrome trace of a LibTorch step: forward and backward slices, nested,
   }
 }
 
+TEST_CASE("operators in the trace: each inside its module's slice on its track, with shapes and FLOPs, only in scopes") {
+  Seq3 seq;
+  lt::Tracker tracker;
+  lt::OperatorRecorder ops(tracker);
+  (void)seq(torch::randn({3, 4}));  // no scope: nothing recorded
+  CHECK(ops.calls().empty());
+  std::ostringstream out;
+  {
+    modtracker::ChromeTraceWriter trace(out);
+    {
+      auto scope = tracker.track();
+      seq(torch::randn({3, 4}, torch::requires_grad())).sum().backward();
+    }
+    trace.consume_all(tracker.drain_transitions());
+    lt::annotate(trace, ops);
+  }
+  CHECK(ops.dropped() == 0);
+  const auto doc = json::parse(out.str());
+  std::map<std::string, json> modules;
+  std::vector<json> operators;
+  for (const auto& e : doc.at("traceEvents")) {
+    if (e.at("ph") != "X") continue;
+    const auto cat = e.at("cat").get<std::string>();
+    if (cat.starts_with("operator")) operators.push_back(e);
+    else modules[cat + " " + e.at("name").get<std::string>()] = e;
+  }
+  const auto inside = [](const json& inner, const json& outer) {
+    return inner.at("tid") == outer.at("tid") && inner.at("ts").get<double>() >= outer.at("ts").get<double>() &&
+           inner.at("ts").get<double>() + inner.at("dur").get<double>() <=
+               outer.at("ts").get<double>() + outer.at("dur").get<double>() + 1e-3;
+  };
+  // The first Linear's forward product: [3, 4] x [4, 8] plus the bias, inside Seq3.net.0's slice.
+  const auto& fc = modules.at("forward Seq3.net.0");
+  int addmm = 0;
+  for (const auto& op : operators) {
+    if (op.at("name") != "aten::addmm" || !inside(op, fc)) continue;
+    ++addmm;
+    CHECK(op.at("cat") == "operator");
+    CHECK(op.at("args").at("flops") == 2 * 3 * 4 * 8);
+    CHECK(op.at("args").at("shapes").get<std::string>().find("[3, 4]") != std::string::npos);
+  }
+  CHECK(addmm == 1);
+  // Backward: the weights' gradients (aten::mm) in the backward phase, on the modules' track.
+  int backward_mm = 0;
+  for (const auto& op : operators)
+    if (op.at("cat") == "operator (backward)" && op.at("name") == "aten::mm") {
+      ++backward_mm;
+      CHECK(op.at("tid") == fc.at("tid"));
+      CHECK(op.at("args").contains("flops"));
+    }
+  CHECK(backward_mm >= 3);  // each Linear's weight gradient (and two input gradients)
+  const auto recorded = ops.calls().size();
+  (void)seq(torch::randn({3, 4}));  // after the scope: nothing more
+  CHECK(ops.calls().size() == recorded);
+  ops.reset();
+  CHECK(ops.calls().empty());
+}
+
 TEST_CASE("the table gains FLOPs and memory columns when those tools are attached, and the trace their data") {
   torch::manual_seed(0);
   lt::nn::Sequential seq(lt::nn::Linear(4, 8), lt::nn::ReLU(), lt::nn::Linear(8, 2));
