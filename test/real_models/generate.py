@@ -29,6 +29,32 @@ class Encoder(nn.Module):  # a TransformerEncoder and a head, batch first
         return self.head(self.enc(x))
 
 
+@torch.jit.script
+class Pair:  # an object of a TorchScript class that carries tensors into a module
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        self.a = a
+        self.b = b
+
+
+class Mixer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, p: Pair) -> torch.Tensor:
+        return self.lin(p.a) + p.b
+
+
+class Stateful(nn.Module):  # mix gets pre's output only inside a Pair
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(8, 8)
+        self.mix = Mixer()
+
+    def forward(self, x):
+        return self.mix(Pair(x, self.pre(x)))
+
+
 def forward_calls(model, x):
     """Calls per module of one forward, by Python's forward hooks."""
     root = type(model).__name__
@@ -54,6 +80,7 @@ def main(out_dir):
         "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(), [2, 3, 64, 64], "script"),
         "densenet121": (lambda: torchvision.models.densenet121(), [2, 3, 64, 64], "script"),
         "encoder": (lambda: Encoder(), [2, 8, 32], "script"),
+        "stateful": (lambda: Stateful(), [2, 8], "script"),
     }
     manifest = {}
     for name, (make, shape, how) in models.items():

@@ -111,20 +111,25 @@ void pass_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   torch::jit::push(*stack, std::move(values));
 }
 
-// The tensors inside a value (an Optional, a list, a tuple, a dict), in order.
-void flatten(const c10::IValue& v, std::vector<at::Tensor>& out) {
+// The tensors inside a value (an Optional, a list, a tuple, a dict, an
+// object of a TorchScript class), in order; objects that hold each other
+// are read to a depth of 8.
+void flatten(const c10::IValue& v, std::vector<at::Tensor>& out, int depth = 0) {
+  if (depth > 8) return;
   if (v.isTensor()) {
     if (v.toTensor().defined()) out.push_back(v.toTensor());
   } else if (v.isList()) {
-    for (const auto& e : v.toListRef()) flatten(e, out);
+    for (const auto& e : v.toListRef()) flatten(e, out, depth + 1);
   } else if (v.isTuple()) {
-    for (const auto& e : v.toTupleRef().elements()) flatten(e, out);
+    for (const auto& e : v.toTupleRef().elements()) flatten(e, out, depth + 1);
   } else if (v.isGenericDict()) {
     for (const auto& kv : v.toGenericDict()) {
-      flatten(kv.key(), out);
-      flatten(kv.value(), out);
+      flatten(kv.key(), out, depth + 1);
+      flatten(kv.value(), out, depth + 1);
     }
-  }  // None, numbers, strings, objects: no tensor of the call's
+  } else if (v.isObject() && !v.toObjectRef().type()->is_module()) {
+    for (const auto& slot : v.toObjectRef().slots()) flatten(slot, out, depth + 1);
+  }  // None, numbers, strings, modules: no tensor of the call's
 }
 
 // enter_values / exit_values: the tensors, then those inside the other

@@ -42,15 +42,26 @@ bool instrumented(const Graph& g) {
 }
 
 // Whether a value of this type can hold tensors inside (an Optional[Tensor],
-// a List[Tensor], a tuple or a dict with tensors, nested): they are the
-// call's values too, as Flatten<T> makes them in eager code.
-bool holds_tensors(const c10::TypePtr& type) {
+// a List[Tensor], a tuple, a dict or an object of a TorchScript class with
+// tensors, nested): they are the call's values too, as Flatten<T> makes them
+// in eager code.
+bool holds_tensors(const c10::TypePtr& type, int depth = 0) {
+  if (depth > 8) return false;  // a class that holds itself (a linked list): deep enough
   if (type->cast<c10::TensorType>()) return true;
-  if (const auto o = type->cast<c10::OptionalType>()) return holds_tensors(o->getElementType());
-  if (const auto l = type->cast<c10::ListType>()) return holds_tensors(l->getElementType());
-  if (const auto d = type->cast<c10::DictType>()) return holds_tensors(d->getKeyType()) || holds_tensors(d->getValueType());
+  // An object of a TorchScript class of one's own (not a module): its attributes.
+  if (const auto c = type->cast<c10::ClassType>()) {
+    if (c->is_module()) return false;
+    for (const auto& attribute : c->getAttributes())
+      if (holds_tensors(attribute.getType(), depth + 1)) return true;
+    return false;
+  }
+  if (const auto o = type->cast<c10::OptionalType>()) return holds_tensors(o->getElementType(), depth + 1);
+  if (const auto l = type->cast<c10::ListType>()) return holds_tensors(l->getElementType(), depth + 1);
+  if (const auto d = type->cast<c10::DictType>())
+    return holds_tensors(d->getKeyType(), depth + 1) || holds_tensors(d->getValueType(), depth + 1);
   if (const auto t = type->cast<c10::TupleType>())
-    return std::any_of(t->elements().begin(), t->elements().end(), [](const auto& e) { return holds_tensors(e); });
+    return std::any_of(t->elements().begin(), t->elements().end(),
+                       [depth](const auto& e) { return holds_tensors(e, depth + 1); });
   return false;
 }
 

@@ -167,3 +167,23 @@ TEST_CASE("real models: a TransformerEncoder in training is bit-identical where 
   // Optimized: identical while the executor profiles (its first run), then the masks differ.
   CHECK(identical_steps("encoder", 4) == 1);
 }
+
+TEST_CASE("real models: a module whose input comes inside an object of a TorchScript class ends its backward with it") {
+  check_model("stateful");
+  auto model = torch::jit::load(std::string(MODTRACKER_REAL_MODELS) + "/stateful.pt");
+  lt::jit::instrument(model);
+  lt::Tracker tracker;
+  auto scope = tracker.track();
+  for (int run = 0; run < 3; ++run) {
+    CAPTURE(run);
+    model.forward({torch::randn({2, 8})}).toTensor().sum().backward();
+    std::vector<std::string> events;
+    for (const auto& t : tracker.drain_transitions())
+      events.push_back(std::string(t.phase == Phase::forward ? "fw " : "bw ") +
+                       (t.kind == modtracker::Kind::enter ? "enter " : "exit ") + std::string(t.fqn));
+    const auto at = [&](const std::string& e) { return std::find(events.begin(), events.end(), e) - events.begin(); };
+    // pre's output reaches mix only as Pair.b: its gradient ends mix's backward before pre's begins.
+    CHECK(at("bw exit Stateful.mix") < at("bw enter Stateful.pre"));
+    CHECK(at("bw enter Stateful.pre") < static_cast<std::ptrdiff_t>(events.size()));
+  }
+}
