@@ -13,7 +13,7 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch_tools/ranks.hpp>
 #include <modtracker/torch.hpp>
 
 #include "bench.hpp"

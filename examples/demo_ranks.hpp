@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch_tools/ranks.hpp>
 
 namespace demo {
 

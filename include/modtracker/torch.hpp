@@ -1,16 +1,21 @@
 // modtracker for LibTorch: the one header a LibTorch user includes. It
 // includes <torch/torch.h>, imports modtracker, and brings
-//   libtorch/tensors.hpp     Tensors (what hooks see), the Flatten customization point
-//   libtorch/backend.hpp     the LibTorch hook backend and modtracker::libtorch::Tracker
-//   libtorch/calls.hpp       tracked holders (MODTRACKER_MODULE), call(), ForwardScope
-//   libtorch/sequential.hpp  the tracked Sequential
-//   libtorch/nn.hpp          tracked drop-ins for torch::nn layers
-//   libtorch/stats.hpp       LibTorch tools: parameters and output shapes for the statistics
-//   libtorch/attribution.hpp whom the tools charge backward work to
-//   libtorch/flops.hpp       FlopCounter: FLOPs per module and operator
-//   libtorch/backward_time.hpp BackwardTimer: backward time per module, by its autograd nodes
-//   libtorch/memory.hpp      MemoryTracker: memory per module, phase and category
-//   libtorch/profiler_scopes.hpp ProfilerScopes: module scopes in LibTorch's own profiler
+// the LibTorch backend (libtorch/):
+//   tensors.hpp      Tensors (what hooks see), the Flatten customization point
+//   backend.hpp      the LibTorch hook backend and modtracker::libtorch::Tracker
+//   calls.hpp        tracked holders (MODTRACKER_MODULE), call(), ForwardScope
+//   sequential.hpp   the tracked Sequential
+//   nn.hpp           tracked drop-ins for torch::nn layers
+//   jit.hpp          TorchScript models: jit::instrument
+// and the LibTorch tools (libtorch_tools/):
+//   stats.hpp        parameters and output shapes for the statistics, annotate()
+//   attribution.hpp  whom the tools charge backward work to
+//   flops.hpp        FlopCounter: FLOPs per module and operator
+//   backward_time.hpp BackwardTimer: backward time per module, by its autograd nodes
+//   memory.hpp       MemoryTracker: memory per module, phase and category
+//   profiler_scopes.hpp ProfilerScopes: module scopes in LibTorch's own profiler
+//   operators.hpp    OperatorRecorder: operators in the trace
+// (libtorch_tools/ranks.hpp, the ranks over c10d, is included on its own.)
 #pragma once
 
 #include <torch/torch.h>
@@ -21,12 +26,12 @@
 #include <modtracker/libtorch/sequential.hpp>
 #include <modtracker/libtorch/nn.hpp>
 #include <modtracker/libtorch/jit.hpp>
-#include <modtracker/libtorch/stats.hpp>
-#include <modtracker/libtorch/attribution.hpp>
-#include <modtracker/libtorch/flops.hpp>
-#include <modtracker/libtorch/backward_time.hpp>
-#include <modtracker/libtorch/memory.hpp>
-#include <modtracker/libtorch/profiler_scopes.hpp>
-#include <modtracker/libtorch/operators.hpp>
+#include <modtracker/libtorch_tools/stats.hpp>
+#include <modtracker/libtorch_tools/attribution.hpp>
+#include <modtracker/libtorch_tools/flops.hpp>
+#include <modtracker/libtorch_tools/backward_time.hpp>
+#include <modtracker/libtorch_tools/memory.hpp>
+#include <modtracker/libtorch_tools/profiler_scopes.hpp>
+#include <modtracker/libtorch_tools/operators.hpp>
 
 import modtracker.libtorch_tools;  // modtracker, modtracker.backend and modtracker.stats

@@ -2,4 +2,4 @@
 // <modtracker/torch.hpp> brings them too).
 #pragma once
 
-#include <modtracker/libtorch/stats.hpp>
+#include <modtracker/libtorch_tools/stats.hpp>

@@ -76,7 +76,7 @@ class Backend final : public HookBackend {
   /// over all inputs). Exceptions from `body` reach the caller.
   Values call(Module& m, const Values& inputs, const std::function<Values(const Values&)>& body = {});
 
-  /// Grad mode for the forwards that follow (like torch::NoGradGuard).
+  /// Grad mode for the forwards that follow (as a no-grad guard sets it).
   void set_grad_mode(bool on) noexcept { grad_mode_ = on; }
 
   /// One backward pass: gradients arrive for `arrivals`, in that order;

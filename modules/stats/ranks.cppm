@@ -1,7 +1,7 @@
 // Ranks: the statistics and spans of every rank of a multi-process job,
 // merged into one table across ranks and one trace with a process per rank.
 // Framework-neutral: how the records travel is the LibTorch layer's
-// (modtracker/libtorch/ranks.hpp).
+// (modtracker/libtorch_tools/ranks.hpp).
 module;
 // <cstdint> first in every module unit: clang 16 otherwise finds two
 // definitions of std entities that name its typedefs (std::align).

@@ -19,7 +19,7 @@
 #include "backend/spin_lock.hpp"
 #include "libtorch/passes.hpp"
 #include "libtorch_tools/provenance.hpp"
-#include "modtracker/libtorch/backward_time.hpp"
+#include "modtracker/libtorch_tools/backward_time.hpp"
 
 namespace modtracker::libtorch {
 

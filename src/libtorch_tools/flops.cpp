@@ -25,7 +25,7 @@
 #include "backend/spin_lock.hpp"
 #include "libtorch_tools/flop_formulas.hpp"
 #include "libtorch_tools/provenance.hpp"
-#include "modtracker/libtorch/flops.hpp"
+#include "modtracker/libtorch_tools/flops.hpp"
 
 namespace modtracker::libtorch {
 

@@ -28,7 +28,7 @@
 #include "backend/spin_lock.hpp"
 #include "libtorch_tools/provenance.hpp"
 #include "modtracker/libtorch/backend.hpp"
-#include "modtracker/libtorch/memory.hpp"
+#include "modtracker/libtorch_tools/memory.hpp"
 
 namespace modtracker::libtorch {
 

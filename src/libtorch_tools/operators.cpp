@@ -15,7 +15,7 @@
 
 #include "backend/spin_lock.hpp"
 #include "libtorch_tools/flop_formulas.hpp"
-#include "modtracker/libtorch/operators.hpp"
+#include "modtracker/libtorch_tools/operators.hpp"
 
 namespace modtracker::libtorch {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include <modtracker/libtorch/profiler_scopes.hpp>
+#include <modtracker/libtorch_tools/profiler_scopes.hpp>
 
 namespace modtracker::libtorch {
 

@@ -23,7 +23,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
 
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch_tools/ranks.hpp>
 
 #include "libtorch_tools/rank_transport.hpp"
 

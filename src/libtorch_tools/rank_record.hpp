@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch_tools/ranks.hpp>
 
 namespace modtracker::libtorch::records {
 

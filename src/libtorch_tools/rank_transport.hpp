@@ -19,7 +19,7 @@
 #include <torch/csrc/distributed/c10d/Work.hpp>
 #include <unistd.h>
 
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch_tools/ranks.hpp>
 
 namespace modtracker::libtorch::transport {
 

@@ -29,9 +29,9 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <unistd.h>
 
-#include <modtracker/libtorch/flops.hpp>
-#include <modtracker/libtorch/memory.hpp>
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch_tools/flops.hpp>
+#include <modtracker/libtorch_tools/memory.hpp>
+#include <modtracker/libtorch_tools/ranks.hpp>
 
 #include "libtorch_tools/rank_liveness.hpp"
 #include "libtorch_tools/rank_record.hpp"

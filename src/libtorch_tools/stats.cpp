@@ -10,7 +10,7 @@
 #include <string>
 #include <unordered_set>
 
-#include "modtracker/libtorch/stats.hpp"
+#include "modtracker/libtorch_tools/stats.hpp"
 
 import modtracker;
 import modtracker.backend;

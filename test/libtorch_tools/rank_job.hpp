@@ -21,7 +21,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <unistd.h>
 
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch_tools/ranks.hpp>
 #include <modtracker/torch.hpp>
 
 namespace {

@@ -2,7 +2,8 @@
 // <torch/torch.h>, imports modtracker and brings the LibTorch tools).
 #include <cstdio>
 
-#include <modtracker/libtorch/ranks.hpp>
+#include <modtracker/libtorch/flops.hpp>  // a 0.2 path: still there
+#include <modtracker/libtorch_tools/ranks.hpp>
 #include <modtracker/torch.hpp>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
