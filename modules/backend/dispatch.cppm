@@ -41,8 +41,10 @@ struct ForwardCall {
   /// next child). A tracker starts loading its lookup; nothing depends on it.
   ModuleRef likely_next;
   /// Optional: the method called, when it is not `forward` (a TorchScript
-  /// module's `encode` called from outside it); transitions name it.
-  std::string_view method;
+  /// module's `encode` called from outside it), as a C string that outlives
+  /// the call (null: forward); transitions name it. A pointer, not a
+  /// string_view: the call stays 64 bytes, one cache line.
+  const char* method = nullptr;
 };
 
 /// What an observer's pre_forward hands back to the call.

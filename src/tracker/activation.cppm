@@ -21,12 +21,12 @@ struct alignas(64) Activation {
   std::uint32_t depth;
   std::uint32_t previous_fqn;  // of the activation started before it: likely the next in backward
   bool reported;               // the filter accepted its module: journaled, calls user hooks
+  std::uint16_t method = 0;    // its call's method (Engine::method_id): backward's transitions name it
   // Its place among the pass's backward entries (GradOrder::rank of its exit).
   std::atomic<std::uint32_t> backward_rank{0};
   // Second line: forward, naming, and backward's rare paths.
   bool forward_running = false;  // in the engine's list of running forwards (which then owns a reference)
   bool inputs_hooked = false;    // its inputs got the exit hook (some require grad)
-  std::uint16_t method = 0;      // its call's method (Engine::method_id)
   std::uint32_t thread;
   std::uint64_t end_sequence;  // activations started before its forward ended
   const void* module;          // with module_generation: see Engine::live_module()

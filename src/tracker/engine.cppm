@@ -107,7 +107,15 @@ class Engine final : public ForwardObserver {
   void first_call_seen();
 
   // journal.cpp: every transition goes to the journal and the listeners (state lock held).
-  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method, StepClock& clock);
+  // Inline: the hot paths make it without a call (seven arguments would
+  // pass one on the stack); the listeners' part is out of line.
+  void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method, StepClock& clock) {
+    journal_.record(phase, kind, fqn, depth, method, clock);
+    if (!listeners_.empty()) [[unlikely]]
+      notify_listeners(phase, kind, fqn, depth, method, clock);
+  }
+  void notify_listeners(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method,
+                        StepClock& clock);
   void record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method) {
     StepClock clock;
     record(phase, kind, fqn, depth, method, clock);
@@ -134,9 +142,6 @@ class Engine final : public ForwardObserver {
   ModuleNames names_;
   ParentCounts counts_;
   Journal journal_;
-  // Method names by id (0: forward): a deque, so that the names a Transition
-  // holds stay where they are as it grows.
-  std::deque<std::string> methods_{"forward"};
   std::vector<TransitionListener*> listeners_;
   // What a listener's handle holds: it outlives the engine harmlessly.
   std::shared_ptr<Engine*> self_ = std::make_shared<Engine*>(this);
@@ -161,6 +166,10 @@ class Engine final : public ForwardObserver {
   // without one (HookBackend::start_watch).
   std::atomic<bool> seen_call_{true};
   std::uint64_t watch_ = 0;
+  // Method names by id (0: forward), guarded by the state lock: a deque, so
+  // that the names a Transition holds stay where they are as it grows. Last:
+  // cold, and out of the way of the lock's hot members above.
+  std::deque<std::string> methods_{"forward"};
 };
 
 }  // namespace modtracker::detail

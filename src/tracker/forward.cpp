@@ -115,7 +115,9 @@ void Engine::enter_locked(const ForwardCall& call, PendingEnter& e, StepClock& c
       e.outside = parent;
   }
   counts_.add(e.fqn, Phase::forward);
-  const auto method = call.method.empty() ? std::uint16_t{0} : method_id(call.method);
+  std::uint16_t method = 0;
+  if (call.method) [[unlikely]]
+    method = method_id(call.method);
   if (e.reported) record(Phase::forward, Kind::enter, e.fqn, call.depth, method, clock);
   if (e.reentered) e.name = names_.fqn(e.fqn);  // only the diagnostic needs it (a cold string)
   if (auto* act = e.act) {
@@ -174,7 +176,7 @@ void Engine::undo_enter(const ForwardCall& call, PendingEnter& e) noexcept {
     dropped = ActivationRef::adopt(e.act);
   }
   if (counts_.count(e.fqn, Phase::forward) > 0) counts_.sub(e.fqn, Phase::forward);
-  if (e.reported) record(Phase::forward, Kind::exit, e.fqn, call.depth, method_id(call.method));
+  if (e.reported) record(Phase::forward, Kind::exit, e.fqn, call.depth, call.method ? method_id(call.method) : 0);
 }
 
 // Forward exit under the state lock: count - 1 and the journal.
@@ -182,9 +184,11 @@ void Engine::exit_forward_locked(std::uint32_t fqn, bool reported, const Forward
   if (fqn == global_id || counts_.count(fqn, Phase::forward) == 0)
     throw std::logic_error("modtracker: forward exit without a matching enter");
   counts_.sub(fqn, Phase::forward);
-  if (reported)
-    record(Phase::forward, Kind::exit, fqn, call.depth, call.method.empty() ? std::uint16_t{0} : method_id(call.method),
-           clock);
+  if (!reported) return;
+  std::uint16_t method = 0;
+  if (call.method) [[unlikely]]
+    method = method_id(call.method);
+  record(Phase::forward, Kind::exit, fqn, call.depth, method, clock);
 }
 
 // The whole exit of a call whose post hook does not run, under the state

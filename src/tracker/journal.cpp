@@ -39,10 +39,8 @@ Generator<Transition> Engine::drain() {
   }
 }
 
-void Engine::record(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method,
-                    StepClock& clock) {
-  journal_.record(phase, kind, fqn, depth, method, clock);
-  if (listeners_.empty()) [[likely]] return;
+void Engine::notify_listeners(Phase phase, Kind kind, std::uint32_t fqn, std::uint32_t depth, std::uint16_t method,
+                              StepClock& clock) {
   const Transition t{phase,          kind, names_.fqn(fqn), depth, journal_.recorded() - 1, since_start(clock.read()),
                      thread_index(), methods_[method]};
   for (auto* l : listeners_) l->on_transition(t);

@@ -159,7 +159,8 @@ class ForwardScope {
     auto& d = backend().dispatcher();
     if (d.idle()) return;
     (flatten_into(inputs, inputs_), ...);
-    call_.emplace(d, ForwardCall{.module = module_ref(module), .inputs = ValuesRef{&inputs_}, .method = method_});
+    call_.emplace(d, ForwardCall{.module = module_ref(module), .inputs = ValuesRef{&inputs_},
+                                 .method = method_.empty() ? nullptr : method_.c_str()});
   }
   template <class Output>
   void finish(const Output& output) {

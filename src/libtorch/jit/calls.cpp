@@ -63,7 +63,9 @@ void enter_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> xs, std::stri
   if (own_method) return;
   for (const auto& t : xs) f.seen.push(t);
   try {
-    f.call.emplace(d, ForwardCall{.module = module_ref(*f.module), .inputs = ValuesRef{&f.seen}, .method = f.method});
+    f.call.emplace(d, ForwardCall{.module = module_ref(*f.module),
+                                  .inputs = ValuesRef{&f.seen},
+                                  .method = f.method.empty() ? nullptr : f.method.c_str()});
   } catch (...) {
     frames.pop_back();
     throw;
