@@ -126,13 +126,12 @@ OperatorDescription describe(const at::RecordFunction& fn) {
   OperatorDescription d;
   const auto inputs = fn.inputs();
   for (const auto& v : inputs) shape_of(v, d.shapes);
-  for (std::size_t i = 0; i < formulas::operator_names.size(); ++i)
-    if (formulas::operator_names[i] == fn.name()) {
-      try {
-        d.flops = formulas::flops_of(static_cast<formulas::Operator>(i), inputs);
-      } catch (const std::exception&) {  // not understood: no FLOPs to show
-      }
+  if (const auto op = formulas::operator_named(fn.name()); op != formulas::operators) {
+    try {
+      d.flops = formulas::flops_of(op, inputs);
+    } catch (const std::exception&) {  // not understood: no FLOPs to show
     }
+  }
   return d;
 }
 

@@ -22,6 +22,12 @@ inline constexpr std::array<std::string_view, operators> operator_names{
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "aten::_convolution",
     "aten::convolution_backward"};
 using Inputs = c10::ArrayRef<const c10::IValue>;
+/// The formula's operator of that name (`operators` if none).
+inline Operator operator_named(std::string_view name) {
+  for (std::size_t i = 0; i < operator_names.size(); ++i)
+    if (operator_names[i] == name) return static_cast<Operator>(i);
+  return operators;
+}
 /// Throws c10::Error on arguments of unexpected types or shapes.
 std::uint64_t flops_of(Operator op, Inputs all);
 }  // namespace formulas

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "backend/spin_lock.hpp"
+#include "libtorch_tools/callback_owners.hpp"
 #include "libtorch_tools/flop_formulas.hpp"
 #include "libtorch_tools/provenance.hpp"
 #include "modtracker/libtorch_tools/flops.hpp"
@@ -64,9 +65,8 @@ NameCache::Slot& classify(const char* name) {
   if (slot.name == name) return slot;
   std::int8_t op = not_an_operator;
   if (std::strncmp(name, "aten::", 6) == 0) {
-    op = uncounted;
-    for (std::size_t i = 0; i < operator_names.size(); ++i)
-      if (operator_names[i] == name) op = static_cast<std::int8_t>(i);
+    const auto counted_op = operator_named(name);
+    op = counted_op == operators ? uncounted : static_cast<std::int8_t>(counted_op);
   }
   slot = {name, op, 0};
   return slot;
@@ -128,12 +128,8 @@ struct FlopCounter::State {
 
 namespace {
 
-// Every counter's state, for the one RecordFunction callback (a plain function).
-struct Counters {
-  SpinLock lock;
-  std::vector<FlopCounter::State*> all;
-  at::CallbackHandle callback = 0;
-};
+// Every counter's state, for the one RecordFunction callback.
+using Counters = detail::CallbackOwners<FlopCounter::State>;
 Counters& counters() {
   static Counters c;
   return c;
@@ -186,25 +182,16 @@ void end_operator(const at::RecordFunction& fn, at::ObserverContext*) {
 }  // namespace
 
 FlopCounter::FlopCounter(Tracker& tracker, Attribution backward) : state_(std::make_shared<State>(backward)) {
-  {
-    auto& c = counters();
-    std::lock_guard<SpinLock> lock(c.lock);
-    if (c.all.empty()) {
-      installs.fetch_add(1, std::memory_order_relaxed);
-      c.callback = at::addGlobalCallback(
-          at::RecordFunctionCallback(&count_operator, &end_operator).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
-    }
-    c.all.push_back(state_.get());
-  }
+  counters().add(state_.get(), [] {
+    installs.fetch_add(1, std::memory_order_relaxed);  // a new installation: threads' depths start over
+    return at::RecordFunctionCallback(&count_operator, &end_operator).needsInputs(true).scopes({at::RecordScope::FUNCTION});
+  });
   listening_ = tracker.add_listener(*this);
 }
 
 FlopCounter::~FlopCounter() {
   listening_ = Registration{};
-  auto& c = counters();
-  std::lock_guard<SpinLock> lock(c.lock);
-  std::erase(c.all, state_.get());
-  if (c.all.empty()) at::removeCallback(std::exchange(c.callback, 0));
+  counters().remove(state_.get());
 }
 
 void FlopCounter::on_scope(bool started) {

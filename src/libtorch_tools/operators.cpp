@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/spin_lock.hpp"
+#include "libtorch_tools/callback_owners.hpp"
 #include "libtorch_tools/flop_formulas.hpp"
 #include "modtracker/libtorch_tools/operators.hpp"
 
@@ -42,11 +43,7 @@ struct OperatorRecorder::State {
 
 namespace {
 
-struct Recorders {
-  SpinLock lock;
-  std::vector<OperatorRecorder::State*> all;
-  at::CallbackHandle callback = 0;
-};
+using Recorders = detail::CallbackOwners<OperatorRecorder::State>;
 Recorders& recorders() {
   static Recorders r;
   return r;
@@ -101,14 +98,9 @@ void end_operator(const at::RecordFunction& fn, at::ObserverContext* context) {
 OperatorRecorder::OperatorRecorder(Tracker& tracker, std::size_t capacity) : state_(std::make_shared<State>()) {
   state_->zero = std::chrono::steady_clock::now() - tracker.now();
   state_->capacity = capacity;
-  {
-    auto& r = recorders();
-    std::lock_guard<SpinLock> lock(r.lock);
-    if (r.all.empty())
-      r.callback = at::addGlobalCallback(
-          at::RecordFunctionCallback(&start_operator, &end_operator).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
-    r.all.push_back(state_.get());
-  }
+  recorders().add(state_.get(), [] {
+    return at::RecordFunctionCallback(&start_operator, &end_operator).needsInputs(true).scopes({at::RecordScope::FUNCTION});
+  });
   listening_ = tracker.add_listener(*this);
 }
 
@@ -118,10 +110,7 @@ OperatorRecorder::~OperatorRecorder() {
     std::lock_guard<SpinLock> lock(state_->lock);
     if (std::exchange(state_->active, false)) active_recorders.fetch_sub(1, std::memory_order_relaxed);
   }
-  auto& r = recorders();
-  std::lock_guard<SpinLock> lock(r.lock);
-  std::erase(r.all, state_.get());
-  if (r.all.empty()) at::removeCallback(std::exchange(r.callback, 0));
+  recorders().remove(state_.get());
 }
 
 void OperatorRecorder::on_transition(const Transition& t) { track = t.thread; }
