@@ -96,19 +96,20 @@ void exit_call(const c10::IValue& self, c10::ArrayRef<at::Tensor> ys) {
 // the module's body depend on `enter` and `exit` on the body). One tensor in
 // or out, the common case, has operators of its own: no list to build and
 // unpack in the graph.
+// A call's start or end, as the operator is enter or exit.
+template <bool enter>
+void report(const c10::IValue& self, c10::ArrayRef<at::Tensor> xs, std::string_view method = {}) {
+  if constexpr (enter) enter_call(self, xs, method);
+  else exit_call(self, xs);
+}
+
 template <bool enter, bool one>
 void pass_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   auto values = torch::jit::pop(*stack);  // the tensors, or the one tensor
   const auto self = torch::jit::pop(*stack);
   if (!backend().dispatcher().idle()) {
-    if constexpr (one) {
-      if constexpr (enter) enter_call(self, c10::ArrayRef<at::Tensor>(values.toTensor()));
-      else exit_call(self, c10::ArrayRef<at::Tensor>(values.toTensor()));
-    } else {
-      const auto all = values.toTensorList().vec();
-      if constexpr (enter) enter_call(self, all);
-      else exit_call(self, all);
-    }
+    if constexpr (one) report<enter>(self, values.toTensor());
+    else report<enter>(self, values.toTensorList().vec());
   }
   torch::jit::push(*stack, std::move(values));
 }
@@ -146,9 +147,7 @@ void values_operator(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   if (!backend().dispatcher().idle()) {
     auto all = values.toTensorList().vec();
     for (const auto& o : others.toListRef()) flatten(o, all);
-    if constexpr (!enter) exit_call(self, all);
-    else if constexpr (named) enter_call(self, all, method.toStringRef());
-    else enter_call(self, all);
+    report<enter>(self, all, named ? std::string_view(method.toStringRef()) : std::string_view{});
   }
   torch::jit::push(*stack, std::move(values));
 }
