@@ -146,6 +146,16 @@ TEST_CASE("operators in the trace: each inside its module's slice on its track, 
   CHECK(ops.calls().size() == recorded);
   ops.reset();
   CHECK(ops.calls().empty());
+
+  // Past its capacity a recorder keeps the first calls and counts the rest.
+  lt::OperatorRecorder few(tracker, 3);
+  {
+    auto scope = tracker.track();
+    (void)seq(torch::randn({3, 4}));
+  }
+  CHECK(few.calls().size() == 3);
+  CHECK(few.dropped() > 0);
+  CHECK(few.dropped() + 3 == ops.calls().size());  // the other recorder kept every one of them
 }
 
 TEST_CASE("the table gains FLOPs and memory columns when those tools are attached, and the trace their data") {
