@@ -105,6 +105,8 @@ const straggler = data.straggler;
 // Each node's width value: its own, or its children's sum where that is
 // larger (a container that never ran itself, a non-additive peak).
 function measure(t, m) {
+  if (t.measured === m.key) return;  // the icicle and the consumers ask for the same measure
+  t.measured = m.key;
   const order = [];
   const stack = [t.root];
   while (stack.length) { const n = stack.pop(); order.push(n); for (const c of n.children) stack.push(c); }
